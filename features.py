@@ -1,0 +1,232 @@
+"""Segments for many files at once: every core, and an on-disk cache.
+
+`extract_features` runs `utils.get_framed_log_melspectrogram` over a list of
+files in worker processes and keeps each result as a plain ``.npy`` file in a
+cache folder, keyed by the file (path, size, modification time), every feature
+parameter and the versions of the feature code. A second run reads instead of
+computing; a changed file or parameter gets a new key and is computed afresh.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+import sys
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import librosa
+import numpy as np
+import soxr
+from threadpoolctl import threadpool_limits
+from tqdm import tqdm
+
+import utils
+
+logger = logging.getLogger(__name__)
+
+# Bump when the feature code changes its output for the same parameters, so that
+# caches written by older code are never served.
+FEATURE_CODE_VERSION = 1
+
+# Libraries whose thread pools make fork() unsafe in the process that loaded them.
+_THREADED_FRAMEWORKS = ("tensorflow", "jax", "torch")
+
+
+@dataclass
+class ExtractedFeatures:
+    """What `extract_features` returns.
+
+    Attributes
+    ----------
+    segments : dict[str, np.ndarray [shape=(num_segments, 64, 64, 3), dtype=float32]]
+        Features of every usable file, keyed by the path as given (``str(path)``),
+        in the order of the input. Read-only: cached ones are memory maps of
+        the cache files (copy with ``np.array(x)`` to modify).
+    errors : dict[str, str]
+        Files that could not be used, each with the reason (an `utils.AudioError`
+        message that names the file).
+    cache_hits : int
+        How many files were read from the cache instead of computed.
+    """
+
+    segments: dict[str, np.ndarray] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    cache_hits: int = 0
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/dcnn-blstmwa`` (``~/.cache/dcnn-blstmwa`` when unset): outside any dataset."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "dcnn-blstmwa"
+
+
+def cache_key(path: utils.PathLike, params: dict[str, Any]) -> str | None:
+    """Hex digest that identifies the features of ``path`` under ``params``.
+
+    Returns None when the file cannot be stat'ed (it is then computed, and fails
+    with a clear `utils.AudioError`, without touching the cache).
+    """
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    identity = {
+        "path": os.path.abspath(path),
+        "size": status.st_size,
+        "mtime_ns": status.st_mtime_ns,
+        "params": params,
+        "code": FEATURE_CODE_VERSION,
+        "librosa": librosa.__version__,
+        "soxr": soxr.__version__,
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def extract_features(
+    paths: Iterable[utils.PathLike],
+    *,
+    cache_dir: utils.PathLike | None = None,
+    workers: int | None = None,
+    progress: bool | None = None,
+    **feature_params: Any,
+) -> ExtractedFeatures:
+    """Segments of every file, computed on all cores or read from the cache.
+
+    Parameters
+    ----------
+    paths : iterable of str or os.PathLike
+        Audio files; duplicates are computed once.
+    cache_dir : str or os.PathLike or None
+        Folder for cached features (created when missing); None computes
+        everything and caches nothing. Keep it outside the dataset folder:
+        datasets are only read.
+    workers : int > 0 or None
+        Worker processes; None uses every core this process may run on.
+    progress : bool or None
+        Show a progress bar on stderr; None shows it when stderr is a terminal.
+    **feature_params
+        Keyword parameters of `utils.get_framed_log_melspectrogram`.
+
+    Returns
+    -------
+    ExtractedFeatures
+        Segments of the usable files and the reason for each unusable one;
+        an unusable file is logged once as a warning and skipped.
+
+    Raises
+    ------
+    TypeError, ValueError
+        For an unknown or invalid feature parameter, before any file is read.
+    """
+    params = utils.feature_parameters(**feature_params)
+    # A bad parameter value fails here, once, instead of once per file in the workers.
+    utils.get_framed_log_melspectrogram(np.zeros(params["n_fft"], dtype=np.float32), **params)
+    if workers is None:
+        workers = len(os.sched_getaffinity(0))
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers!r}")
+
+    names = list(dict.fromkeys(str(path) for path in paths))
+    result = ExtractedFeatures()
+    found: dict[str, np.ndarray] = {}
+    to_compute: dict[str, Path | None] = {}
+    for name in names:
+        cache_file = _cache_file(cache_dir, name, params)
+        segments = _read_cached(cache_file)
+        if segments is None:
+            to_compute[name] = cache_file
+        else:
+            found[name] = segments
+    result.cache_hits = len(found)
+
+    jobs = [(name, cache_file, params) for name, cache_file in to_compute.items()]
+    bar = tqdm(total=len(jobs), unit="file", desc="features", disable=None if progress is None else not progress)
+    with bar:
+        for name, segments, error in _run(jobs, min(workers, len(jobs))):
+            bar.update()
+            if error is not None:
+                logger.warning("skipped: %s", error)
+                result.errors[name] = error
+            elif segments is None:
+                # The worker wrote it to the cache: map it rather than ship it between processes.
+                found[name] = _read_cached(to_compute[name])
+            else:
+                segments.flags.writeable = False  # as read-only as the cached arrays
+                found[name] = segments
+    result.segments = {name: found[name] for name in names if name in found}
+    return result
+
+
+def _cache_file(cache_dir: utils.PathLike | None, path: str, params: dict[str, Any]) -> Path | None:
+    if cache_dir is None:
+        return None
+    key = cache_key(path, params)
+    if key is None:
+        return None
+    # Two-character shards keep folders small for corpora of 100k files.
+    return Path(cache_dir) / key[:2] / f"{key}.npy"
+
+
+def _read_cached(cache_file: Path | None) -> np.ndarray | None:
+    if cache_file is None:
+        return None
+    try:
+        # A read-only memory map: no copy into fresh memory, the OS page cache
+        # serves the data, and nobody can write into the cache through it.
+        return np.asarray(np.load(cache_file, mmap_mode="r", allow_pickle=False))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, EOFError) as error:
+        logger.warning("unreadable cache file %s (%s); recomputing", cache_file, error)
+        return None
+
+
+def _compute(job: tuple[str, Path | None, dict[str, Any]]) -> tuple[str, np.ndarray | None, str | None]:
+    """Features of one file: (path, segments, None), or (path, None, None) once
+    written to the cache file, or (path, None, reason) for an unusable file."""
+    path, cache_file, params = job
+    try:
+        segments = utils.get_framed_log_melspectrogram(path, **params)
+    except utils.AudioError as error:
+        return path, None, str(error)
+    if cache_file is None:
+        return path, segments, None
+    cache_file.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename: a crash or a concurrent writer never leaves a partial file.
+    partial = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.partial")
+    with open(partial, "wb") as stream:
+        np.save(stream, segments, allow_pickle=False)
+    os.replace(partial, cache_file)
+    return path, None, None
+
+
+def _run(jobs: list, workers: int) -> Iterable[tuple[str, np.ndarray | None, str | None]]:
+    if workers <= 1:
+        yield from map(_compute, jobs)
+        return
+    chunksize = max(1, min(16, len(jobs) // (workers * 8)))
+    with ProcessPoolExecutor(workers, mp_context=_process_context(), initializer=_single_threaded) as pool:
+        yield from pool.map(_compute, jobs, chunksize=chunksize)
+
+
+def _single_threaded() -> None:
+    # One BLAS thread per worker: with a process per core, BLAS's own threads
+    # only fight over the cores (measured 3x slower on 2 cores).
+    threadpool_limits(1)
+
+
+def _process_context() -> multiprocessing.context.BaseContext:
+    # fork starts workers in milliseconds with utils (and librosa) already
+    # imported, where a fresh interpreter spends over a second importing them.
+    # It is unsafe on macOS and after a framework with its own thread pools was
+    # loaded; spawn is the safe start there.
+    if sys.platform.startswith("linux") and not any(name in sys.modules for name in _THREADED_FRAMEWORKS):
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")

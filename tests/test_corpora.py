@@ -1,0 +1,151 @@
+"""corpora.py: reading RAVDESS folders and splitting by speaker."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from conftest import tone
+
+from corpora import CorpusError, parse_ravdess_name, read_ravdess, speaker_folds, split_by_speakers
+
+
+def ravdess_name(emotion: int, actor: int, channel: int = 1, intensity: int = 1, statement: int = 1,
+                 repetition: int = 1, extension: str = ".wav") -> str:
+    return f"03-{channel:02d}-{emotion:02d}-{intensity:02d}-{statement:02d}-{repetition:02d}-{actor:02d}{extension}"
+
+
+def folder_state(folder: Path) -> dict[str, tuple[int, int]]:
+    return {
+        str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in sorted(folder.rglob("*"))
+    }
+
+
+@pytest.fixture
+def fake_ravdess(tmp_path, write_audio):
+    """Actor_01 and Actor_02 with speech, song, a text file, hidden and misnamed files."""
+    y = tone(440, 0.2)
+    expected = []
+    for actor in (1, 2):
+        for emotion in (1, 5, 8):
+            expected.append(write_audio(f"dataset/Actor_{actor:02d}/{ravdess_name(emotion, actor)}", y))
+        write_audio(f"dataset/Actor_{actor:02d}/{ravdess_name(3, actor, channel=2)}", y)  # song
+    expected.append(write_audio(f"dataset/Actor_02/{ravdess_name(4, 2, intensity=2, extension='.flac')}", y))
+    (tmp_path / "dataset/Actor_01/readme.txt").write_text("not audio")
+    (tmp_path / "dataset/Actor_01" / f"._{ravdess_name(5, 1)}").write_bytes(b"\x00" * 10)  # macOS companion
+    write_audio("dataset/Actor_01/recording-final.wav", y)  # breaks the convention
+    write_audio(f"dataset/Actor_02/{ravdess_name(1, 2, intensity=2)}", y)  # neutral has no strong
+    return tmp_path / "dataset", sorted(expected)
+
+
+def test_reads_exactly_the_speech_files_with_their_fields(fake_ravdess, caplog):
+    folder, expected = fake_ravdess
+    with caplog.at_level(logging.WARNING):
+        utterances = read_ravdess(folder)
+    assert [u.path for u in utterances] == expected
+    assert [(u.label, u.speaker) for u in utterances] == [
+        ("neutral", 1), ("angry", 1), ("surprised", 1),
+        ("neutral", 2), ("sad", 2), ("angry", 2), ("surprised", 2),
+    ]
+    sad = utterances[4]
+    assert (sad.intensity, sad.modality, sad.statement, sad.repetition) == ("strong", "audio-only", 1, 1)
+    reported = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert len(reported) == 2
+    assert any("recording-final.wav" in line for line in reported)
+    assert any("neutral (01) has no strong intensity" in line for line in reported)
+
+
+def test_reading_leaves_the_folder_untouched(fake_ravdess):
+    folder, _ = fake_ravdess
+    before = folder_state(folder)
+    read_ravdess(folder)
+    assert folder_state(folder) == before
+
+
+def test_reads_a_flat_folder(tmp_path, write_audio):
+    for actor in (3, 4):
+        write_audio(f"flat/{ravdess_name(2, actor, extension='.flac')}", tone(300, 0.1))
+    assert [u.speaker for u in read_ravdess(tmp_path / "flat")] == [3, 4]
+
+
+def test_an_empty_folder_gives_no_items(tmp_path):
+    assert read_ravdess(tmp_path) == []
+
+
+def test_a_missing_folder_is_a_corpus_error(tmp_path):
+    with pytest.raises(CorpusError, match=f"{tmp_path / 'none'} does not exist"):
+        read_ravdess(tmp_path / "none")
+
+
+@pytest.mark.parametrize(
+    "name, problem",
+    [
+        ("03-01-09-01-01-01-01.wav", "emotion 09"),
+        ("03-01-05-03-01-01-01.wav", "intensity 03"),
+        ("03-01-05-01-01-01-25.wav", "actor 25"),
+        ("04-01-05-01-01-01-01.wav", "modality 04"),
+        ("03-03-05-01-01-01-01.wav", "vocal channel 03"),
+        ("03-01-05-01-01-01.wav", "seven two-digit fields"),
+    ],
+)
+def test_names_that_break_the_convention_say_which_field(name, problem):
+    with pytest.raises(ValueError, match=problem):
+        parse_ravdess_name(name)
+
+
+def test_song_names_parse_to_none():
+    assert parse_ravdess_name("03-02-05-01-01-01-01.wav") is None
+
+
+class Item:
+    def __init__(self, speaker):
+        self.speaker = speaker
+
+
+def items_for(speakers, per_speaker=3):
+    return [Item(speaker) for speaker in speakers for _ in range(per_speaker)]
+
+
+def test_split_by_speakers_never_shares_a_speaker():
+    split = split_by_speakers(items_for(range(1, 11)), test_speakers=[9, 10], validation_speakers=[7, 8])
+    assert split.speakers() == {"train": [1, 2, 3, 4, 5, 6], "validation": [7, 8], "test": [9, 10]}
+    assert len(split.train) + len(split.validation) + len(split.test) == 30
+
+
+def test_asking_for_absent_speakers_lists_the_present_ones():
+    with pytest.raises(CorpusError, match=r"speakers 21, 22, 23, 24 are not in the dataset, which holds speakers 1, 2, 3"):
+        split_by_speakers(items_for([1, 2, 3]), test_speakers=[21, 22, 23, 24])
+
+
+def test_a_speaker_in_test_and_validation_is_refused():
+    with pytest.raises(CorpusError, match="both test and validation"):
+        split_by_speakers(items_for([1, 2, 3]), test_speakers=[1], validation_speakers=[1])
+
+
+def test_a_split_with_no_training_speaker_is_refused():
+    with pytest.raises(CorpusError, match="no speaker is left for training"):
+        split_by_speakers(items_for([1, 2]), test_speakers=[1], validation_speakers=[2])
+
+
+@pytest.mark.parametrize("k", [3, 5, 10])
+def test_speaker_folds_test_every_speaker_once_and_never_mix_parts(k):
+    items = items_for(range(1, 11))
+    folds = speaker_folds(items, k)
+    assert len(folds) == k
+    tested = []
+    for fold in folds:
+        parts = fold.speakers()
+        assert not set(parts["train"]) & set(parts["validation"])
+        assert not set(parts["train"]) & set(parts["test"])
+        assert not set(parts["validation"]) & set(parts["test"])
+        assert sorted(parts["train"] + parts["validation"] + parts["test"]) == list(range(1, 11))
+        tested += parts["test"]
+    assert sorted(tested) == list(range(1, 11))
+
+
+@pytest.mark.parametrize("k", [2, 11])
+def test_impossible_fold_counts_are_refused(k):
+    with pytest.raises(CorpusError, match="--folds must be between 3 and the number of speakers"):
+        speaker_folds(items_for(range(1, 11)), k)

@@ -1,0 +1,143 @@
+"""features.py: many files on all cores, with an on-disk cache."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import types
+
+import numpy as np
+import pytest
+from conftest import tone
+
+import features
+from features import extract_features
+from utils import get_framed_log_melspectrogram
+
+
+@pytest.fixture
+def clips(write_audio):
+    """Four short files of different lengths and pitches."""
+    return [
+        write_audio(f"corpus/clip{index}.wav", tone(200 + 150 * index, 0.5 + 0.4 * index))
+        for index in range(4)
+    ]
+
+
+def cached_files(cache_dir):
+    return sorted(cache_dir.rglob("*.npy"))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_features_equal_the_single_file_function(clips, tmp_path, workers):
+    result = extract_features(clips, cache_dir=tmp_path / "cache", workers=workers)
+    assert list(result.segments) == [str(path) for path in clips]
+    assert result.errors == {} and result.cache_hits == 0
+    for path in clips:
+        np.testing.assert_array_equal(result.segments[str(path)], get_framed_log_melspectrogram(path))
+
+
+def test_second_run_reads_the_cache(clips, tmp_path):
+    cache = tmp_path / "cache"
+    first = extract_features(clips, cache_dir=cache, workers=2)
+    second = extract_features(clips, cache_dir=cache, workers=2)
+    assert second.cache_hits == len(clips)
+    for name, segments in first.segments.items():
+        np.testing.assert_array_equal(second.segments[name], segments)
+    assert len(cached_files(cache)) == len(clips)
+    assert not list(cache.rglob("*.partial"))
+
+
+def test_cache_files_are_plain_numpy(clips, tmp_path):
+    cache = tmp_path / "cache"
+    extract_features(clips, cache_dir=cache)
+    loaded = sorted(np.load(path, allow_pickle=False).shape for path in cached_files(cache))
+    assert loaded == sorted(get_framed_log_melspectrogram(path).shape for path in clips)
+
+
+def test_a_changed_parameter_misses_the_cache(clips, tmp_path):
+    cache = tmp_path / "cache"
+    extract_features(clips, cache_dir=cache)
+    changed = extract_features(clips, cache_dir=cache, n_mels=40)
+    assert changed.cache_hits == 0
+    assert all(segments.shape[2] == 40 for segments in changed.segments.values())
+    assert extract_features(clips, cache_dir=cache, fmin=50.0).cache_hits == 0
+    assert extract_features(clips, cache_dir=cache).cache_hits == len(clips)
+
+
+def test_a_changed_file_misses_the_cache(clips, tmp_path, write_audio):
+    cache = tmp_path / "cache"
+    extract_features(clips, cache_dir=cache)
+    status = os.stat(clips[0])
+    write_audio("corpus/clip0.wav", tone(3000, 0.5))
+    os.utime(clips[0], ns=(status.st_atime_ns, status.st_mtime_ns + 1_000_000_000))
+    again = extract_features(clips, cache_dir=cache)
+    assert again.cache_hits == len(clips) - 1
+    np.testing.assert_array_equal(again.segments[str(clips[0])], get_framed_log_melspectrogram(clips[0]))
+
+
+def test_a_corrupt_cache_file_is_recomputed(clips, tmp_path, caplog):
+    cache = tmp_path / "cache"
+    extract_features(clips[:1], cache_dir=cache)
+    (cache_file,) = cached_files(cache)
+    cache_file.write_bytes(b"garbage")
+    with caplog.at_level(logging.WARNING):
+        again = extract_features(clips[:1], cache_dir=cache)
+    assert again.cache_hits == 0
+    assert "unreadable cache file" in caplog.text
+    np.testing.assert_array_equal(again.segments[str(clips[0])], get_framed_log_melspectrogram(clips[0]))
+    assert extract_features(clips[:1], cache_dir=cache).cache_hits == 1
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_bad_file_is_reported_once_and_skipped(clips, tmp_path, caplog, workers):
+    broken = tmp_path / "corpus" / "broken.wav"
+    broken.write_bytes(b"RIFF\x00\x00not really a wave file")
+    missing = tmp_path / "corpus" / "gone.wav"
+    paths = [clips[0], broken, clips[1], missing, clips[2]]
+    with caplog.at_level(logging.WARNING):
+        result = extract_features(paths, cache_dir=tmp_path / "cache", workers=workers)
+    assert list(result.segments) == [str(clips[0]), str(clips[1]), str(clips[2])]
+    assert set(result.errors) == {str(broken), str(missing)}
+    assert result.errors[str(broken)].startswith(f"{broken}: not readable as audio")
+    assert result.errors[str(missing)] == f"{missing}: file not found"
+    warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
+    assert sum(str(broken) in line for line in warnings) == 1
+    assert sum(str(missing) in line for line in warnings) == 1
+
+
+def test_without_a_cache_nothing_is_written(clips, tmp_path):
+    before = sorted(tmp_path.rglob("*"))
+    result = extract_features(clips, cache_dir=None, workers=2)
+    assert len(result.segments) == len(clips)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_returned_arrays_are_read_only(clips, tmp_path):
+    for cache in (None, tmp_path / "cache", tmp_path / "cache"):
+        result = extract_features(clips[:2], cache_dir=cache)
+        assert not any(segments.flags.writeable for segments in result.segments.values())
+
+
+def test_bad_parameters_fail_before_any_file_is_read(clips, tmp_path):
+    with pytest.raises(TypeError, match="unknown feature parameter"):
+        extract_features(clips, cache_dir=tmp_path / "cache", n_mel=40)
+    with pytest.raises(ValueError, match="hop_length"):
+        extract_features(clips, cache_dir=tmp_path / "cache", hop_length=0)
+    with pytest.raises(ValueError, match="workers"):
+        extract_features(clips, workers=0)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_duplicate_paths_are_computed_once(clips):
+    result = extract_features([clips[0], clips[0], str(clips[0])], workers=1)
+    assert list(result.segments) == [str(clips[0])]
+
+
+def test_workers_start_by_spawn_once_a_threaded_framework_is_loaded(clips, monkeypatch):
+    assert features._process_context().get_start_method() == ("fork" if sys.platform.startswith("linux") else "spawn")
+    monkeypatch.setitem(sys.modules, "tensorflow", types.ModuleType("tensorflow"))
+    assert features._process_context().get_start_method() == "spawn"
+    result = extract_features(clips[:2], workers=2)
+    np.testing.assert_array_equal(result.segments[str(clips[1])], get_framed_log_melspectrogram(clips[1]))
