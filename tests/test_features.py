@@ -136,6 +136,8 @@ def test_duplicate_paths_are_computed_once(clips):
 
 
 def test_workers_start_by_spawn_once_a_threaded_framework_is_loaded(clips, monkeypatch):
+    for framework in ("tensorflow", "jax", "torch"):
+        monkeypatch.delitem(sys.modules, framework, raising=False)
     assert features._process_context().get_start_method() == ("fork" if sys.platform.startswith("linux") else "spawn")
     monkeypatch.setitem(sys.modules, "tensorflow", types.ModuleType("tensorflow"))
     assert features._process_context().get_start_method() == "spawn"

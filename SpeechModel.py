@@ -1,0 +1,402 @@
+"""The DCNN-BLSTMwA model (Zhang et al. 2021) in pure Keras 3.
+
+    segments (batch, segments, 64, 64, 3), all-zero segments are padding
+      -> SegmentScaling    each segment's channels to the backbone's input range; the segment mask
+      -> SegmentEncoder    one ImageNet CNN over every segment of the batch at once -> (batch, segments, 2048)
+      -> Bidirectional LSTM, sequences out, masked
+      -> AttentionPooling  additive attention over the real segments -> (batch, 512)
+      -> Dense 256 relu, Dropout, Dense 128 relu, Dropout, Dense classes softmax
+
+Only `keras.ops` and `keras.layers` inside, so the same model builds, trains and
+predicts under the TensorFlow, JAX and PyTorch backends. `SpeechModel` is the
+entry point: `create_model`, `attention_model` and `export`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+from keras import layers, ops
+
+PACKAGE = "dcnn_blstmwa"
+SEGMENT_SHAPE = (64, 64, 3)  # (time frames, Mel bands, channels) of one segment, as utils.py cuts them
+NUM_CLASSES = 8  # the RAVDESS emotions
+LEARNING_RATE = 1e-4  # Adam, as in the paper's recipe
+
+# Named backbones: constructor, the input range it was trained on, and the
+# weights file Keras downloads for weights="imagenet".
+BACKBONES = {
+    "resnet50v2": {
+        "build": keras.applications.ResNet50V2,
+        "input_range": (-1.0, 1.0),
+        "imagenet_file": "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "imagenet_url": "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
+        "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        "imagenet_md5": "fac2f116257151a9d068a22e544a4917",
+    },
+}
+
+
+class BackboneWeightsError(Exception):
+    """Backbone weights that cannot be had or used; the message names the way out."""
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SegmentScaling(layers.Layer):
+    """Map every segment's channels to the backbone's input range, and mark padding.
+
+    Each channel of each segment is scaled on its own from [min, max] to
+    ``input_range`` (a constant channel maps to the middle of the range), so
+    static dB values and deltas reach the backbone on the scale its ImageNet
+    filters expect, whatever the recording level.
+
+    Masking: the layer creates the segment mask, True for a real segment and
+    False for an all-zero (padding) one, computed on the raw input. Padding
+    segments come out at the middle of the range; later layers ignore them
+    through the mask.
+
+    Args:
+        input_range: tuple of two floats. The backbone's input range. Defaults to (-1.0, 1.0).
+
+    Example:
+    >>> x = np.random.normal(size=(2, 5, 64, 64, 3)).astype("float32")
+    >>> SegmentScaling()(x).shape
+    (2, 5, 64, 64, 3)
+    """
+
+    def __init__(self, input_range: Sequence[float] = (-1.0, 1.0), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        low, high = (float(value) for value in input_range)
+        if not low < high:
+            raise ValueError(f"input_range must be (low, high) with low < high, got {input_range!r}")
+        self.input_range = (low, high)
+
+    def call(self, segments):
+        low, high = self.input_range
+        # min/max over time and Mel of each (utterance, segment, channel)
+        minimum = ops.min(segments, axis=(2, 3), keepdims=True)
+        maximum = ops.max(segments, axis=(2, 3), keepdims=True)
+        middle = (maximum + minimum) / 2
+        half_span = ops.maximum((maximum - minimum) / 2, 1e-6)
+        return (low + high) / 2 + (high - low) / 2 * (segments - middle) / half_span
+
+    def compute_mask(self, segments, mask=None):
+        return ops.any(ops.not_equal(segments, 0), axis=(2, 3, 4))
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"input_range": self.input_range})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class SegmentEncoder(layers.Layer):
+    """Apply a per-segment backbone to every segment of a batch in one call.
+
+    (batch, segments, H, W, C) is reshaped to (batch * segments, H, W, C), run
+    through the backbone (optionally after resizing to ``image_size``) and
+    reshaped back to (batch, segments, features). Keras' TimeDistributed would
+    unroll one backbone call per segment instead (2.3x slower to train here).
+
+    Masking: supports masking; the output carries the input's segment mask
+    unchanged. Padding segments go through the backbone like the others and
+    their outputs are ignored downstream.
+
+    Args:
+        backbone: keras.Model. Maps one segment (H', W', C) to a feature vector.
+        image_size: int or None. Resize each segment to image_size x image_size
+            before the backbone; None feeds the segments as they are. Defaults to None.
+
+    Example:
+    >>> backbone = keras.Sequential([keras.Input((64, 64, 3)), keras.layers.GlobalAveragePooling2D()])
+    >>> SegmentEncoder(backbone)(np.zeros((2, 5, 64, 64, 3), "float32")).shape
+    (2, 5, 3)
+    """
+
+    def __init__(self, backbone: keras.Model, image_size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.features = _vector_size(backbone)
+        self.backbone = backbone
+        self.image_size = image_size
+        self.resize = layers.Resizing(image_size, image_size) if image_size else None
+        self.supports_masking = True
+
+    def call(self, segments):
+        shape = ops.shape(segments)
+        images = ops.reshape(segments, (-1, *segments.shape[2:]))
+        if self.resize is not None:
+            images = self.resize(images)
+        embeddings = self.backbone(images)
+        return ops.reshape(embeddings, (shape[0], shape[1], self.features))
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[1], self.features)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"backbone": keras.saving.serialize_keras_object(self.backbone), "image_size": self.image_size})
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> SegmentEncoder:
+        config = dict(config)
+        config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class AttentionPooling(layers.Layer):
+    """Additive attention pooling over time: which segments carry the emotion.
+
+    ``e_t = v^T tanh(W h_t + b)``, ``a = softmax(e)`` over the unmasked steps,
+    output ``sum_t a_t h_t``. Scores and softmax run in float32 so mixed
+    precision cannot overflow them.
+
+    Masking: consumes the mask (True = a real step). Masked steps get weight 0;
+    the weights sum to 1 over the real steps (to 0 for a row of pure padding,
+    whose output is then 0). The output carries no mask.
+
+    Returns:
+        A tuple ``(pooled, weights)``: pooled of shape (batch, features),
+        weights of shape (batch, steps), float32.
+
+    Args:
+        units: int. Size of the hidden layer W. Defaults to 128.
+
+    Example:
+    >>> pooled, weights = AttentionPooling(16)(np.random.normal(size=(2, 7, 32)).astype("float32"))
+    >>> pooled.shape, weights.shape
+    ((2, 32), (2, 7))
+    """
+
+    def __init__(self, units: int = 128, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if units <= 0:
+            raise ValueError(f"units must be > 0, got {units!r}")
+        self.units = units
+        self.supports_masking = True
+
+    def build(self, input_shape) -> None:
+        features = input_shape[-1]
+        self.projection = self.add_weight(name="projection", shape=(features, self.units), initializer="glorot_uniform")
+        self.bias = self.add_weight(name="bias", shape=(self.units,), initializer="zeros")
+        self.context = self.add_weight(name="context", shape=(self.units, 1), initializer="glorot_uniform")
+
+    def call(self, sequence, mask=None):
+        hidden = ops.tanh(ops.matmul(sequence, ops.cast(self.projection, sequence.dtype)) + ops.cast(self.bias, sequence.dtype))
+        scores = ops.cast(ops.squeeze(ops.matmul(hidden, ops.cast(self.context, sequence.dtype)), axis=-1), "float32")
+        if mask is None:
+            return self._pool(sequence, ops.softmax(scores, axis=-1))
+        mask = ops.cast(mask, "bool")
+        # A large negative, not -inf: a row of pure padding would otherwise give NaN.
+        scores = ops.where(mask, scores, ops.full_like(scores, -1e9))
+        weights = ops.softmax(scores, axis=-1) * ops.cast(mask, "float32")
+        return self._pool(sequence, weights)
+
+    @staticmethod
+    def _pool(sequence, weights):
+        pooled = ops.sum(ops.expand_dims(weights, -1) * ops.cast(sequence, "float32"), axis=1)
+        return ops.cast(pooled, sequence.dtype), weights
+
+    def compute_mask(self, sequence, mask=None):
+        return [None, None]
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], input_shape[-1]), (input_shape[0], input_shape[1])
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"units": self.units})
+        return config
+
+
+class SpeechModel:
+    """Build, inspect and export DCNN-BLSTMwA models.
+
+    Example:
+    >>> model = SpeechModel.create_model(num_classes=8, weights=None)
+    >>> model.predict(np.zeros((2, 9, 64, 64, 3), "float32")).shape
+    (2, 8)
+    """
+
+    @staticmethod
+    def create_model(
+        num_classes: int = NUM_CLASSES,
+        *,
+        weights: str | os.PathLike | None = "imagenet",
+        backbone: str | keras.Model = "resnet50v2",
+        segment_shape: Sequence[int] = SEGMENT_SHAPE,
+        image_size: int | None = None,
+        input_range: Sequence[float] | None = None,
+        lstm_units: int = 128,
+        attention_units: int = 128,
+        dense_units: Sequence[int] = (256, 128),
+        dropout: float = 0.25,
+        learning_rate: float = LEARNING_RATE,
+        compile: bool = True,
+    ) -> keras.Model:
+        """The DCNN-BLSTMwA model, compiled and ready for ``fit``.
+
+        Args:
+            num_classes: int. Emotions to tell apart. Defaults to 8 (RAVDESS).
+            weights: "imagenet", None or a path. Backbone weights: ImageNet (downloaded
+                by Keras, needs internet once), random (None), or a local weights file
+                (``.h5`` as Keras downloads it, or ``.weights.h5``). Defaults to "imagenet".
+            backbone: str or keras.Model. "resnet50v2", or a Keras model that maps one
+                segment (or one ``image_size`` image) to a vector; its own weights are
+                kept unless ``weights`` is a path. Defaults to "resnet50v2".
+            segment_shape: tuple of 3 ints. (frames, Mel bands, channels) of one segment.
+                Defaults to (64, 64, 3).
+            image_size: int or None. Resize segments to image_size x image_size inside the
+                model (the paper resized to 227; about 12x the compute at 224). Defaults to None.
+            input_range: tuple of 2 floats or None. Range the backbone expects; None takes
+                the named backbone's own, or (-1, 1) for a keras.Model. Defaults to None.
+            lstm_units: int. LSTM units in each direction. Defaults to 128.
+            attention_units: int. Hidden size of the additive attention. Defaults to 128.
+            dense_units: tuple of ints. Hidden Dense layers of the head. Defaults to (256, 128).
+            dropout: float. Dropout after each hidden Dense layer. Defaults to 0.25.
+            learning_rate: float. Adam learning rate. Defaults to 1e-4.
+            compile: bool. Compile with Adam, sparse categorical cross-entropy and accuracy.
+                Defaults to True.
+
+        Returns:
+            keras.Model: input "segments" float32 (batch, segments, *segment_shape) with
+            any number of segments, all-zero segments masked; output class probabilities
+            (batch, num_classes).
+
+        Raises:
+            BackboneWeightsError: if ImageNet weights cannot be downloaded, or a weights
+                path is missing, is a whole saved model, or does not fit the backbone.
+        """
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
+        if not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        segment_shape = tuple(int(size) for size in segment_shape)
+        if len(segment_shape) != 3:
+            raise ValueError(f"segment_shape must be (frames, mel_bands, channels), got {segment_shape!r}")
+        image_shape = (image_size, image_size, segment_shape[2]) if image_size else segment_shape
+        backbone_model, default_range = _build_backbone(backbone, weights, image_shape)
+
+        segments = keras.Input(shape=(None, *segment_shape), name="segments")
+        x = SegmentScaling(input_range or default_range, name="scaling")(segments)
+        x = SegmentEncoder(backbone_model, image_size=image_size, name="segment_encoder")(x)
+        x = layers.Bidirectional(layers.LSTM(lstm_units, return_sequences=True), name="blstm")(x)
+        x, _ = AttentionPooling(attention_units, name="attention")(x)
+        for index, units in enumerate(dense_units, start=1):
+            x = layers.Dense(units, activation="relu", name=f"dense_{index}")(x)
+            x = layers.Dropout(dropout, name=f"dropout_{index}")(x)
+        probabilities = layers.Dense(num_classes, activation="softmax", dtype="float32", name="emotion")(x)
+        model = keras.Model(segments, probabilities, name="dcnn_blstmwa")
+        if compile:
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate),
+                loss="sparse_categorical_crossentropy",
+                metrics=["accuracy"],
+            )
+        return model
+
+    @staticmethod
+    def attention_model(model: keras.Model) -> keras.Model:
+        """A model that returns ``(probabilities, attention weights)`` for the same input.
+
+        The weights, (batch, segments) float32, say how much each segment counted:
+        they sum to 1 over an utterance's real segments and are 0 on padding. The
+        new model shares the layers (and weights) of ``model``.
+        """
+        _, weights = model.get_layer("attention").output
+        return keras.Model(model.inputs, [model.outputs[0], weights], name=f"{model.name}_with_attention")
+
+    @staticmethod
+    def export(model: keras.Model, path: str | os.PathLike) -> None:
+        """Write ``model`` as a TensorFlow SavedModel for serving.
+
+        The serving function (``serve``, and the ``serving_default`` signature)
+        takes float32 segments (batch, segments, *segment_shape) with any batch size
+        and segment count and returns class probabilities. Needs TensorFlow installed;
+        works from the TensorFlow and JAX backends (train on PyTorch, save
+        ``model.keras``, load it under one of those to export).
+        """
+        if keras.backend.backend() not in ("tensorflow", "jax"):
+            raise RuntimeError(
+                f"exporting a SavedModel works from the TensorFlow and JAX backends, not {keras.backend.backend()}; "
+                "save model.keras and export it after loading under KERAS_BACKEND=tensorflow or jax"
+            )
+        try:
+            import tensorflow  # noqa: F401  (the exporter's own dependency, checked for a clear message)
+        except ImportError:
+            raise RuntimeError(
+                "exporting a SavedModel needs TensorFlow; save model.keras here and export it where TensorFlow is installed"
+            ) from None
+        segment_shape = tuple(model.inputs[0].shape[2:])
+        signature = [keras.InputSpec(shape=(None, None, *segment_shape), dtype="float32", name="segments")]
+        model.export(str(path), format="tf_saved_model", input_signature=signature, verbose=False)
+
+
+def _build_backbone(
+    backbone: str | keras.Model, weights: str | os.PathLike | None, image_shape: tuple[int, int, int]
+) -> tuple[keras.Model, tuple[float, float]]:
+    """The backbone model with its weights loaded, and the input range it expects."""
+    if isinstance(backbone, keras.Model):
+        if weights == "imagenet":
+            raise BackboneWeightsError(
+                "weights='imagenet' applies to named backbones; pass weights=None to keep your backbone's own "
+                "weights, or a path to load a weights file into it"
+            )
+        if weights is not None:
+            _load_weights_file(backbone, weights)
+        return backbone, (-1.0, 1.0)
+    if backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)} or pass a keras.Model")
+    spec = BACKBONES[backbone]
+    if weights == "imagenet":
+        try:
+            weights = keras.utils.get_file(
+                spec["imagenet_file"], spec["imagenet_url"], cache_subdir="models", file_hash=spec["imagenet_md5"]
+            )
+        except Exception as error:  # Keras raises a bare Exception for network failures
+            raise BackboneWeightsError(
+                f"could not download the ImageNet weights of {backbone} ({error}); either pass weights=PATH with "
+                f"{spec['imagenet_file']} (from {spec['imagenet_url']}) or pass weights=None for random weights"
+            ) from None
+    model = spec["build"](include_top=False, weights=None, input_shape=image_shape, pooling="avg")
+    if weights is not None:
+        _load_weights_file(model, weights)
+    return model, spec["input_range"]
+
+
+def _vector_size(backbone: keras.Model) -> int:
+    """Length of the vector ``backbone`` makes of one segment; refuses other output shapes."""
+    try:
+        output_shape = backbone.compute_output_shape(backbone.input_shape)
+    except (AttributeError, ValueError) as error:
+        raise ValueError(f"the backbone needs a known input shape (build it on keras.Input(...)): {error}") from None
+    if len(output_shape) != 2:
+        raise ValueError(
+            f"the backbone must map one segment to a vector, but its output shape is {output_shape}; "
+            "end it with a pooling layer (e.g. pooling='avg' for keras.applications)"
+        )
+    return int(output_shape[-1])
+
+
+def _load_weights_file(model: keras.Model, path: str | os.PathLike) -> None:
+    path = Path(path)
+    if path.suffix == ".keras" or path.is_dir():
+        loader = "keras.models.load_model" if path.suffix == ".keras" else "tf.saved_model.load"
+        raise BackboneWeightsError(
+            f"{path} is a whole saved model, not a backbone weights file; load it with {loader}, "
+            "and pass weights= a .h5 or .weights.h5 file of the backbone"
+        )
+    if not path.is_file():
+        raise BackboneWeightsError(f"backbone weights file {path} not found")
+    try:
+        model.load_weights(path)
+    except Exception as error:  # h5py, shape and layer-count errors all mean the same to the user
+        raise BackboneWeightsError(f"{path} does not fit the {model.name} backbone: {error}") from None

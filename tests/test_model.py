@@ -1,0 +1,219 @@
+"""SpeechModel.py: variable length, masking, attention, backends, save and export."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from tiny_model import SEGMENT_SHAPE, padded_batch, tiny_backbone, tiny_model
+
+import SpeechModel as speech_model_module
+from SpeechModel import BackboneWeightsError, SegmentScaling, SpeechModel
+
+TESTS = Path(__file__).resolve().parent
+
+
+def test_padding_never_changes_a_prediction():
+    model = tiny_model()
+    lengths = [2, 6, 3, 1]
+    batch = padded_batch(lengths)
+    together = model.predict(batch, verbose=0)
+    for row, length in enumerate(lengths):
+        alone = model.predict(batch[row : row + 1, :length], verbose=0)
+        np.testing.assert_allclose(alone[0], together[row], atol=1e-5)
+        padded_more = np.concatenate([batch[row : row + 1, :length], np.zeros((1, 9, *SEGMENT_SHAPE), "float32")], 1)
+        np.testing.assert_allclose(model.predict(padded_more, verbose=0)[0], together[row], atol=1e-5)
+    np.testing.assert_allclose(together.sum(axis=1), 1, atol=1e-5)
+
+
+def test_attention_weights_sum_to_one_over_real_segments_and_zero_on_padding():
+    model = tiny_model()
+    lengths = [2, 5, 3]
+    batch = padded_batch(lengths)
+    probabilities, weights = SpeechModel.attention_model(model).predict(batch, verbose=0)
+    np.testing.assert_allclose(probabilities, model.predict(batch, verbose=0), atol=1e-6)
+    assert weights.shape == (3, 5)
+    for row, length in enumerate(lengths):
+        assert weights[row, :length].sum() == pytest.approx(1, abs=1e-5)
+        assert (weights[row, :length] > 0).all()
+        np.testing.assert_array_equal(weights[row, length:], 0)
+
+
+def test_an_utterance_of_pure_padding_gives_finite_probabilities():
+    batch = padded_batch([3, 1])
+    batch[1] = 0
+    probabilities, weights = SpeechModel.attention_model(tiny_model()).predict(batch, verbose=0)
+    assert np.isfinite(probabilities).all()
+    np.testing.assert_array_equal(weights[1], 0)
+
+
+def test_the_model_trains_and_the_loss_falls():
+    keras.utils.set_random_seed(1)
+    model = tiny_model(num_classes=2, learning_rate=1e-2)
+    # class 0: energy along time stripes, class 1: along Mel stripes
+    rng = np.random.default_rng(1)
+    stripes = np.zeros((2, *SEGMENT_SHAPE), "float32")
+    stripes[0, ::2] = 1
+    stripes[1, :, ::2] = 1
+    labels = rng.integers(0, 2, 32)
+    inputs = stripes[labels][:, None].repeat(3, axis=1) + rng.normal(0, 0.1, (32, 3, *SEGMENT_SHAPE)).astype("float32")
+    history = model.fit(inputs, labels, batch_size=8, epochs=8, verbose=0)
+    assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
+
+
+def test_keras_file_round_trip_gives_the_same_predictions(tmp_path):
+    model = tiny_model()
+    batch = padded_batch([4, 2])
+    model.fit(batch, np.array([0, 2]), verbose=0)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict(batch, verbose=0), model.predict(batch, verbose=0), atol=1e-6)
+    _, weights = SpeechModel.attention_model(loaded).predict(batch, verbose=0)
+    np.testing.assert_array_equal(weights[1, 2:], 0)
+
+
+def test_saved_model_export_serves_any_segment_count(tmp_path):
+    import tensorflow as tf
+
+    model = tiny_model()
+    SpeechModel.export(model, tmp_path / "export")
+    served = tf.saved_model.load(str(tmp_path / "export"))
+    for lengths in ([3], [7, 2, 5]):
+        batch = padded_batch(lengths)
+        expected = model.predict(batch, verbose=0)
+        np.testing.assert_allclose(served.serve(tf.constant(batch)).numpy(), expected, atol=1e-5)
+        signature = served.signatures["serving_default"]
+        (output,) = signature(segments=tf.constant(batch)).values()
+        np.testing.assert_allclose(output.numpy(), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
+def test_builds_trains_and_predicts_on_every_installed_backend(backend, tmp_path):
+    if importlib.util.find_spec(backend) is None:
+        pytest.skip(f"{backend} is not installed, so the {backend} backend cannot be tried here")
+    environment = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    run = subprocess.run(
+        [sys.executable, str(TESTS / "tiny_model.py"), str(tmp_path)],
+        env=environment, capture_output=True, text=True, timeout=600,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert f"{backend} ok" in run.stdout
+    # the .keras file written on that backend loads here (TensorFlow) with the same predictions
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    inputs = np.load(tmp_path / "inputs.npy")
+    np.testing.assert_allclose(loaded.predict(inputs, verbose=0), np.load(tmp_path / "probabilities.npy"), atol=1e-5)
+
+
+def test_mixed_precision_keeps_probabilities_in_float32_and_masking_exact():
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = tiny_model()
+        batch = padded_batch([2, 4])
+        probabilities = model.predict(batch, verbose=0)
+        alone = model.predict(batch[:1, :2], verbose=0)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    assert probabilities.dtype == np.float32 and np.isfinite(probabilities).all()
+    np.testing.assert_allclose(alone[0], probabilities[0], atol=1e-2)
+
+
+def test_segment_scaling_maps_each_segment_channel_to_the_input_range():
+    rng = np.random.default_rng(2)
+    segments = rng.normal(size=(2, 3, 8, 8, 3)).astype("float32") * [50, 5, 1] + [-60, 0, 0]
+    segments[1, 2] = 0  # padding
+    segments[0, 1, :, :, 1] = 4.0  # a constant channel
+    layer = SegmentScaling((-1.0, 1.0))
+    scaled = keras.ops.convert_to_numpy(layer(segments))
+    np.testing.assert_allclose(scaled[0, 0].min(axis=(0, 1)), -1, atol=1e-5)
+    np.testing.assert_allclose(scaled[0, 0].max(axis=(0, 1)), 1, atol=1e-5)
+    np.testing.assert_allclose(scaled[0, 1, :, :, 1], 0, atol=1e-6)
+    mask = keras.ops.convert_to_numpy(layer.compute_mask(segments))
+    np.testing.assert_array_equal(mask, [[True, True, True], [True, True, False]])
+    assert SegmentScaling.from_config(SegmentScaling((0.0, 255.0)).get_config()).input_range == (0.0, 255.0)
+
+
+def test_image_size_resizes_segments_inside_the_model():
+    model = SpeechModel.create_model(
+        3, weights=None, backbone=tiny_backbone((16, 16, 3)), segment_shape=SEGMENT_SHAPE, image_size=16,
+        lstm_units=4, attention_units=4, dense_units=(8,),
+    )
+    assert model.predict(padded_batch([2, 3]), verbose=0).shape == (2, 3)
+
+
+def test_real_resnet50v2_shapes():
+    model = SpeechModel.create_model(weights=None)
+    assert model.input_shape == (None, None, 64, 64, 3)
+    assert model.get_layer("segment_encoder").compute_output_shape((None, None, 64, 64, 3)) == (None, None, 2048)
+    assert model.get_layer("blstm").output.shape == (None, None, 256)
+    probabilities = model.predict(np.random.default_rng(3).normal(size=(2, 3, 64, 64, 3)).astype("float32"), verbose=0)
+    assert probabilities.shape == (2, 8)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_a_local_weights_file_loads_into_the_backbone(tmp_path):
+    from keras.src.legacy.saving import legacy_h5_format  # writes the .h5 layout Keras downloads
+    import h5py
+
+    source = keras.applications.ResNet50V2(include_top=False, weights=None, input_shape=(64, 64, 3), pooling="avg")
+    source.get_layer("conv1_conv").kernel.assign(np.full((7, 7, 3, 64), 0.5, "float32"))
+    source.save_weights(tmp_path / "backbone.weights.h5")
+    with h5py.File(tmp_path / "downloaded_layout.h5", "w") as stream:
+        legacy_h5_format.save_weights_to_hdf5_group(stream, source)
+    for name in ("backbone.weights.h5", "downloaded_layout.h5"):
+        model = SpeechModel.create_model(weights=tmp_path / name, compile=False)
+        backbone = model.get_layer("segment_encoder").backbone
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(backbone.get_layer("conv1_conv").kernel), 0.5)
+
+
+def test_imagenet_download_failure_names_the_ways_out(monkeypatch):
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure on https://storage.googleapis.com/x.h5: None -- [Errno -3] no network")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    with pytest.raises(BackboneWeightsError) as error:
+        SpeechModel.create_model(weights="imagenet")
+    message = str(error.value)
+    assert "could not download the ImageNet weights of resnet50v2" in message
+    assert "weights=PATH with resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert "weights=None" in message
+
+
+def test_a_whole_saved_model_is_refused_as_weights(tmp_path):
+    tiny_model().save(tmp_path / "run.keras")
+    with pytest.raises(BackboneWeightsError, match="whole saved model.*keras.models.load_model"):
+        tiny_model(weights=tmp_path / "run.keras", backbone=tiny_backbone())
+    (tmp_path / "saved").mkdir()
+    with pytest.raises(BackboneWeightsError, match="whole saved model.*tf.saved_model.load"):
+        tiny_model(weights=tmp_path / "saved", backbone=tiny_backbone())
+
+
+def test_missing_and_mismatched_weights_files_are_clear(tmp_path):
+    with pytest.raises(BackboneWeightsError, match="not found"):
+        tiny_model(weights=tmp_path / "none.weights.h5", backbone=tiny_backbone())
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    other.save_weights(tmp_path / "other.weights.h5")
+    with pytest.raises(BackboneWeightsError, match="does not fit the tiny_backbone backbone"):
+        tiny_model(weights=tmp_path / "other.weights.h5", backbone=tiny_backbone())
+
+
+def test_bad_backbones_are_refused():
+    with pytest.raises(BackboneWeightsError, match="weights='imagenet' applies to named backbones"):
+        tiny_model(weights="imagenet")
+    with pytest.raises(ValueError, match="unknown backbone 'alexnet'"):
+        SpeechModel.create_model(backbone="alexnet", weights=None)
+    feature_map = keras.Sequential([keras.Input(SEGMENT_SHAPE), keras.layers.Conv2D(4, 3)])
+    with pytest.raises(ValueError, match="must map one segment to a vector"):
+        tiny_model(backbone=feature_map)
+
+
+def test_export_refuses_the_torch_backend_with_the_way_out(monkeypatch):
+    model = tiny_model()
+    monkeypatch.setattr(speech_model_module.keras.backend, "backend", lambda: "torch")
+    with pytest.raises(RuntimeError, match="save model.keras and export it after loading"):
+        SpeechModel.export(model, "unused")
