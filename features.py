@@ -1,14 +1,16 @@
 """Segments for many files at once: every core, and an on-disk cache.
 
 `extract_features` runs `utils.get_framed_log_melspectrogram` over a list of
-files in worker processes and keeps each result as a plain ``.npy`` file in a
-cache folder, keyed by the file (path, size, modification time), every feature
-parameter and the versions of the feature code. A second run reads instead of
+files (each optionally with an enhancement of its audio) in worker processes and
+keeps each result as a plain ``.npy`` file in a cache folder, keyed by the file
+(path, size, modification time), the enhancement, every feature parameter and
+the versions of the feature code. A second run reads instead of
 computing; a changed file or parameter gets a new key and is computed afresh.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -17,9 +19,8 @@ import os
 import sys
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Union
 
 import librosa
 import numpy as np
@@ -39,15 +40,34 @@ FEATURE_CODE_VERSION = 1
 _THREADED_FRAMEWORKS = ("tensorflow", "jax", "torch")
 
 
-@dataclass
+class AudioTransform(Protocol):
+    """A reproducible change of a signal, such as `augment.Enhancement` (a frozen dataclass)."""
+
+    def apply(self, y: np.ndarray, sr: int) -> np.ndarray: ...
+
+
+# A file, or a file and the transform to apply to its audio before the features.
+Source = Union[utils.PathLike, tuple[utils.PathLike, AudioTransform]]
+SourceKey = Union[str, tuple[str, AudioTransform]]
+
+
+def source_key(source: Source) -> SourceKey:
+    """How `ExtractedFeatures` names a source: ``str(path)``, or ``(str(path), transform)``."""
+    if isinstance(source, tuple):
+        path, transform = source
+        return str(path), transform
+    return str(source)
+
+
+@dataclasses.dataclass
 class ExtractedFeatures:
     """What `extract_features` returns.
 
     Attributes
     ----------
-    segments : dict[str, np.ndarray [shape=(num_segments, 64, 64, 3), dtype=float32]]
-        Features of every usable file, keyed by the path as given (``str(path)``),
-        in the order of the input. Read-only: cached ones are memory maps of
+    segments : dict[SourceKey, np.ndarray [shape=(num_segments, 64, 64, 3), dtype=float32]]
+        Features of every usable source, keyed by `source_key` (``str(path)`` for
+        a plain file), in the order of the input. Read-only: cached ones are memory maps of
         the cache files (copy with ``np.array(x)`` to modify).
     errors : dict[str, str]
         Files that could not be used, each with the reason (an `utils.AudioError`
@@ -56,8 +76,8 @@ class ExtractedFeatures:
         How many files were read from the cache instead of computed.
     """
 
-    segments: dict[str, np.ndarray] = field(default_factory=dict)
-    errors: dict[str, str] = field(default_factory=dict)
+    segments: dict[SourceKey, np.ndarray] = dataclasses.field(default_factory=dict)
+    errors: dict[SourceKey, str] = dataclasses.field(default_factory=dict)
     cache_hits: int = 0
 
 
@@ -67,17 +87,21 @@ def default_cache_dir() -> Path:
     return Path(root) / "dcnn-blstmwa"
 
 
-def cache_key(path: utils.PathLike, params: dict[str, Any]) -> str | None:
-    """Hex digest that identifies the features of ``path`` under ``params``.
+def cache_key(source: Source, params: dict[str, Any]) -> str | None:
+    """Hex digest that identifies the features of ``source`` under ``params``.
 
-    Returns None when the file cannot be stat'ed (it is then computed, and fails
-    with a clear `utils.AudioError`, without touching the cache).
+    Covers the file (path, size, modification time), the transform's fields,
+    every feature parameter and the versions of the feature code. Returns None
+    when the file cannot be stat'ed (it is then computed, and fails with a clear
+    `utils.AudioError`, without touching the cache).
     """
+    path, transform = source if isinstance(source, tuple) else (source, None)
     try:
         status = os.stat(path)
     except OSError:
         return None
     identity = {
+        "transform": None if transform is None else [type(transform).__name__, dataclasses.asdict(transform)],
         "path": os.path.abspath(path),
         "size": status.st_size,
         "mtime_ns": status.st_mtime_ns,
@@ -90,7 +114,7 @@ def cache_key(path: utils.PathLike, params: dict[str, Any]) -> str | None:
 
 
 def extract_features(
-    paths: Iterable[utils.PathLike],
+    sources: Iterable[Source],
     *,
     cache_dir: utils.PathLike | None = None,
     workers: int | None = None,
@@ -101,8 +125,10 @@ def extract_features(
 
     Parameters
     ----------
-    paths : iterable of str or os.PathLike
-        Audio files; duplicates are computed once.
+    sources : iterable of str or os.PathLike, or of (path, transform) pairs
+        Audio files, each optionally with a transform applied to its audio
+        (at the feature sample rate) before the features; duplicates are
+        computed once.
     cache_dir : str or os.PathLike or None
         Folder for cached features (created when missing); None computes
         everything and caches nothing. Keep it outside the dataset folder:
@@ -133,10 +159,10 @@ def extract_features(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers!r}")
 
-    names = list(dict.fromkeys(str(path) for path in paths))
+    names = list(dict.fromkeys(source_key(source) for source in sources))
     result = ExtractedFeatures()
-    found: dict[str, np.ndarray] = {}
-    to_compute: dict[str, Path | None] = {}
+    found: dict[SourceKey, np.ndarray] = {}
+    to_compute: dict[SourceKey, Path | None] = {}
     for name in names:
         cache_file = _cache_file(cache_dir, name, params)
         segments = _read_cached(cache_file)
@@ -164,10 +190,10 @@ def extract_features(
     return result
 
 
-def _cache_file(cache_dir: utils.PathLike | None, path: str, params: dict[str, Any]) -> Path | None:
+def _cache_file(cache_dir: utils.PathLike | None, source: SourceKey, params: dict[str, Any]) -> Path | None:
     if cache_dir is None:
         return None
-    key = cache_key(path, params)
+    key = cache_key(source, params)
     if key is None:
         return None
     # Two-character shards keep folders small for corpora of 100k files.
@@ -188,26 +214,32 @@ def _read_cached(cache_file: Path | None) -> np.ndarray | None:
         return None
 
 
-def _compute(job: tuple[str, Path | None, dict[str, Any]]) -> tuple[str, np.ndarray | None, str | None]:
-    """Features of one file: (path, segments, None), or (path, None, None) once
-    written to the cache file, or (path, None, reason) for an unusable file."""
-    path, cache_file, params = job
+def _compute(
+    job: tuple[SourceKey, Path | None, dict[str, Any]],
+) -> tuple[SourceKey, np.ndarray | None, str | None]:
+    """Features of one source: (source, segments, None), or (source, None, None)
+    once written to the cache file, or (source, None, reason) for an unusable file."""
+    source, cache_file, params = job
+    path, transform = source if isinstance(source, tuple) else (source, None)
     try:
-        segments = utils.get_framed_log_melspectrogram(path, **params)
+        y = utils.load_wav(path, sr=params["sr"])
     except utils.AudioError as error:
-        return path, None, str(error)
+        return source, None, str(error)
+    if transform is not None:
+        y = transform.apply(y, params["sr"])
+    segments = utils.get_framed_log_melspectrogram(y, **params)
     if cache_file is None:
-        return path, segments, None
+        return source, segments, None
     cache_file.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename: a crash or a concurrent writer never leaves a partial file.
     partial = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.partial")
     with open(partial, "wb") as stream:
         np.save(stream, segments, allow_pickle=False)
     os.replace(partial, cache_file)
-    return path, None, None
+    return source, None, None
 
 
-def _run(jobs: list, workers: int) -> Iterable[tuple[str, np.ndarray | None, str | None]]:
+def _run(jobs: list, workers: int) -> Iterable[tuple[SourceKey, np.ndarray | None, str | None]]:
     if workers <= 1:
         yield from map(_compute, jobs)
         return

@@ -143,3 +143,20 @@ def test_workers_start_by_spawn_once_a_threaded_framework_is_loaded(clips, monke
     assert features._process_context().get_start_method() == "spawn"
     result = extract_features(clips[:2], workers=2)
     np.testing.assert_array_equal(result.segments[str(clips[1])], get_framed_log_melspectrogram(clips[1]))
+
+
+def test_enhanced_sources_are_computed_from_the_enhanced_audio_and_cached_apart(clips, tmp_path):
+    from augment import Enhancement
+    from utils import load_wav
+
+    cache = tmp_path / "cache"
+    enhancement = Enhancement(speed=1.1, shift_seconds=0.1, snr_db=20.0, noise_seed=3)
+    sources = [clips[2], (clips[2], enhancement)]
+    first = extract_features(sources, cache_dir=cache, workers=2)
+    assert list(first.segments) == [str(clips[2]), (str(clips[2]), enhancement)]
+    expected = get_framed_log_melspectrogram(enhancement.apply(load_wav(clips[2]), 16000))
+    np.testing.assert_array_equal(first.segments[(str(clips[2]), enhancement)], expected)
+    assert not np.array_equal(first.segments[str(clips[2])][0], expected[0])
+    assert extract_features(sources, cache_dir=cache).cache_hits == 2
+    other = Enhancement(speed=0.9, shift_seconds=0.1, snr_db=20.0, noise_seed=3)
+    assert extract_features([(clips[2], other)], cache_dir=cache).cache_hits == 0
