@@ -275,10 +275,6 @@ class SpeechModel:
             BackboneWeightsError: if ImageNet weights cannot be downloaded, or a weights
                 path is missing, is a whole saved model, or does not fit the backbone.
         """
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
-        if not 0 <= dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
         segment_shape = tuple(int(size) for size in segment_shape)
         if len(segment_shape) != 3:
             raise ValueError(f"segment_shape must be (frames, mel_bands, channels), got {segment_shape!r}")
@@ -288,20 +284,63 @@ class SpeechModel:
         segments = keras.Input(shape=(None, *segment_shape), name="segments")
         x = SegmentScaling(input_range or default_range, name="scaling")(segments)
         x = SegmentEncoder(backbone_model, image_size=image_size, name="segment_encoder")(x)
-        x = layers.Bidirectional(layers.LSTM(lstm_units, return_sequences=True), name="blstm")(x)
-        x, _ = AttentionPooling(attention_units, name="attention")(x)
-        for index, units in enumerate(dense_units, start=1):
-            x = layers.Dense(units, activation="relu", name=f"dense_{index}")(x)
-            x = layers.Dropout(dropout, name=f"dropout_{index}")(x)
-        probabilities = layers.Dense(num_classes, activation="softmax", dtype="float32", name="emotion")(x)
+        probabilities = _classifier_head(x, num_classes, lstm_units, attention_units, dense_units, dropout)
         model = keras.Model(segments, probabilities, name="dcnn_blstmwa")
         if compile:
-            model.compile(
-                optimizer=keras.optimizers.Adam(learning_rate),
-                loss="sparse_categorical_crossentropy",
-                metrics=["accuracy"],
-            )
+            _compile(model, learning_rate)
         return model
+
+    @staticmethod
+    def create_head(
+        num_classes: int = NUM_CLASSES,
+        *,
+        embedding_size: int = 2048,
+        lstm_units: int = 128,
+        attention_units: int = 128,
+        dense_units: Sequence[int] = (256, 128),
+        dropout: float = 0.25,
+        learning_rate: float = LEARNING_RATE,
+        compile: bool = True,
+    ) -> keras.Model:
+        """The part of the model after the backbone, on precomputed segment embeddings.
+
+        For training with a frozen backbone: embed every segment once (see
+        `embedding_model`), train this head, then copy its weights into a full
+        model with `load_head_weights`. Layer names match `create_model`'s.
+
+        Args:
+            embedding_size: int. Length of one segment's embedding (2048 for ResNet50V2).
+                Defaults to 2048.
+            Others: as in `create_model`.
+
+        Returns:
+            keras.Model: input "embeddings" float32 (batch, segments, embedding_size),
+            all-zero rows masked as padding; output class probabilities.
+        """
+        embeddings = keras.Input(shape=(None, embedding_size), name="embeddings")
+        x = layers.Masking(0.0, name="padding_mask")(embeddings)
+        probabilities = _classifier_head(x, num_classes, lstm_units, attention_units, dense_units, dropout)
+        head = keras.Model(embeddings, probabilities, name="dcnn_blstmwa_head")
+        if compile:
+            _compile(head, learning_rate)
+        return head
+
+    @staticmethod
+    def embedding_model(model: keras.Model) -> keras.Model:
+        """The scaling and backbone of ``model``: segments (batch, segments, ...) -> (batch, segments, features).
+
+        Shares layers and weights with ``model``. Feed many utterances' segments
+        as one long sequence, shape (1, total_segments, ...): every segment is
+        scaled and embedded on its own, so the grouping does not matter.
+        """
+        return keras.Model(model.inputs, model.get_layer("segment_encoder").output, name=f"{model.name}_embeddings")
+
+    @staticmethod
+    def load_head_weights(model: keras.Model, head: keras.Model) -> None:
+        """Copy the weights of a trained `create_head` model into the same layers of ``model``."""
+        for layer in head.layers:
+            if layer.weights:
+                model.get_layer(layer.name).set_weights(layer.get_weights())
 
     @staticmethod
     def attention_model(model: keras.Model) -> keras.Model:
@@ -338,6 +377,28 @@ class SpeechModel:
         segment_shape = tuple(model.inputs[0].shape[2:])
         signature = [keras.InputSpec(shape=(None, None, *segment_shape), dtype="float32", name="segments")]
         model.export(str(path), format="tf_saved_model", input_signature=signature, verbose=False)
+
+
+def _classifier_head(x, num_classes, lstm_units, attention_units, dense_units, dropout):
+    """BLSTM, attention pooling and the dense layers, applied to masked segment features ``x``."""
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
+    if not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    x = layers.Bidirectional(layers.LSTM(lstm_units, return_sequences=True), name="blstm")(x)
+    x, _ = AttentionPooling(attention_units, name="attention")(x)
+    for index, units in enumerate(dense_units, start=1):
+        x = layers.Dense(units, activation="relu", name=f"dense_{index}")(x)
+        x = layers.Dropout(dropout, name=f"dropout_{index}")(x)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="emotion")(x)
+
+
+def _compile(model: keras.Model, learning_rate: float) -> None:
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
 
 
 def _build_backbone(

@@ -217,3 +217,19 @@ def test_export_refuses_the_torch_backend_with_the_way_out(monkeypatch):
     monkeypatch.setattr(speech_model_module.keras.backend, "backend", lambda: "torch")
     with pytest.raises(RuntimeError, match="save model.keras and export it after loading"):
         SpeechModel.export(model, "unused")
+
+
+def test_a_head_trained_on_embeddings_gives_the_full_model_the_same_predictions():
+    model = tiny_model()
+    batch = padded_batch([3, 5, 1])
+    embeddings = SpeechModel.embedding_model(model).predict(batch, verbose=0)
+    assert embeddings.shape == (3, 5, 4)
+    # embedding all segments as one long sequence gives each segment's own embedding
+    flat = batch.reshape(1, -1, *SEGMENT_SHAPE)
+    np.testing.assert_allclose(SpeechModel.embedding_model(model).predict(flat, verbose=0)[0], embeddings.reshape(-1, 4), atol=1e-5)
+    embeddings[0, 3:] = 0
+    embeddings[2, 1:] = 0  # padding rows as the trainer leaves them
+    head = SpeechModel.create_head(3, embedding_size=4, lstm_units=8, attention_units=8, dense_units=(16,))
+    head.fit(embeddings, np.array([0, 1, 2]), epochs=2, verbose=0)
+    SpeechModel.load_head_weights(model, head)
+    np.testing.assert_allclose(model.predict(batch, verbose=0), head.predict(embeddings, verbose=0), atol=1e-5)
