@@ -142,7 +142,15 @@ def read_ravdess(folder: PathLike) -> list[RavdessUtterance]:
         problem = "is not a folder" if folder.exists() else "does not exist"
         raise CorpusError(f"dataset folder {folder} {problem}; set --dataset to the folder that holds Actor_01 ...")
     utterances, misnamed, songs = [], [], 0
-    for root, dirs, files in os.walk(folder):
+    visited: set[str] = set()
+    # Links are followed (actor folders gathered from several places by symlinks are
+    # common); each real folder is read once, so a link back up the tree cannot loop.
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real_root = os.path.realpath(root)
+        if real_root in visited:
+            dirs[:] = []
+            continue
+        visited.add(real_root)
         # Hidden entries include macOS '._*' companions that unzip next to real files.
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
         for name in sorted(files):

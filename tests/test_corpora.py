@@ -70,6 +70,17 @@ def test_reads_a_flat_folder(tmp_path, write_audio):
     assert [u.speaker for u in read_ravdess(tmp_path / "flat")] == [3, 4]
 
 
+def test_follows_linked_actor_folders_and_reads_a_looping_link_once(tmp_path, write_audio):
+    for actor in (3, 4):
+        write_audio(f"elsewhere/Actor_{actor:02d}/{ravdess_name(2, actor)}", tone(300, 0.1))
+    gathered = tmp_path / "gathered"
+    gathered.mkdir()
+    for actor in (3, 4):
+        (gathered / f"Actor_{actor:02d}").symlink_to(tmp_path / f"elsewhere/Actor_{actor:02d}")
+    (gathered / "Actor_03" / "loop").symlink_to(gathered)  # a link back up the tree
+    assert [u.speaker for u in read_ravdess(gathered)] == [3, 4]
+
+
 def test_an_empty_folder_gives_no_items(tmp_path):
     assert read_ravdess(tmp_path) == []
 
