@@ -142,11 +142,22 @@ def enhancement_for(path: str | Path, copy: int, seed: int) -> Enhancement:
     return draw_enhancement(np.random.default_rng([seed, name_hash, copy]))
 
 
-def oversampling_copies(labels: Sequence[str], seed: int) -> list[int]:
+def oversampling_copies(labels: Sequence[str], seed: int, *, copies_per_file: int = 1) -> list[int]:
     """Indices to copy so that every class reaches the majority class's count.
 
     Copies of a class go round its files in a seeded random order, so files are
     copied as evenly as possible (no file twice before every file once).
+
+    Parameters
+    ----------
+    labels : sequence of str
+        Label of each file.
+    seed : int
+        Seed of the order in which a class's files are copied.
+    copies_per_file : int >= 1
+        How many times each file already stands in the training set (the file
+        and its enhanced copies); every class is brought to the majority's
+        count times this, so the balance holds after enhancement.
 
     Returns
     -------
@@ -154,6 +165,8 @@ def oversampling_copies(labels: Sequence[str], seed: int) -> list[int]:
         Indices into ``labels``, one per extra copy, a file repeated when it needs
         several copies.
     """
+    if copies_per_file < 1:
+        raise ValueError(f"copies_per_file must be >= 1, got {copies_per_file!r}")
     counts = Counter(labels)
     if not counts:
         return []
@@ -163,7 +176,7 @@ def oversampling_copies(labels: Sequence[str], seed: int) -> list[int]:
     for label in sorted(counts):
         members = [index for index, value in enumerate(labels) if value == label]
         order = rng.permutation(members)
-        copies += [int(order[k % len(order)]) for k in range(majority - counts[label])]
+        copies += [int(order[k % len(order)]) for k in range((majority - counts[label]) * copies_per_file)]
     return copies
 
 

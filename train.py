@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import hashlib
 import importlib.util
+import itertools
 import json
 import logging
 import os
@@ -90,6 +91,8 @@ def download_archive(url: str, folder: Path, manual: str) -> Path:
     import keras
 
     logger.info("downloading RAVDESS from %s", url)
+    # Keras falls back to /tmp/.keras when the folder does not exist yet (it checks write access).
+    folder.mkdir(parents=True, exist_ok=True)
     try:
         return Path(keras.utils.get_file(RAVDESS_ARCHIVE, url, cache_dir=str(folder), cache_subdir="."))
     except Exception as error:  # Keras raises a bare Exception for network failures
@@ -138,7 +141,8 @@ def training_sources(
             sources.append(((utterance.path, augment.enhancement_for(utterance.path, copy, seed)), utterance))
     if oversample:
         copies_made: dict[int, int] = {}
-        for index in augment.oversampling_copies([u.label for u in utterances], seed):
+        labels = [u.label for u in utterances]
+        for index in augment.oversampling_copies(labels, seed, copies_per_file=1 + augment_copies):
             utterance = utterances[index]
             copies_made[index] = copies_made.get(index, 0) + 1
             if augment_copies:
@@ -488,6 +492,9 @@ def train_split(
         )
     if options.backbone_mode == "frozen":
         SpeechModel.load_head_weights(model, trainee)
+        # A fresh optimizer state for every variable, so that model.keras loads without a
+        # mismatch warning and can be fine-tuned from where the frozen run ended.
+        model.optimizer.build(model.trainable_variables)
 
     probabilities = predict_probabilities(trainee, test_batches)
     order = [test[index] for indices in test_batches.order for index in indices]
@@ -560,11 +567,7 @@ def run(options: Options, *, resume: bool = False, backbone: str | Callable = "r
     else:
         splits = [corpora.split_by_speakers(utterances, options.test_speakers, options.val_speakers)]
     if partial is None:
-        name = f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{options.backbone_mode}-{options.epochs}ep"
-        if options.folds:
-            name += f"-cv{options.folds}"
-        partial = output / f"{PARTIAL_PREFIX}{name}"
-        partial.mkdir(parents=True)
+        partial = new_partial_run(output, options)
         (partial / "options.json").write_text(json.dumps(dataclasses.asdict(options), indent=2))
 
     fold_metrics = []
@@ -608,6 +611,22 @@ def run(options: Options, *, resume: bool = False, backbone: str | Callable = "r
     print_scores(summary, options)
     print(f"run saved to {complete}")
     return complete
+
+
+def new_partial_run(output: Path, options: Options) -> Path:
+    """A new, empty run folder under its temporary name, named after the time and the recipe."""
+    name = f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{options.backbone_mode}-{options.epochs}ep"
+    if options.folds:
+        name += f"-cv{options.folds}"
+    output.mkdir(parents=True, exist_ok=True)
+    for number in itertools.count(1):
+        unique = name if number == 1 else f"{name}-{number}"
+        partial = output / f"{PARTIAL_PREFIX}{unique}"
+        # Neither an interrupted nor a completed run may hold the name: the final rename must not collide.
+        if (output / unique).exists() or partial.exists():
+            continue
+        partial.mkdir()
+        return partial
 
 
 def newest_partial_run(output: Path) -> Path:

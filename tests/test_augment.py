@@ -78,6 +78,17 @@ def test_oversampling_brings_every_class_to_the_majority_evenly():
     assert oversampling_copies(["a", "a"], seed=0) == []
 
 
+def test_oversampling_keeps_the_balance_when_every_file_has_enhanced_copies():
+    labels = ["neutral"] * 4 + ["angry"] * 10
+    copies = oversampling_copies(labels, seed=0, copies_per_file=3)
+    totals = Counter({label: 3 * count for label, count in Counter(labels).items()})
+    totals += Counter(labels[index] for index in copies)
+    assert totals == {"neutral": 30, "angry": 30}
+    assert sorted(Counter(copies).values()) == [4, 4, 5, 5]  # 18 copies over 4 files, evenly
+    with pytest.raises(ValueError, match="copies_per_file"):
+        oversampling_copies(labels, seed=0, copies_per_file=0)
+
+
 def test_class_weights_give_every_class_the_same_total():
     labels = [0] * 10 + [1] * 30 + [2] * 20
     weights = class_weights(labels)

@@ -6,14 +6,9 @@ import logging
 from pathlib import Path
 
 import pytest
-from conftest import tone
+from conftest import ravdess_name, tone
 
 from corpora import CorpusError, parse_ravdess_name, read_ravdess, speaker_folds, split_by_speakers
-
-
-def ravdess_name(emotion: int, actor: int, channel: int = 1, intensity: int = 1, statement: int = 1,
-                 repetition: int = 1, extension: str = ".wav") -> str:
-    return f"03-{channel:02d}-{emotion:02d}-{intensity:02d}-{statement:02d}-{repetition:02d}-{actor:02d}{extension}"
 
 
 def folder_state(folder: Path) -> dict[str, tuple[int, int]]:
