@@ -1,0 +1,155 @@
+"""Benchmark: seconds per training epoch, ours (frozen and finetune) against the plain approach.
+
+(a) plain: what the original repository did: every file cut or padded to a fixed 8
+    segments, all arrays in memory, the whole network fine-tuned, one model.fit.
+(b) ours, finetune: end to end on every segment of every file (no cut), batches grouped
+    by length and padded to their longest (train.PaddedBatches through tf.data).
+(c) ours, frozen: the backbone embeds every segment once (train.embed_all, timed on its
+    own, against a bare forward pass over the same segments), then only BLSTM,
+    attention and head train on the embeddings.
+
+All use the project's model (ResNet50V2 at 64x64 with random weights: the speed is the
+same as ImageNet's; the original's TimeDistributed wrapper would make (a) slower still),
+batch 32 utterances, Adam, no validation inside the timed epochs. An epoch's time is that
+of a later epoch (the first one traces the graphs); segments/s counts the real segments
+an epoch trains on (padding is not counted).
+
+    python bench/train.py [--data ../shared/data/ravdess-mini] [--epochs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)  # the project's train.py, not this file
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+import train  # noqa: E402
+import utils  # noqa: E402
+from bench.model import FIXED_SEGMENTS, fixed_length  # noqa: E402
+from features import default_cache_dir, extract_features  # noqa: E402
+from SpeechModel import SpeechModel  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
+BATCH_UTTERANCES = 32  # train.py's default --batch-size
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Wall-clock seconds of every epoch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self.started)
+
+
+def later_epoch(fit, epochs: int) -> float:
+    """Seconds of the fastest epoch after the first of ``fit(epochs, callbacks)``."""
+    timer = EpochTimer()
+    fit(epochs, [timer])
+    return min(timer.seconds[1:])
+
+
+def time_plain(utterances: list[np.ndarray], labels: np.ndarray, epochs: int) -> tuple[float, int]:
+    inputs = np.concatenate([fixed_length(segments) for segments in utterances])
+    model = SpeechModel.create_model(weights=None)
+    seconds = later_epoch(
+        lambda n, callbacks: model.fit(inputs, labels, batch_size=BATCH_UTTERANCES, epochs=n, callbacks=callbacks, verbose=0),
+        epochs,
+    )
+    return seconds, sum(min(len(segments), FIXED_SEGMENTS) for segments in utterances)
+
+
+def time_finetune(utterances: list[np.ndarray], labels: np.ndarray, epochs: int) -> tuple[float, int]:
+    model = SpeechModel.create_model(weights=None)
+    batches = train.PaddedBatches(utterances, labels, BATCH_UTTERANCES, seed=0)
+    seconds = later_epoch(
+        lambda n, callbacks: model.fit(batches.as_keras_data(), epochs=n, callbacks=callbacks, shuffle=False, verbose=0),
+        epochs,
+    )
+    return seconds, sum(len(segments) for segments in utterances)
+
+
+def time_embedding(segments: dict, cache_dir: Path) -> tuple[float, float, dict]:
+    """Seconds of train.embed_all (empty cache) and of a bare forward pass over the same segments."""
+    embedder = SpeechModel.embedding_model(SpeechModel.create_model(weights=None))
+    stacked = np.concatenate(list(segments.values()))
+    chunks = [stacked[start : start + train.EMBEDDING_BATCH_SEGMENTS] for start in range(0, len(stacked), train.EMBEDDING_BATCH_SEGMENTS)]
+    for chunk in (chunks[0], chunks[-1]):  # trace both shapes once, not timed
+        embedder.predict_on_batch(chunk[np.newaxis])
+    start = time.perf_counter()
+    for chunk in chunks:
+        embedder.predict_on_batch(chunk[np.newaxis])
+    bare = time.perf_counter() - start
+    start = time.perf_counter()
+    embeddings = train.embed_all(embedder, segments, utils.feature_parameters(), cache_dir)
+    return time.perf_counter() - start, bare, embeddings
+
+
+def time_frozen_head(embeddings: list[np.ndarray], labels: np.ndarray, epochs: int) -> float:
+    head = SpeechModel.create_head(embedding_size=embeddings[0].shape[-1])
+    batches = train.PaddedBatches(embeddings, labels, BATCH_UTTERANCES, seed=0)
+    return later_epoch(
+        lambda n, callbacks: head.fit(batches.as_keras_data(), epochs=n, callbacks=callbacks, shuffle=False, verbose=0),
+        epochs,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of RAVDESS files (default: %(default)s)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per approach; the first is not timed (default: %(default)s)")
+    args = parser.parse_args()
+    if args.epochs < 2:
+        parser.error("--epochs must be at least 2: the first epoch traces and is not timed")
+    corpus = train.corpora.read_ravdess(args.data)
+    if not corpus:
+        parser.exit(1, f"error: no RAVDESS speech files under {args.data}\n")
+    segments = extract_features([u.path for u in corpus], cache_dir=default_cache_dir() / "features", progress=False).segments
+    utterances = list(segments.values())
+    names = sorted({u.label for u in corpus})
+    labels = np.array([names.index(u.label) for u in corpus], dtype=np.int32)
+
+    keras.utils.set_random_seed(0)
+    plain_epoch, plain_segments = time_plain(utterances, labels, args.epochs)
+    finetune_epoch, all_segments = time_finetune(utterances, labels, args.epochs)
+    with tempfile.TemporaryDirectory() as cache_dir:
+        embed_seconds, bare_seconds, embeddings = time_embedding(segments, Path(cache_dir))
+    frozen_epoch = time_frozen_head([embeddings[name] for name in segments], labels, max(args.epochs, 3))
+
+    cores = len(os.sched_getaffinity(0))
+    print(
+        f"training: ResNet50V2 64x64, {len(utterances)} files, {all_segments} segments ({args.data}), batch "
+        f"{BATCH_UTTERANCES}, {cores} cores, Keras {keras.__version__} on {keras.backend.backend()}"
+    )
+    print(f"{'approach':<56}{'s/epoch':>9}{'segments/s':>12}{'epoch vs (a)':>14}")
+    rows = [
+        (f"(a) plain: fixed {FIXED_SEGMENTS} segments in memory, fine-tune, one fit", plain_epoch, plain_segments),
+        ("(b) ours finetune: every segment, length-grouped batches", finetune_epoch, all_segments),
+        ("(c) ours frozen: head on cached embeddings", frozen_epoch, all_segments),
+    ]
+    for name, seconds, count in rows:
+        print(f"{name:<56}{seconds:>9.2f}{count / seconds:>12.0f}{plain_epoch / seconds:>13.1f}x")
+    print(
+        f"(c) one-time embedding pass: {embed_seconds:.2f} s for {all_segments} segments "
+        f"({all_segments / embed_seconds:.0f} segments/s), bare forward pass {bare_seconds:.2f} s: "
+        f"{embed_seconds / bare_seconds:.2f}x of it"
+    )
+
+
+if __name__ == "__main__":
+    main()
