@@ -9,7 +9,7 @@ delta and delta-delta log-Mel), the input of Zhang et al. (2018, 2021):
     frame_segments(F)                    -> X: (segments, 64, 64, 3)
     get_framed_log_melspectrogram(path)  -> all four in one call
 
-Only `load_wav` touches files; every other function is pure.
+Only `load_wav` and `audio_duration` touch files; every other function is pure.
 """
 
 from __future__ import annotations
@@ -57,8 +57,10 @@ class AudioError(Exception):
     """
 
 
-def load_wav(path: PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
-    """Read an audio file as mono float32 at ``sr``.
+def load_wav(
+    path: PathLike, sr: int = SAMPLE_RATE, *, offset: float = 0.0, duration: float | None = None
+) -> np.ndarray:
+    """Read an audio file, or a span of it, as mono float32 at ``sr``.
 
     Parameters
     ----------
@@ -68,6 +70,11 @@ def load_wav(path: PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     sr : int > 0, in Hz
         Target sample rate. Files at another rate are resampled with soxr
         (high quality, librosa's default resampler).
+    offset : float >= 0, in seconds
+        Where to start reading.
+    duration : float > 0 or None, in seconds
+        How much to read; None reads to the end. Only the span is decoded, so
+        long recordings can be read a window at a time.
 
     Returns
     -------
@@ -77,20 +84,21 @@ def load_wav(path: PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     Raises
     ------
     AudioError
-        If the file is missing, empty, not decodable, holds no samples or holds
-        NaN or infinite samples. The message names the file and the problem.
+        If the file is missing, empty, not decodable, holds no samples (in the
+        span) or holds NaN or infinite samples. The message names the file and
+        the problem.
     """
     if sr <= 0:
         raise ValueError(f"sr must be a positive sample rate in Hz, got {sr!r}")
-    path = Path(path)
-    if not path.exists():
-        raise AudioError(f"{path}: file not found")
-    if path.is_dir():
-        raise AudioError(f"{path}: is a folder, not an audio file")
-    if path.stat().st_size == 0:
-        raise AudioError(f"{path}: empty file (0 bytes)")
+    if offset < 0 or (duration is not None and duration <= 0):
+        raise ValueError(f"need offset >= 0 and duration > 0 or None, got offset={offset!r}, duration={duration!r}")
+    path = _checked_file(path)
     try:
-        data, file_sr = sf.read(path, dtype="float32", always_2d=True)
+        with sf.SoundFile(path) as stream:
+            file_sr = stream.samplerate
+            stream.seek(min(int(round(offset * file_sr)), stream.frames))
+            frames = -1 if duration is None else int(round(duration * file_sr))
+            data = stream.read(frames, dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError, ValueError) as error:
         raise AudioError(f"{path}: not readable as audio ({error})") from None
     if data.shape[0] == 0:
@@ -101,6 +109,36 @@ def load_wav(path: PathLike, sr: int = SAMPLE_RATE) -> np.ndarray:
     if file_sr != sr:
         y = soxr.resample(y, file_sr, sr, quality="HQ")
     return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def audio_duration(path: PathLike) -> float:
+    """Length of an audio file in seconds, from its header (nothing is decoded).
+
+    Raises
+    ------
+    AudioError
+        As `load_wav`, for a missing, empty or undecodable file, or one with no samples.
+    """
+    path = _checked_file(path)
+    try:
+        info = sf.info(path)
+    except (sf.LibsndfileError, RuntimeError, ValueError) as error:
+        raise AudioError(f"{path}: not readable as audio ({error})") from None
+    if info.frames == 0:
+        raise AudioError(f"{path}: holds no audio samples (zero length)")
+    return info.frames / info.samplerate
+
+
+def _checked_file(path: PathLike) -> Path:
+    """``path`` as a Path, or AudioError when it is missing, a folder or empty."""
+    path = Path(path)
+    if not path.exists():
+        raise AudioError(f"{path}: file not found")
+    if path.is_dir():
+        raise AudioError(f"{path}: is a folder, not an audio file")
+    if path.stat().st_size == 0:
+        raise AudioError(f"{path}: empty file (0 bytes)")
+    return path
 
 
 def log_mel_spectrogram(

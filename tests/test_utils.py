@@ -9,7 +9,7 @@ import soundfile as sf
 from conftest import tone
 
 import utils
-from utils import AudioError, add_deltas, get_framed_log_melspectrogram, load_wav, log_mel_spectrogram
+from utils import AudioError, add_deltas, audio_duration, get_framed_log_melspectrogram, load_wav, log_mel_spectrogram
 
 
 def test_one_khz_tone_peaks_in_the_mel_band_holding_one_khz():
@@ -222,3 +222,30 @@ def test_feature_parameters_list_every_keyword_and_refuse_unknown_ones():
 def test_other_parameters_change_the_output_shape():
     segments = get_framed_log_melspectrogram(tone(440, 2.0), n_mels=40, segment_frames=32, segment_hop=16)
     assert segments.shape[1:] == (32, 40, 3)
+
+
+def test_load_wav_reads_a_span_the_same_as_the_whole_file(write_audio):
+    y = np.random.default_rng(0).uniform(-0.5, 0.5, 10 * 16000).astype(np.float32)
+    path = write_audio("long.wav", y, 16000, "FLOAT")
+    np.testing.assert_array_equal(load_wav(path, offset=2.0, duration=3.0), y[32000:80000])
+    np.testing.assert_array_equal(load_wav(path, offset=9.5), y[152000:])
+    high = write_audio("long48k.wav", tone(440, 10.0, sr=48000), 48000, "FLOAT")
+    whole, span = load_wav(high), load_wav(high, offset=2.0, duration=3.0)
+    assert len(span) == 48000
+    np.testing.assert_allclose(span[100:-100], whole[32100:79900], atol=1e-3)  # resampling edges aside
+
+
+def test_a_span_past_the_end_holds_no_samples(write_audio):
+    path = write_audio("short.wav", tone(440, 1.0))
+    with pytest.raises(AudioError, match=rf"{path}: holds no audio samples"):
+        load_wav(path, offset=5.0)
+
+
+def test_audio_duration_reads_the_header_and_refuses_bad_files(write_audio, tmp_path):
+    assert audio_duration(write_audio("a.flac", tone(440, 2.5, sr=48000), 48000)) == pytest.approx(2.5)
+    bad = tmp_path / "bad.wav"
+    bad.write_bytes(b"not audio at all")
+    with pytest.raises(AudioError, match=rf"{bad}: not readable as audio"):
+        audio_duration(bad)
+    with pytest.raises(AudioError, match="file not found"):
+        audio_duration(tmp_path / "missing.wav")

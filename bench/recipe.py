@@ -1,0 +1,91 @@
+"""Recipe check: speaker-independent UAR of train.py runs beside a plain MFCC + SVM baseline.
+
+The baseline describes each utterance by the mean and standard deviation of 40 MFCCs
+(16 kHz, the project's 25 ms / 10 ms framing) and classifies with scikit-learn's RBF
+SVM (standardised features, balanced class weights, default C and gamma). It trains on
+each fold's training speakers only, the same speakers train.py trains on (train.py's
+validation speakers are used there for early stopping only), and is scored on the same
+test speakers: `corpora.speaker_folds` gives the same folds for the same files and K.
+
+    python train.py 60 --dataset DATA --folds 5 --weights none            # one or more runs
+    python bench/recipe.py --data DATA --folds 5 saved_model/<run> ...      # baseline beside them
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import librosa  # noqa: E402
+import numpy as np  # noqa: E402
+from sklearn.metrics import recall_score  # noqa: E402
+from sklearn.pipeline import make_pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+from sklearn.svm import SVC  # noqa: E402
+
+import corpora  # noqa: E402
+import utils  # noqa: E402
+
+N_MFCC = 40  # MFCCs per frame
+
+
+def mfcc_statistics(path: Path) -> np.ndarray:
+    """Mean and standard deviation over time of 40 MFCCs: shape (80,)."""
+    y = utils.load_wav(path)
+    mfcc = librosa.feature.mfcc(y=y, sr=utils.SAMPLE_RATE, n_mfcc=N_MFCC, n_fft=512, win_length=400, hop_length=160)
+    return np.concatenate([mfcc.mean(axis=1), mfcc.std(axis=1)])
+
+
+def baseline_uar(utterances: list, descriptors: dict, split: corpora.SpeakerSplit) -> float:
+    classifier = make_pipeline(StandardScaler(), SVC(class_weight="balanced"))
+    classifier.fit([descriptors[u.path] for u in split.train], [u.label for u in split.train])
+    predicted = classifier.predict([descriptors[u.path] for u in split.test])
+    return float(recall_score([u.label for u in split.test], predicted, average="macro"))
+
+
+def run_uars(run: Path, splits: list[corpora.SpeakerSplit]) -> tuple[str, list[float]]:
+    """The run's description and its UAR per fold; refuses a run whose folds differ from ``splits``."""
+    metrics = json.loads((run / "metrics.json").read_text())
+    if "folds" not in metrics:
+        raise SystemExit(f"error: {run} is not a cross-validation run (train.py --folds K)")
+    if [fold["speakers"]["test"] for fold in metrics["folds"]] != [split.speakers()["test"] for split in splits]:
+        raise SystemExit(f"error: {run} tested other speakers per fold than --data and --folds give")
+    options = metrics["options"]
+    name = f"{run.name}: {options['backbone_mode']}, weights {options['weights']}, " + (
+        f"enhancement {'on' if options['augment'] else 'off'}, balance {options['balance']}"
+    )
+    return name, [fold["uar"] for fold in metrics["folds"]]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("runs", nargs="*", type=Path, help="train.py cross-validation run folders to show beside the baseline")
+    parser.add_argument("--data", type=Path, required=True, help="the RAVDESS folder the runs trained on")
+    parser.add_argument("--folds", type=int, default=5, help="speaker folds, as the runs' --folds (default: %(default)s)")
+    args = parser.parse_args()
+    utterances = corpora.read_ravdess(args.data)
+    if not utterances:
+        parser.exit(1, f"error: no RAVDESS speech files under {args.data}\n")
+    splits = corpora.speaker_folds(utterances, args.folds)
+    with ProcessPoolExecutor(len(os.sched_getaffinity(0))) as pool:
+        descriptors = dict(zip((u.path for u in utterances), pool.map(mfcc_statistics, [u.path for u in utterances], chunksize=8)))
+
+    rows = [("baseline: MFCC mean/std + SVM", [baseline_uar(utterances, descriptors, split) for split in splits])]
+    rows += [run_uars(run, splits) for run in args.runs]
+    speakers = sorted({u.speaker for u in utterances})
+    print(f"UAR, {args.folds} folds by speaker groups of {len(speakers)} speakers ({len(utterances)} files, {args.data})")
+    print("test speakers per fold: " + "; ".join(", ".join(map(str, s.speakers()["test"])) for s in splits))
+    for name, uars in rows:
+        folds = " ".join(f"{uar:.3f}" for uar in uars)
+        print(f"  {np.mean(uars):.3f} ± {np.std(uars):.3f}   folds {folds}   {name}")
+
+
+if __name__ == "__main__":
+    main()
