@@ -3,6 +3,7 @@
     segments (batch, segments, 64, 64, 3), all-zero segments are padding
       -> SegmentScaling    each segment's channels to the backbone's input range; the segment mask
       -> SegmentEncoder    one ImageNet CNN over every segment of the batch at once -> (batch, segments, 2048)
+      -> Normalization     per-feature standardisation of the embeddings (identity until adapted)
       -> Bidirectional LSTM, sequences out, masked
       -> AttentionPooling  additive attention over the real segments -> (batch, 512)
       -> Dense 256 relu, Dropout, Dense 128 relu, Dropout, Dense classes softmax
@@ -26,6 +27,7 @@ PACKAGE = "dcnn_blstmwa"
 SEGMENT_SHAPE = (64, 64, 3)  # (time frames, Mel bands, channels) of one segment, as utils.py cuts them
 NUM_CLASSES = 8  # the RAVDESS emotions
 LEARNING_RATE = 1e-4  # Adam, as in the paper's recipe
+NORMALIZATION_LAYER = "embedding_normalization"  # per-feature standardisation of segment embeddings
 
 # Named backbones: constructor, the input range it was trained on, and the
 # weights file Keras downloads for weights="imagenet".
@@ -336,11 +338,25 @@ class SpeechModel:
         return keras.Model(model.inputs, model.get_layer("segment_encoder").output, name=f"{model.name}_embeddings")
 
     @staticmethod
+    def adapt_normalization(model: keras.Model, embeddings) -> None:
+        """Set the embedding normalisation of ``model`` (full or head) from training embeddings.
+
+        Args:
+            model: keras.Model. From `create_model` or `create_head`.
+            embeddings: array of shape (segments, features). Embeddings of real
+                (not padding) training segments, e.g. from `embedding_model`.
+        """
+        # The layer was built on (batch, segments, features): one long utterance of them.
+        model.get_layer(NORMALIZATION_LAYER).adapt(ops.expand_dims(ops.convert_to_tensor(embeddings), 0))
+
+    @staticmethod
     def load_head_weights(model: keras.Model, head: keras.Model) -> None:
         """Copy the weights of a trained `create_head` model into the same layers of ``model``."""
         for layer in head.layers:
             if layer.weights:
                 model.get_layer(layer.name).set_weights(layer.get_weights())
+        # set_weights fills the normalisation's variables; the statistics it applies are derived from them.
+        model.get_layer(NORMALIZATION_LAYER).finalize_state()
 
     @staticmethod
     def attention_model(model: keras.Model) -> keras.Model:
@@ -380,11 +396,14 @@ class SpeechModel:
 
 
 def _classifier_head(x, num_classes, lstm_units, attention_units, dense_units, dropout):
-    """BLSTM, attention pooling and the dense layers, applied to masked segment features ``x``."""
+    """Embedding normalisation, BLSTM, attention pooling and the dense layers, on masked segment features ``x``."""
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
     if not 0 <= dropout < 1:
         raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+    # Identity until adapted (see `SpeechModel.adapt_normalization`): backbones differ in
+    # the scale of their features by orders of magnitude, the BLSTM wants them standardised.
+    x = layers.Normalization(axis=-1, name=NORMALIZATION_LAYER)(x)
     x = layers.Bidirectional(layers.LSTM(lstm_units, return_sequences=True), name="blstm")(x)
     x, _ = AttentionPooling(attention_units, name="attention")(x)
     for index, units in enumerate(dense_units, start=1):

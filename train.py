@@ -450,17 +450,19 @@ def train_split(
     )
     class_weight = augment.class_weights([e.label for e in train]) if options.balance == "class-weight" else None
 
+    embedder = SpeechModel.embedding_model(model)
     if options.backbone_mode == "frozen":
-        embeddings = embed_all(
-            SpeechModel.embedding_model(model), extracted.segments, params, cache_dir / "embeddings"
-        )
+        embeddings = embed_all(embedder, extracted.segments, params, cache_dir / "embeddings")
         inputs = embeddings
         trainee = SpeechModel.create_head(
             len(labels), embedding_size=next(iter(embeddings.values())).shape[-1], learning_rate=options.learning_rate
         )
     else:
+        # The starting backbone's embeddings, used once for the normalisation: not cached.
+        embeddings = embed_all(embedder, {e.source: extracted.segments[e.source] for e in train}, params, None)
         inputs = extracted.segments
         trainee = model
+    SpeechModel.adapt_normalization(trainee, np.concatenate([embeddings[e.source] for e in train]))
 
     def batches(items: list[Example], shuffle: bool, class_weights=None) -> PaddedBatches:
         return PaddedBatches(

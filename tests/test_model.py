@@ -233,3 +233,17 @@ def test_a_head_trained_on_embeddings_gives_the_full_model_the_same_predictions(
     head.fit(embeddings, np.array([0, 1, 2]), epochs=2, verbose=0)
     SpeechModel.load_head_weights(model, head)
     np.testing.assert_allclose(model.predict(batch, verbose=0), head.predict(embeddings, verbose=0), atol=1e-5)
+
+
+def test_adapted_normalization_standardises_embeddings_and_padding_stays_masked():
+    model = tiny_model()
+    batch = padded_batch([3, 5])
+    embeddings = SpeechModel.embedding_model(model).predict(batch, verbose=0)
+    real = np.concatenate([embeddings[0, :3], embeddings[1, :5]])
+    SpeechModel.adapt_normalization(model, real)
+    normalization = model.get_layer("embedding_normalization")
+    standardised = np.asarray(normalization(real[np.newaxis]))[0]
+    np.testing.assert_allclose(standardised.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(standardised.std(axis=0), 1, atol=1e-2)
+    together = model.predict(batch, verbose=0)
+    np.testing.assert_allclose(model.predict(batch[:1, :3], verbose=0)[0], together[0], atol=1e-5)

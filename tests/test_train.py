@@ -232,8 +232,12 @@ def test_a_run_writes_a_complete_exported_model_and_honest_scores(corpus, tmp_pa
     segments = utils.get_framed_log_melspectrogram(path, **parameters)[np.newaxis]
     exported = tf.saved_model.load(str(run))  # held: serve() needs the loaded object alive
     served = exported.serve(tf.constant(segments)).numpy()
-    reloaded = keras.models.load_model(run / "model.keras").predict(segments, verbose=0)
+    model = keras.models.load_model(run / "model.keras")
+    reloaded = model.predict(segments, verbose=0)
     np.testing.assert_allclose(served, reloaded, atol=1e-5)
+    # The embedding normalisation was adapted on the training embeddings and travels with the model.
+    mean, variance = model.get_layer("embedding_normalization").get_weights()[:2]
+    assert np.abs(mean).max() > 0 and not np.allclose(variance, 1)
     recorded = next(row for row in predictions if row["path"] == str(path))
     assert recorded["predicted"] == labels[int(served.argmax())]
 
