@@ -16,7 +16,6 @@ import csv
 import dataclasses
 import datetime
 import hashlib
-import importlib.util
 import itertools
 import json
 import logging
@@ -36,6 +35,7 @@ import augment
 import corpora
 import features
 import utils
+from cli import installed, positive_float, positive_int
 
 logger = logging.getLogger("train")
 
@@ -194,9 +194,7 @@ class PaddedBatches:
 
     def batch(self, number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         indices = self.order[number]
-        inputs = np.zeros((len(indices), self.lengths[indices].max(), *self.item_shape), dtype=np.float32)
-        for row, index in enumerate(indices):
-            inputs[row, : self.lengths[index]] = self.arrays[index]
+        inputs = utils.pad_utterances([self.arrays[index] for index in indices])
         labels = self.labels[indices]
         weights = np.ones(len(indices), np.float32) if self.weights is None else np.array(
             [self.weights[int(label)] for label in labels], np.float32
@@ -483,7 +481,7 @@ def train_split(
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),  # append: --resume keeps earlier epochs
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
     ]
-    if _installed("tensorflow") and _installed("tensorboard"):  # the callback writes through tf.summary
+    if installed("tensorflow") and installed("tensorboard"):  # the callback writes through tf.summary
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs")))
     history = trainee.fit(train_batches.as_keras_data(), epochs=options.epochs, callbacks=callbacks, shuffle=False, verbose=2)
     losses = history.history.get("loss", [])
@@ -539,10 +537,6 @@ def score(true: Sequence[int], predicted: Sequence[int], labels: list[str]) -> d
     }
 
 
-def _installed(package: str) -> bool:
-    return importlib.util.find_spec(package) is not None
-
-
 # ---------------------------------------------------------------- the run
 
 
@@ -587,7 +581,7 @@ def run(options: Options, *, resume: bool = False, backbone: str | Callable = "r
         write_predictions(fold_dir / "predictions.csv", predictions)
         if not options.folds:
             model.save(fold_dir / "model.keras")
-            if _installed("tensorflow") and keras.backend.backend() in ("tensorflow", "jax"):
+            if installed("tensorflow") and keras.backend.backend() in ("tensorflow", "jax"):
                 from SpeechModel import SpeechModel
 
                 SpeechModel.export(model, fold_dir)
@@ -706,26 +700,6 @@ def _speakers(text: str) -> list:
     return [int(part) if part.strip().isdigit() else part.strip() for part in text.split(",") if part.strip()]
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be > 0")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     defaults = Options(epochs=1)
     parser = argparse.ArgumentParser(
@@ -733,15 +707,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train DCNN-BLSTMwA on RAVDESS with speaker-independent evaluation, and export the model.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("epochs", metavar="EPOCHS", type=_positive_int, help="most epochs to train (early stopping may end sooner)")
+    parser.add_argument("epochs", metavar="EPOCHS", type=positive_int, help="most epochs to train (early stopping may end sooner)")
     parser.add_argument("--dataset", default=defaults.dataset, help="folder holding RAVDESS (Actor_XX folders or flat); only read")
     parser.add_argument("--test-speakers", default=DEFAULT_TEST_SPEAKERS, help="comma-separated actors held out for testing")
     parser.add_argument("--val-speakers", default=DEFAULT_VAL_SPEAKERS, help="comma-separated actors for early stopping")
-    parser.add_argument("--folds", type=_positive_int, default=None, help="K-fold cross-validation by speaker groups instead of one split (evaluation only: no model is exported)")
+    parser.add_argument("--folds", type=positive_int, default=None, help="K-fold cross-validation by speaker groups instead of one split (evaluation only: no model is exported)")
     parser.add_argument("--backbone-mode", choices=["frozen", "finetune"], default=None, help="frozen: train BLSTM/attention/head on cached backbone embeddings; finetune: end to end (default: finetune with a GPU, frozen without)")
     parser.add_argument("--weights", default=defaults.weights, help="backbone weights: imagenet, none, or a path to a weights file")
-    parser.add_argument("--batch-size", type=_positive_int, default=defaults.batch_size, help="utterances per batch")
-    parser.add_argument("--learning-rate", type=_positive_float, default=defaults.learning_rate, help="Adam learning rate")
+    parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="utterances per batch")
+    parser.add_argument("--learning-rate", type=positive_float, default=defaults.learning_rate, help="Adam learning rate")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for enhancement, shuffling and initialisation")
     parser.add_argument("--output", default=defaults.output, help="folder for run folders")
     parser.add_argument("--cache-dir", default=defaults.cache_dir, help="folder for cached features, embeddings and downloads")

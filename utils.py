@@ -366,6 +366,26 @@ def get_framed_log_melspectrogram(
     return frame_segments(features, segment_frames=segment_frames, segment_hop=segment_hop)
 
 
+def pad_utterances(utterances: list[np.ndarray]) -> np.ndarray:
+    """Stack utterances of different lengths into one zero-padded batch: the model's input.
+
+    Parameters
+    ----------
+    utterances : list of np.ndarray [shape=(n_i, ...)]
+        Non-empty; every item has the same shape after its first axis
+        (segments, or segment embeddings).
+
+    Returns
+    -------
+    batch : np.ndarray [shape=(len(utterances), max(n_i), ...), dtype=float32]
+        Item ``i`` in ``batch[i, :n_i]``, zeros after it (the model masks all-zero steps).
+    """
+    batch = np.zeros((len(utterances), max(len(item) for item in utterances), *utterances[0].shape[1:]), np.float32)
+    for row, item in enumerate(utterances):
+        batch[row, : len(item)] = item
+    return batch
+
+
 def feature_parameters(**overrides: Any) -> dict[str, Any]:
     """Every parameter of `get_framed_log_melspectrogram`, defaults updated by ``overrides``.
 

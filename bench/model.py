@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 
 from features import default_cache_dir, extract_features  # noqa: E402
 from SpeechModel import SpeechModel  # noqa: E402
+from utils import pad_utterances  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
 FIXED_SEGMENTS = 8  # the original repository's input: 3 s of audio
@@ -44,14 +45,7 @@ def fixed_length(segments: np.ndarray) -> np.ndarray:
 
 def length_sorted_batches(utterances: list[np.ndarray], batch_utterances: int) -> list[np.ndarray]:
     ordered = sorted(utterances, key=len)
-    batches = []
-    for start in range(0, len(ordered), batch_utterances):
-        group = ordered[start : start + batch_utterances]
-        batch = np.zeros((len(group), max(map(len, group)), *group[0].shape[1:]), dtype=np.float32)
-        for row, segments in enumerate(group):
-            batch[row, : len(segments)] = segments
-        batches.append(batch)
-    return batches
+    return [pad_utterances(ordered[start : start + batch_utterances]) for start in range(0, len(ordered), batch_utterances)]
 
 
 def time_plain(model: keras.Model, utterances: list[np.ndarray]) -> tuple[float, int]:

@@ -9,7 +9,9 @@ import soundfile as sf
 from conftest import tone
 
 import utils
-from utils import AudioError, add_deltas, audio_duration, get_framed_log_melspectrogram, load_wav, log_mel_spectrogram
+from utils import (
+    AudioError, add_deltas, audio_duration, get_framed_log_melspectrogram, load_wav, log_mel_spectrogram, pad_utterances,
+)
 
 
 def test_one_khz_tone_peaks_in_the_mel_band_holding_one_khz():
@@ -249,3 +251,11 @@ def test_audio_duration_reads_the_header_and_refuses_bad_files(write_audio, tmp_
         audio_duration(bad)
     with pytest.raises(AudioError, match="file not found"):
         audio_duration(tmp_path / "missing.wav")
+
+
+def test_pad_utterances_puts_each_at_the_start_of_its_row_with_zeros_after():
+    batch = pad_utterances([np.full((2, 3), 1.0), np.full((4, 3), 2.0), np.full((1, 3), 3.0)])
+    assert batch.shape == (3, 4, 3) and batch.dtype == np.float32
+    assert batch[0, :2].tolist() == [[1.0] * 3] * 2 and not batch[0, 2:].any()
+    assert (batch[1] == 2.0).all()
+    assert batch[2, 0].tolist() == [3.0] * 3 and not batch[2, 1:].any()

@@ -1,0 +1,102 @@
+"""Benchmark: files per second of inference on a folder, infer.py against the plain approach.
+
+(a) plain: per file: features, cut or padded to a fixed 8 segments, one model.predict
+    call on the Keras model (what the original repository's inference meant to do).
+(b) ours: infer.predict on the folder: the exported SavedModel, windows of similar
+    length batched together, features computed in threads ahead of the model.
+(c) ours as (b) with the .keras model instead of the SavedModel.
+
+Both analyse every file from audio to emotion; (b) reads all of each file where (a)
+stops at 8 segments (2.9 s). The run is an exported ResNet50V2 model at 64x64 with
+random weights (the speed is the same as a trained one's); loading it is not timed.
+
+    python bench/infer.py [--data ../shared/data/ravdess-mini] [--plain-files 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)  # the project's modules, and bench.model
+
+import keras  # noqa: E402
+
+import infer  # noqa: E402
+import utils  # noqa: E402
+from bench.model import fixed_length  # noqa: E402
+from corpora import RAVDESS_EMOTIONS  # noqa: E402
+from SpeechModel import SpeechModel  # noqa: E402
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
+
+
+def export_run(folder: Path) -> Path:
+    model = SpeechModel.create_model(weights=None)
+    model.save(folder / "model.keras")
+    SpeechModel.export(model, folder)
+    (folder / "labels.json").write_text(json.dumps(list(RAVDESS_EMOTIONS)))
+    (folder / "features.json").write_text(json.dumps(utils.feature_parameters()))
+    return folder
+
+
+def time_plain(run: Path, files: list[Path]) -> float:
+    model = keras.models.load_model(run / "model.keras")
+    model.predict(fixed_length(utils.get_framed_log_melspectrogram(files[0])), verbose=0)  # trace once, not timed
+    start = time.perf_counter()
+    for path in files:
+        model.predict(fixed_length(utils.get_framed_log_melspectrogram(path)), verbose=0)
+    return time.perf_counter() - start
+
+
+def time_ours(run: infer.Run, files: list[Path]) -> float:
+    infer.predict(files[:2], run, progress=False)  # warm up, not timed
+    start = time.perf_counter()
+    predictions = infer.predict(files, run, progress=False)
+    seconds = time.perf_counter() - start
+    assert all(p.error is None for p in predictions), [p.error for p in predictions if p.error]
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of audio files (default: %(default)s)")
+    parser.add_argument("--plain-files", type=int, default=40, help="files timed in (a), the slow one (default: %(default)s)")
+    args = parser.parse_args()
+    try:
+        files = infer.audio_files([args.data])
+    except infer.InferenceError as error:
+        parser.exit(1, f"error: {error}\n")
+    folder = Path(tempfile.mkdtemp())
+    try:
+        run_dir = export_run(folder / "run")
+        plain = args.plain_files / time_plain(run_dir, files[: args.plain_files])
+        saved_model = len(files) / time_ours(infer.load_run(run_dir), files)
+        shutil.move(run_dir / "saved_model.pb", folder / "saved_model.pb")  # leaves the .keras model
+        keras_model = len(files) / time_ours(infer.load_run(run_dir), files)
+    finally:
+        shutil.rmtree(folder)
+    cores = len(os.sched_getaffinity(0))
+    print(
+        f"inference: ResNet50V2 64x64, {len(files)} files ({args.data}), {cores} cores, "
+        f"Keras {keras.__version__} on {keras.backend.backend()}"
+    )
+    print(f"{'approach':<60}{'files/s':>9}{'vs (a)':>8}")
+    for name, rate in [
+        ("(a) plain: per file features, fixed 8 segments, model.predict", plain),
+        (f"(b) ours: infer.predict, SavedModel, {infer.BATCH_WINDOWS} windows/batch", saved_model),
+        ("(c) ours as (b), model.keras", keras_model),
+    ]:
+        print(f"{name:<60}{rate:>9.1f}{rate / plain:>7.1f}x")
+
+
+if __name__ == "__main__":
+    main()

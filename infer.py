@@ -1,0 +1,457 @@
+"""Predict the emotion of every audio file with a trained DCNN-BLSTMwA run.
+
+    python infer.py PATH... [--model saved_model/<run>] [--format table|csv|json] [--timeline]
+
+Steps: find the run (the newest complete one in saved_model/ by default), list the
+audio files (folders recursively), cut long files into windows, compute each window's
+segments exactly as the run's features.json says (in background threads, overlapping
+the model), run windows of similar length through the model together, and combine a
+file's windows weighted by their duration. `predict` is the same for use from code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import logging
+import os
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+import utils
+from cli import installed, positive_float, positive_int
+
+logger = logging.getLogger("infer")
+
+MODEL_ROOT = Path("saved_model")  # where train.py writes runs
+WINDOW_SECONDS = 8.0  # longer files are cut into windows of about this length
+BATCH_WINDOWS = 32  # windows per model call
+PENDING_BATCHES = 2  # batches' worth of windows gathered before choosing one of similar lengths
+PROGRESS_MIN_FILES = 20  # fewer files than this show no progress bar
+RUN_FILES = ("labels.json", "features.json")  # what every run needs beside a model
+
+
+class InferenceError(Exception):
+    """A problem a user can fix (no run, not a run, no audio); reported as one sentence, exit code 1."""
+
+
+@dataclasses.dataclass(frozen=True)
+class WindowPrediction:
+    """The model's view of one window of a file: ``start``/``end`` in seconds, class probabilities."""
+
+    start: float
+    end: float
+    probabilities: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class Prediction:
+    """One file's result: its emotion and class probabilities, or why it could not be used.
+
+    Attributes
+    ----------
+    path : str
+    emotion : str or None
+        The most probable class; None when ``error`` is set.
+    confidence : float
+        Probability of ``emotion`` (0 when ``error`` is set).
+    probabilities : dict[str, float]
+        Every class's probability, in the run's label order; they sum to 1.
+    duration : float, in seconds
+    windows : list of WindowPrediction
+        The windows the file was cut into, in time order; contiguous, covering it.
+    error : str or None
+        Why the file was skipped (the message names the file).
+    """
+
+    path: str
+    emotion: str | None
+    confidence: float
+    probabilities: dict[str, float]
+    duration: float
+    windows: list[WindowPrediction]
+    error: str | None = None
+
+    def top(self, k: int) -> list[tuple[str, float]]:
+        """The ``k`` most probable emotions with their probabilities."""
+        return sorted(self.probabilities.items(), key=lambda item: -item[1])[:k]
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A trained run, loaded: its folder, labels, feature parameters and model."""
+
+    folder: Path
+    labels: list[str]
+    feature_params: dict
+    model: Callable[[np.ndarray], np.ndarray]  # segments (batch, segments, ...) -> probabilities (batch, classes)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def newest_run(root: Path = MODEL_ROOT) -> Path:
+    """The most recently completed run folder in ``root`` that holds a model."""
+    runs = [path for path in root.glob("*") if not path.name.startswith(".") and _missing(path) == []] if root.is_dir() else []
+    if not runs:
+        raise InferenceError(
+            f"no trained run in {root}; train one first (python train.py EPOCHS) or pass --model RUN_FOLDER"
+        )
+    return max(runs, key=lambda path: (path / "labels.json").stat().st_mtime_ns)
+
+
+def _missing(folder: Path) -> list[str]:
+    missing = [name for name in RUN_FILES if not (folder / name).is_file()]
+    if not (folder / "saved_model.pb").is_file() and not (folder / "model.keras").is_file():
+        missing.append("saved_model.pb or model.keras")
+    return missing
+
+
+def load_run(folder: str | os.PathLike) -> Run:
+    """Load a run folder: the SavedModel with TensorFlow alone, else model.keras with Keras.
+
+    Raises
+    ------
+    InferenceError
+        If the folder is missing or lacks a run's files (the message lists them).
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise InferenceError(f"model folder {folder} does not exist")
+    missing = _missing(folder)
+    if missing:
+        raise InferenceError(
+            f"{folder} is not a training run: it lacks {', '.join(missing)} (runs are written by train.py)"
+        )
+    labels = json.loads((folder / "labels.json").read_text())
+    try:
+        feature_params = utils.feature_parameters(**json.loads((folder / "features.json").read_text()))
+    except TypeError as error:
+        raise InferenceError(f"{folder / 'features.json'} does not fit this version of utils.py: {error}") from None
+    return Run(folder, labels, feature_params, _load_model(folder))
+
+
+def _load_model(folder: Path) -> Callable[[np.ndarray], np.ndarray]:
+    if (folder / "saved_model.pb").is_file() and installed("tensorflow"):
+        import tensorflow as tf
+
+        exported = tf.saved_model.load(str(folder))
+        # The closure holds `exported`: its functions need the loaded object alive.
+        return lambda segments: exported.serve(tf.constant(segments)).numpy()
+    if not (folder / "model.keras").is_file():
+        raise InferenceError(f"{folder} holds only a SavedModel, which needs TensorFlow: pip install tensorflow")
+    import keras
+
+    import SpeechModel  # noqa: F401  (registers the model's layers for loading)
+
+    model = keras.models.load_model(folder / "model.keras", compile=False)
+    return lambda segments: np.asarray(model.predict_on_batch(segments))
+
+
+# ---------------------------------------------------------------- files and windows
+
+
+def audio_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
+    """Files as given, and the audio files under folders (recursively, sorted), without repeats.
+
+    Raises
+    ------
+    InferenceError
+        If a path does not exist, or a folder holds no audio file.
+    """
+    found: dict[Path, None] = {}
+    for path in map(Path, paths):
+        if path.is_dir():
+            inside = sorted(
+                item for item in path.rglob("*")
+                if item.suffix.lower() in utils.AUDIO_EXTENSIONS and item.is_file() and not item.name.startswith(".")
+            )
+            if not inside:
+                raise InferenceError(f"{path} holds no audio files ({', '.join(utils.AUDIO_EXTENSIONS)})")
+            found.update(dict.fromkeys(inside))
+        elif path.exists():
+            found[path] = None
+        else:
+            raise InferenceError(f"{path}: no such file or folder")
+    return list(found)
+
+
+def window_spans(duration: float, window: float = WINDOW_SECONDS) -> list[tuple[float, float]]:
+    """Contiguous (start, end) spans in seconds that cover ``duration``, each about ``window`` long.
+
+    A last piece shorter than half a window joins the one before, so every span
+    but a short file's only one lasts between half and one and a half windows.
+    """
+    if window <= 0:
+        raise ValueError(f"window must be > 0 seconds, got {window!r}")
+    starts = list(np.arange(0.0, duration, window)) or [0.0]
+    ends = starts[1:] + [duration]
+    if len(starts) > 1 and ends[-1] - starts[-1] < window / 2:
+        starts.pop()
+        ends.pop(-2)
+    return [(float(start), float(end)) for start, end in zip(starts, ends)]
+
+
+# ---------------------------------------------------------------- prediction
+
+
+@dataclasses.dataclass
+class _Window:
+    file: int
+    start: float
+    end: float
+    segments: np.ndarray | None = None
+    error: str | None = None
+
+
+def predict(
+    paths: Sequence[str | os.PathLike],
+    model_dir: str | os.PathLike | Run | None = None,
+    *,
+    window: float = WINDOW_SECONDS,
+    batch_size: int = BATCH_WINDOWS,
+    progress: bool | None = None,
+) -> list[Prediction]:
+    """The emotion of every audio file in ``paths`` (files, and folders searched recursively).
+
+    Parameters
+    ----------
+    paths : sequence of str or os.PathLike
+    model_dir : str or os.PathLike or Run or None
+        A run folder of train.py (or one already loaded with `load_run`); None takes
+        the newest complete run in saved_model/.
+    window : float > 0, in seconds
+        Files longer than this are cut into windows (see `window_spans`); the file's
+        probabilities are the windows' weighted by their duration.
+    batch_size : int > 0
+        Windows per model call.
+    progress : bool or None
+        Progress bar on stderr; None shows it for many files when stderr is a terminal.
+
+    Returns
+    -------
+    predictions : list of Prediction
+        One per file, in the order of `audio_files`; unusable files carry ``error``.
+
+    Raises
+    ------
+    InferenceError
+        No run, a folder that is not a run, a missing path or a folder without audio.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
+    files = audio_files(paths)
+    run = model_dir if isinstance(model_dir, Run) else load_run(model_dir if model_dir is not None else newest_run())
+    durations: list[float] = []
+    errors: dict[int, str] = {}
+    jobs: list[_Window] = []
+    for index, path in enumerate(files):
+        try:
+            durations.append(utils.audio_duration(path))
+        except utils.AudioError as error:
+            durations.append(0.0)
+            errors[index] = str(error)
+            continue
+        jobs += [_Window(index, start, end) for start, end in window_spans(durations[-1], window)]
+
+    from tqdm import tqdm
+
+    if progress is None:
+        disable = None if len(files) >= PROGRESS_MIN_FILES else True  # None: tqdm shows it on a terminal
+    else:
+        disable = not progress
+    windows: dict[int, list[WindowPrediction]] = {index: [] for index in range(len(files))}
+    with tqdm(total=len(jobs), unit="window", desc="inference", disable=disable) as bar:
+        for batch in _similar_length_batches(_computed(jobs, files, run.feature_params), batch_size):
+            usable = [item for item in batch if item.error is None]
+            for item in batch:
+                if item.error is not None:
+                    errors.setdefault(item.file, item.error)
+            if usable:
+                probabilities = run.model(utils.pad_utterances([item.segments for item in usable]))
+                for item, row in zip(usable, probabilities):
+                    windows[item.file].append(WindowPrediction(item.start, item.end, row))
+            bar.update(len(batch))
+    return [
+        _combine(str(path), durations[index], sorted(windows[index], key=lambda w: w.start), run.labels, errors.get(index))
+        for index, path in enumerate(files)
+    ]
+
+
+def _computed(jobs: list[_Window], files: list[Path], params: dict) -> Iterator[_Window]:
+    """Each window with its segments (or its error), computed ahead in threads, in job order."""
+    sr = params["sr"]
+
+    def compute(job: _Window) -> _Window:
+        try:
+            y = utils.load_wav(files[job.file], sr=sr, offset=job.start, duration=job.end - job.start)
+            job.segments = utils.get_framed_log_melspectrogram(y, **params)
+        except utils.AudioError as error:
+            job.error = str(error)
+        return job
+
+    # librosa and soxr release the GIL in their heavy parts, so threads overlap with the
+    # model; a bounded queue of futures keeps memory flat for any number of windows.
+    ahead = max(4, 2 * (os.cpu_count() or 1))
+    with ThreadPoolExecutor(max(1, min(4, os.cpu_count() or 1))) as pool:
+        queue: deque[Future] = deque()
+        for job in jobs:
+            queue.append(pool.submit(compute, job))
+            if len(queue) >= ahead:
+                yield queue.popleft().result()
+        while queue:
+            yield queue.popleft().result()
+
+
+def _similar_length_batches(windows: Iterable[_Window], batch_size: int) -> Iterator[list[_Window]]:
+    """Batches of windows with close segment counts, while holding at most a few batches' worth."""
+    pending: list[_Window] = []
+    for item in windows:
+        pending.append(item)
+        if len(pending) >= PENDING_BATCHES * batch_size:
+            pending.sort(key=_length)
+            # The run of batch_size windows with the smallest spread of lengths pads least.
+            spreads = [_length(pending[i + batch_size - 1]) - _length(pending[i]) for i in range(len(pending) - batch_size + 1)]
+            first = int(np.argmin(spreads))
+            yield pending[first : first + batch_size]
+            del pending[first : first + batch_size]
+    pending.sort(key=_length)
+    for start in range(0, len(pending), batch_size):
+        yield pending[start : start + batch_size]
+
+
+def _length(item: _Window) -> int:
+    return 0 if item.segments is None else len(item.segments)
+
+
+def _combine(path: str, duration: float, windows: list[WindowPrediction], labels: list[str], error: str | None) -> Prediction:
+    if error is not None:
+        return Prediction(path, None, 0.0, {}, duration, [], error)
+    weights = np.array([w.end - w.start for w in windows])
+    probabilities = np.average(np.stack([w.probabilities for w in windows]), axis=0, weights=weights)
+    best = int(np.argmax(probabilities))
+    return Prediction(
+        path, labels[best], float(probabilities[best]),
+        {label: float(value) for label, value in zip(labels, probabilities)}, duration, windows,
+    )
+
+
+# ---------------------------------------------------------------- output
+
+
+def format_table(predictions: list[Prediction], labels: list[str], *, top_k: int = 1, timeline: bool = False) -> str:
+    """One line per file: path, emotion, confidence (and the next ``top_k - 1`` emotions)."""
+    width = max(len(p.path) for p in predictions)
+    lines = []
+    for prediction in predictions:
+        others = "".join(f"  {label} {value:.2f}" for label, value in prediction.top(top_k)[1:])
+        lines.append(f"{prediction.path:<{width}}  {prediction.emotion:<10} {prediction.confidence:.2f}{others}")
+        if timeline:
+            for window in prediction.windows:
+                best = int(np.argmax(window.probabilities))
+                lines.append(
+                    f"  {window.start:8.2f} - {window.end:8.2f} s  {labels[best]:<10} {window.probabilities[best]:.2f}"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def format_csv(predictions: list[Prediction], labels: list[str], *, timeline: bool = False) -> str:
+    """A header, then one row per file (or per window with ``timeline``) with every class probability."""
+    stream = io.StringIO()
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(["path", *(("start", "end") if timeline else ()), "emotion", "confidence", *labels])
+    for prediction in predictions:
+        if timeline:
+            for window in prediction.windows:
+                best = int(np.argmax(window.probabilities))
+                writer.writerow(
+                    [prediction.path, f"{window.start:.2f}", f"{window.end:.2f}", labels[best],
+                     f"{window.probabilities[best]:.4f}", *(f"{value:.4f}" for value in window.probabilities)]
+                )
+        else:
+            writer.writerow(
+                [prediction.path, prediction.emotion, f"{prediction.confidence:.4f}",
+                 *(f"{prediction.probabilities[label]:.4f}" for label in labels)]
+            )
+    return stream.getvalue()
+
+
+def format_json(predictions: list[Prediction], labels: list[str], *, top_k: int = 1, timeline: bool = False) -> str:
+    """A JSON list with one object per file: path, emotion, confidence, top, probabilities (and windows)."""
+    records = []
+    for prediction in predictions:
+        record = {
+            "path": prediction.path,
+            "emotion": prediction.emotion,
+            "confidence": round(prediction.confidence, 6),
+            "top": [{"emotion": label, "probability": round(value, 6)} for label, value in prediction.top(top_k)],
+            "probabilities": {label: round(value, 6) for label, value in prediction.probabilities.items()},
+            "duration": round(prediction.duration, 3),
+        }
+        if timeline:
+            record["windows"] = [
+                {"start": round(w.start, 3), "end": round(w.end, 3),
+                 "probabilities": {label: round(float(v), 6) for label, v in zip(labels, w.probabilities)}}
+                for w in prediction.windows
+            ]
+        records.append(record)
+    return json.dumps(records, indent=2) + "\n"
+
+
+# ---------------------------------------------------------------- command line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="infer.py",
+        description="Predict the emotion of audio files with a trained DCNN-BLSTMwA run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("paths", metavar="PATH", nargs="+", help="audio files and folders (searched recursively)")
+    parser.add_argument("--model", default=None, help=f"run folder of train.py (default: the newest complete run in {MODEL_ROOT}/)")
+    parser.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format; csv and json carry every class probability")
+    parser.add_argument("--output", default=None, help="write the results to this file instead of standard output")
+    parser.add_argument("--top-k", type=positive_int, default=1, help="emotions listed per file (table and json)")
+    parser.add_argument("--window", type=positive_float, default=WINDOW_SECONDS, help="seconds per window for long files")
+    parser.add_argument("--timeline", action="store_true", help="also give every window's start, end and emotion")
+    parser.add_argument("--batch-size", type=positive_int, default=BATCH_WINDOWS, help="windows per model call")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        files = audio_files(args.paths)  # path mistakes are reported before the model loads
+        run = load_run(args.model if args.model is not None else newest_run())
+        predictions = predict(files, run, window=args.window, batch_size=args.batch_size)
+    except InferenceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    good = [p for p in predictions if p.error is None]
+    for failed in predictions:
+        if failed.error is not None:
+            print(f"skipped: {failed.error}", file=sys.stderr)
+    if args.format == "table":
+        text = format_table(good, run.labels, top_k=args.top_k, timeline=args.timeline) if good else ""
+    elif args.format == "csv":
+        text = format_csv(good, run.labels, timeline=args.timeline)
+    else:
+        text = format_json(good, run.labels, top_k=args.top_k, timeline=args.timeline)
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0 if len(good) == len(predictions) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""infer.py: runs, files, long audio in windows, output formats and the command line."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from conftest import tone
+from tiny_model import tiny_backbone
+
+import infer
+import utils
+from SpeechModel import SpeechModel
+
+LABELS = ["neutral", "sad", "angry"]
+
+
+def export_run(folder: Path, **feature_overrides) -> Path:
+    """A run folder as train.py writes it, with a tiny model trained for a step."""
+    keras.utils.set_random_seed(0)
+    model = SpeechModel.create_model(
+        len(LABELS), weights=None, backbone=tiny_backbone((64, 64, 3)), lstm_units=8, attention_units=8, dense_units=(16,)
+    )
+    rng = np.random.default_rng(0)
+    model.fit(rng.normal(size=(3, 2, 64, 64, 3)).astype("float32"), np.array([0, 1, 2]), epochs=1, verbose=0)
+    folder.mkdir(parents=True)
+    model.save(folder / "model.keras")
+    SpeechModel.export(model, folder)
+    (folder / "labels.json").write_text(json.dumps(LABELS))
+    (folder / "features.json").write_text(json.dumps(utils.feature_parameters(**feature_overrides)))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return export_run(tmp_path_factory.mktemp("runs") / "20260101-000000-frozen-1ep")
+
+
+@pytest.fixture
+def clips(write_audio) -> list[Path]:
+    """Five short files in a folder tree (one in a sub-folder, one FLAC at 44.1 kHz) and a corrupt one."""
+    paths = [write_audio(f"clips/clip{index}.wav", tone(200 + 120 * index, 0.6 + 0.5 * index)) for index in range(3)]
+    paths.append(write_audio("clips/more/deep.wav", tone(900, 2.0)))
+    paths.append(write_audio("clips/more/high.flac", tone(700, 1.3, sr=44100), 44100))
+    bad = paths[0].parent / "broken.wav"
+    bad.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt this is not audio")
+    (paths[0].parent / "notes.txt").write_text("not audio, not listed")
+    return sorted(paths)
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    code = infer.main([str(part) for part in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_every_good_file_once_and_the_bad_one_on_stderr(run_dir, clips, capsys):
+    code, out, err = run_cli([clips[0].parent, "--model", run_dir], capsys)
+    assert code == 1
+    listed = [line.split()[0] for line in out.splitlines()]
+    assert listed == [str(path) for path in clips]
+    assert all(line.split()[1] in LABELS for line in out.splitlines())
+    assert "broken.wav" in err and "not readable as audio" in err and "notes.txt" not in out + err
+
+
+def test_csv_and_json_carry_probabilities_that_sum_to_one_and_agree_with_predict(run_dir, clips, capsys):
+    code, out, _ = run_cli([*clips, "--model", run_dir, "--format", "csv"], capsys)
+    assert code == 0
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [row["path"] for row in rows] == [str(path) for path in clips]
+    for row in rows:
+        assert sum(float(row[label]) for label in LABELS) == pytest.approx(1, abs=1e-3)
+        assert row["emotion"] == max(LABELS, key=lambda label: float(row[label]))
+
+    code, out, _ = run_cli([*clips, "--model", run_dir, "--format", "json", "--top-k", "2"], capsys)
+    records = json.loads(out)
+    direct = infer.predict(clips, run_dir)
+    for record, prediction in zip(records, direct, strict=True):
+        assert sum(record["probabilities"].values()) == pytest.approx(1, abs=1e-5)
+        assert [entry["emotion"] for entry in record["top"]] == [label for label, _ in prediction.top(2)]
+        assert record["emotion"] == prediction.emotion
+        for label in LABELS:
+            assert record["probabilities"][label] == pytest.approx(prediction.probabilities[label], abs=1e-6)
+
+
+def test_predictions_use_the_runs_feature_parameters(tmp_path, write_audio):
+    run = export_run(tmp_path / "run", top_db=40.0, preemphasis=0.5)
+    path = write_audio("one.wav", tone(300, 1.5) + 0.05 * tone(2500, 1.5))
+    [prediction] = infer.predict([path], run)
+    model = keras.models.load_model(run / "model.keras")
+    expected = model.predict(utils.get_framed_log_melspectrogram(path, top_db=40.0, preemphasis=0.5)[np.newaxis], verbose=0)[0]
+    default = model.predict(utils.get_framed_log_melspectrogram(path)[np.newaxis], verbose=0)[0]
+    assert not np.allclose(expected, default, atol=1e-6)  # the parameters matter to this model
+    np.testing.assert_allclose(list(prediction.probabilities.values()), expected, atol=1e-5)
+
+
+def test_a_keras_only_run_gives_the_same_results(run_dir, clips, tmp_path):
+    keras_only = tmp_path / "keras-only"
+    keras_only.mkdir()
+    for name in ("model.keras", "labels.json", "features.json"):
+        shutil.copy(run_dir / name, keras_only / name)
+    saved, loaded = infer.predict(clips, run_dir), infer.predict(clips, keras_only)
+    for a, b in zip(saved, loaded, strict=True):
+        np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
+
+
+def test_a_long_file_is_read_in_windows_that_cover_it(run_dir, write_audio, capsys):
+    y = np.concatenate([tone(200 + 40 * second, 1.0) for second in range(60)])
+    path = write_audio("long.flac", y)
+    code, out, _ = run_cli([path, "--model", run_dir, "--format", "json", "--timeline", "--window", "8"], capsys)
+    assert code == 0
+    [record] = json.loads(out)
+    windows = record["windows"]
+    assert len(windows) == 8 and windows[0]["start"] == 0 and windows[-1]["end"] == pytest.approx(60)
+    assert all(a["end"] == b["start"] for a, b in zip(windows, windows[1:]))
+    assert all(sum(w["probabilities"].values()) == pytest.approx(1, abs=1e-5) for w in windows)
+    durations = np.array([w["end"] - w["start"] for w in windows])
+    weighted = sum(d * np.array(list(w["probabilities"].values())) for d, w in zip(durations, windows)) / durations.sum()
+    np.testing.assert_allclose(list(record["probabilities"].values()), weighted, atol=1e-5)
+
+    code, out, _ = run_cli([path, "--model", run_dir, "--timeline"], capsys)
+    assert len(out.splitlines()) == 1 + 8 and "56.00 -    60.00 s" in out
+
+
+@pytest.mark.parametrize(
+    ("duration", "spans"),
+    [
+        (3.0, [(0.0, 3.0)]),
+        (8.0, [(0.0, 8.0)]),
+        (11.0, [(0.0, 11.0)]),  # a 3 s tail is under half a window: it joins
+        (13.0, [(0.0, 8.0), (8.0, 13.0)]),
+        (19.0, [(0.0, 8.0), (8.0, 19.0)]),
+        (20.0, [(0.0, 8.0), (8.0, 16.0), (16.0, 20.0)]),  # a tail of half a window stays
+    ],
+)
+def test_window_spans(duration, spans):
+    assert infer.window_spans(duration, 8.0) == spans
+
+
+def test_batches_are_chosen_while_reading_not_after_it():
+    consumed = []
+
+    def windows():
+        for index in range(100):
+            consumed.append(index)
+            yield infer._Window(0, 0.0, 1.0, segments=np.zeros((1 + index % 2, 1, 1, 1), np.float32))
+
+    batches = infer._similar_length_batches(windows(), batch_size=4)
+    first = next(batches)
+    assert len(consumed) == infer.PENDING_BATCHES * 4  # memory held: a couple of batches, not the input
+    assert len({len(item.segments) for item in first}) == 1  # equal lengths: no padding
+    rest = list(batches)
+    assert sum(len(batch) for batch in [first, *rest]) == 100
+
+
+def test_the_newest_complete_run_is_the_default(run_dir, clips, tmp_path, monkeypatch, capsys):
+    root = tmp_path / "saved_model"
+    root.mkdir()
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli([clips[1]], capsys)
+    assert code == 1 and "no trained run in saved_model" in err and "python train.py" in err
+
+    shutil.copytree(run_dir, root / "20260101-old")
+    (root / ".partial-20270101-unfinished").mkdir()
+    (root / "20270101-cv5").mkdir()  # cross-validation runs hold no model
+    (root / "20270101-cv5" / "metrics.json").write_text("{}")
+    assert infer.newest_run(root) == root / "20260101-old"
+    newer = root / "20260202-new"
+    shutil.copytree(run_dir, newer)
+    (newer / "labels.json").touch()
+    assert infer.newest_run(root) == newer
+    code, out, _ = run_cli([clips[1]], capsys)
+    assert code == 0 and out.startswith(str(clips[1]))
+
+
+def test_a_folder_that_is_not_a_run_says_what_it_lacks(clips, tmp_path, capsys):
+    (tmp_path / "not-a-run").mkdir()
+    (tmp_path / "not-a-run" / "labels.json").write_text("[]")
+    code, _, err = run_cli([clips[1], "--model", tmp_path / "not-a-run"], capsys)
+    assert code == 1
+    assert "is not a training run: it lacks features.json, saved_model.pb or model.keras" in err
+
+
+def test_missing_paths_and_folders_without_audio_are_one_sentence(run_dir, tmp_path, capsys):
+    code, _, err = run_cli([tmp_path / "nothing.wav", "--model", run_dir], capsys)
+    assert code == 1 and err.strip() == f"error: {tmp_path / 'nothing.wav'}: no such file or folder"
+    (tmp_path / "empty").mkdir()
+    code, _, err = run_cli([tmp_path / "empty", "--model", run_dir], capsys)
+    assert code == 1 and "holds no audio files" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [[], ["a.wav", "--format", "xml"], ["a.wav", "--top-k", "0"], ["a.wav", "--window", "-1"]])
+def test_bad_options_exit_2(argv, capsys):
+    with pytest.raises(SystemExit) as stop:
+        infer.main(argv)
+    assert stop.value.code == 2 and "usage: infer.py" in capsys.readouterr().err
+
+
+def test_output_goes_to_a_file_when_asked(run_dir, clips, tmp_path, capsys):
+    target = tmp_path / "out.json"
+    code, out, _ = run_cli([clips[2], "--model", run_dir, "--format", "json", "--output", target], capsys)
+    assert code == 0 and out == ""
+    assert json.loads(target.read_text())[0]["path"] == str(clips[2])
