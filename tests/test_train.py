@@ -70,6 +70,12 @@ def test_help_shows_the_defaults(capsys):
     assert "--test-speakers" in text and "21,22,23,24" in text and "oversample" in text
 
 
+def test_the_backbone_choices_are_the_models_named_backbones():
+    from SpeechModel import BACKBONES
+
+    assert sorted(train.BACKBONE_CHOICES) == sorted(BACKBONES)
+
+
 def test_an_empty_dataset_without_download_is_one_sentence_and_leaves_nothing(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     code = train.main(["3", "--dataset", str(tmp_path / "empty"), "--no-download", "--output", str(tmp_path / "runs")])
