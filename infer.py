@@ -291,12 +291,12 @@ def _computed(jobs: list[_Window], files: list[Path], params: dict) -> Iterator[
     sr = params["sr"]
 
     def compute(job: _Window) -> _Window:
+        # A new object: the job list must not keep every window's segments alive.
         try:
             y = utils.load_wav(files[job.file], sr=sr, offset=job.start, duration=job.end - job.start)
-            job.segments = utils.get_framed_log_melspectrogram(y, **params)
+            return dataclasses.replace(job, segments=utils.get_framed_log_melspectrogram(y, **params))
         except utils.AudioError as error:
-            job.error = str(error)
-        return job
+            return dataclasses.replace(job, error=str(error))
 
     # librosa and soxr release the GIL in their heavy parts, so threads overlap with the
     # model; a bounded queue of futures keeps memory flat for any number of windows.

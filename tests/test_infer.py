@@ -159,6 +159,14 @@ def test_batches_are_chosen_while_reading_not_after_it():
     assert sum(len(batch) for batch in [first, *rest]) == 100
 
 
+def test_computed_windows_are_not_kept_by_the_job_list(write_audio):
+    path = write_audio("long.wav", tone(300, 20.0))
+    jobs = [infer._Window(0, start, end) for start, end in infer.window_spans(20.0, 4.0)]
+    computed = list(infer._computed(jobs, [path], utils.feature_parameters()))
+    assert [len(item.segments) for item in computed] == [len(utils.get_framed_log_melspectrogram(tone(300, 4.0)))] * 5
+    assert all(job.segments is None for job in jobs)  # only the consumer holds segments
+
+
 def test_the_newest_complete_run_is_the_default(run_dir, clips, tmp_path, monkeypatch, capsys):
     root = tmp_path / "saved_model"
     root.mkdir()
