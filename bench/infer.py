@@ -41,6 +41,7 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
 
 def export_run(folder: Path) -> Path:
     model = SpeechModel.create_model(weights=None)
+    folder.mkdir()
     model.save(folder / "model.keras")
     SpeechModel.export(model, folder)
     (folder / "labels.json").write_text(json.dumps(list(RAVDESS_EMOTIONS)))
@@ -49,7 +50,7 @@ def export_run(folder: Path) -> Path:
 
 
 def time_plain(run: Path, files: list[Path]) -> float:
-    model = keras.models.load_model(run / "model.keras")
+    model = keras.models.load_model(run / "model.keras", compile=False)
     model.predict(fixed_length(utils.get_framed_log_melspectrogram(files[0])), verbose=0)  # trace once, not timed
     start = time.perf_counter()
     for path in files:

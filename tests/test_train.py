@@ -292,6 +292,18 @@ def test_a_crash_leaves_earlier_runs_alone_and_resume_finishes_the_run(corpus, t
     assert sorted(path.name for path in runs.iterdir()) == sorted([earlier.name, finished.name])
 
 
+def test_a_nan_loss_stops_training_with_a_message_and_no_model(corpus, tmp_path):
+    def nan_backbone():
+        return keras.Sequential(
+            [keras.Input(SEGMENT_SHAPE), keras.layers.GlobalAveragePooling2D(), keras.layers.Lambda(lambda x: x * np.nan)]
+        )
+
+    with pytest.raises(train.TrainingError, match="the loss became NaN; try a lower --learning-rate"):
+        train.run(options_for(corpus, tmp_path, epochs=3, augment=False), backbone=nan_backbone)
+    runs = list((tmp_path / "runs").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith(train.PARTIAL_PREFIX)  # never mistaken for a model
+
+
 def test_resume_without_an_interrupted_run_is_a_clear_error(corpus, tmp_path):
     with pytest.raises(train.TrainingError, match="found no interrupted run"):
         train.run(options_for(corpus, tmp_path), resume=True, backbone=small_backbone)
