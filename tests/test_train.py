@@ -98,6 +98,20 @@ def test_absent_speakers_are_named_with_the_present_ones(corpus, tmp_path, capsy
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+def test_unreachable_imagenet_weights_stop_the_run_before_it_starts(corpus, tmp_path, monkeypatch, capsys):
+    def offline(*args, **kwargs):
+        raise Exception("URL fetch failure: no network")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    code = train.main(["3", "--dataset", str(corpus), "--test-speakers", "4", "--val-speakers", "3",
+                       "--output", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "could not download the ImageNet weights of resnet50v2" in err and "efficientnet_lite0" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert not (tmp_path / "cache").exists()  # nothing computed for a run that cannot start
+
+
 def test_a_missing_weights_file_is_refused(corpus, tmp_path, capsys):
     code = train.main(["3", "--dataset", str(corpus), "--weights", str(tmp_path / "nope.h5")])
     assert code == 1
