@@ -8,7 +8,6 @@ speaker in exactly one of train, validation and test.
 from __future__ import annotations
 
 import logging
-import os
 import re
 from collections.abc import Collection, Hashable, Sequence
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from typing import Protocol, TypeVar
 
 from sklearn.model_selection import GroupKFold
 
-from utils import AUDIO_EXTENSIONS, PathLike
+from utils import PathLike, find_audio_files
 
 logger = logging.getLogger(__name__)
 
@@ -142,30 +141,16 @@ def read_ravdess(folder: PathLike) -> list[RavdessUtterance]:
         problem = "is not a folder" if folder.exists() else "does not exist"
         raise CorpusError(f"dataset folder {folder} {problem}; set --dataset to the folder that holds Actor_01 ...")
     utterances, misnamed, songs = [], [], 0
-    visited: set[str] = set()
-    # Links are followed (actor folders gathered from several places by symlinks are
-    # common); each real folder is read once, so a link back up the tree cannot loop.
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        real_root = os.path.realpath(root)
-        if real_root in visited:
-            dirs[:] = []
+    for path in find_audio_files(folder):
+        try:
+            utterance = parse_ravdess_name(path)
+        except ValueError as problem:
+            misnamed.append(f"{path}: {problem}")
             continue
-        visited.add(real_root)
-        # Hidden entries include macOS '._*' companions that unzip next to real files.
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
-        for name in sorted(files):
-            path = Path(root) / name
-            if name.startswith(".") or path.suffix.lower() not in AUDIO_EXTENSIONS:
-                continue
-            try:
-                utterance = parse_ravdess_name(path)
-            except ValueError as problem:
-                misnamed.append(f"{path}: {problem}")
-                continue
-            if utterance is None:
-                songs += 1
-            else:
-                utterances.append(utterance)
+        if utterance is None:
+            songs += 1
+        else:
+            utterances.append(utterance)
     for line in misnamed[:_MISNAMED_LISTED]:
         logger.warning("skipped, not a RAVDESS name: %s", line)
     if len(misnamed) > _MISNAMED_LISTED:

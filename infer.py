@@ -170,10 +170,7 @@ def audio_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     found: dict[Path, None] = {}
     for path in map(Path, paths):
         if path.is_dir():
-            inside = sorted(
-                item for item in path.rglob("*")
-                if item.suffix.lower() in utils.AUDIO_EXTENSIONS and item.is_file() and not item.name.startswith(".")
-            )
+            inside = utils.find_audio_files(path)
             if not inside:
                 raise InferenceError(f"{path} holds no audio files ({', '.join(utils.AUDIO_EXTENSIONS)})")
             found.update(dict.fromkeys(inside))

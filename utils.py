@@ -9,7 +9,7 @@ delta and delta-delta log-Mel), the input of Zhang et al. (2018, 2021):
     frame_segments(F)                    -> X: (segments, 64, 64, 3)
     get_framed_log_melspectrogram(path)  -> all four in one call
 
-Only `load_wav` and `audio_duration` touch files; every other function is pure.
+Only `load_wav`, `audio_duration` and `find_audio_files` touch files; every other function is pure.
 """
 
 from __future__ import annotations
@@ -127,6 +127,30 @@ def audio_duration(path: PathLike) -> float:
     if info.frames == 0:
         raise AudioError(f"{path}: holds no audio samples (zero length)")
     return info.frames / info.samplerate
+
+
+def find_audio_files(folder: PathLike) -> list[Path]:
+    """Every audio file (`AUDIO_EXTENSIONS`) under ``folder``, at any depth, sorted.
+
+    Links are followed (folders gathered from several places by symlinks are common);
+    each real folder is read once, so a link back up the tree cannot loop. Hidden
+    files and folders and ``__MACOSX`` (the '._*' companions some unzip tools leave)
+    are left out. Nothing is opened: whether a file is usable is `load_wav`'s concern.
+    """
+    found, visited = [], set()
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        real_root = os.path.realpath(root)
+        if real_root in visited:
+            dirs[:] = []
+            continue
+        visited.add(real_root)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+        found += [
+            Path(root) / name
+            for name in files
+            if not name.startswith(".") and Path(name).suffix.lower() in AUDIO_EXTENSIONS
+        ]
+    return sorted(found)
 
 
 def _checked_file(path: PathLike) -> Path:
