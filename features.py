@@ -230,13 +230,20 @@ def _compute(
     segments = utils.get_framed_log_melspectrogram(y, **params)
     if cache_file is None:
         return source, segments, None
-    cache_file.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename: a crash or a concurrent writer never leaves a partial file.
-    partial = cache_file.with_name(f"{cache_file.stem}.{os.getpid()}.partial")
-    with open(partial, "wb") as stream:
-        np.save(stream, segments, allow_pickle=False)
-    os.replace(partial, cache_file)
+    write_cache_file(cache_file, segments)
     return source, None, None
+
+
+def write_cache_file(path: Path, array: np.ndarray) -> None:
+    """Save ``array`` as a plain ``.npy`` at ``path``, creating its folder.
+
+    Written then renamed: a crash or a concurrent writer never leaves a partial file.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")
+    with open(partial, "wb") as stream:
+        np.save(stream, array, allow_pickle=False)
+    os.replace(partial, path)
 
 
 def _run(jobs: list, workers: int) -> Iterable[tuple[SourceKey, np.ndarray | None, str | None]]:

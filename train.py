@@ -19,7 +19,6 @@ import hashlib
 import itertools
 import json
 import logging
-import os
 import platform
 import shutil
 import sys
@@ -278,11 +277,13 @@ def gpu_available() -> bool:
 
 def encoder_fingerprint(embedding_model) -> str:
     """Hash of everything that decides a segment's embedding: weights and configuration."""
+    import keras
+
     digest = hashlib.sha256()
     for layer in embedding_model.layers:
         digest.update(json.dumps(layer.get_config(), sort_keys=True, default=str).encode())
     for weight in embedding_model.weights:
-        digest.update(np.ascontiguousarray(np.asarray(weight.numpy() if hasattr(weight, "numpy") else weight)).tobytes())
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
     return digest.hexdigest()
 
 
@@ -327,20 +328,11 @@ def embed_all(
                 embedding = output[start : start + len(segments[item])]
                 start += len(segments[item])
                 embeddings[item] = embedding
-                _save_array(cache_files[item], embedding)
+                if cache_files[item] is not None:
+                    features.write_cache_file(cache_files[item], embedding)
             bar.update(len(chunk))
             chunk = []
     return embeddings
-
-
-def _save_array(path: Path | None, array: np.ndarray) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")
-    with open(partial, "wb") as stream:
-        np.save(stream, array, allow_pickle=False)
-    os.replace(partial, path)
 
 
 def validation_uar_callback(batches: PaddedBatches):
@@ -560,11 +552,7 @@ def run(options: Options, *, resume: bool = False, backbone: Callable[[], Any] |
 
     keras.utils.set_random_seed(options.seed)
     started = time.time()
-    # Weights, corpus and splits are checked before the run folder exists: a user mistake leaves nothing behind.
-    if options.weights == "imagenet" and backbone is None:
-        from SpeechModel import SpeechModel
-
-        SpeechModel.imagenet_weights(options.backbone)
+    # Corpus, splits and weights are checked before the run folder exists: a user mistake leaves nothing behind.
     utterances = read_corpus(
         Path(options.dataset), download=options.download, url=options.download_url, cache_dir=Path(options.cache_dir)
     )
@@ -573,6 +561,10 @@ def run(options: Options, *, resume: bool = False, backbone: Callable[[], Any] |
         splits = corpora.speaker_folds(utterances, options.folds)
     else:
         splits = [corpora.split_by_speakers(utterances, options.test_speakers, options.val_speakers)]
+    if options.weights == "imagenet" and backbone is None:
+        from SpeechModel import SpeechModel
+
+        SpeechModel.imagenet_weights(options.backbone)  # fetched now, not after the features
     if partial is None:
         partial = new_partial_run(output, options)
         (partial / "options.json").write_text(json.dumps(dataclasses.asdict(options), indent=2))
