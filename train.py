@@ -473,8 +473,9 @@ def train_split(
             monitor="val_uar", mode="max", patience=EARLY_STOPPING_PATIENCE, restore_best_weights=True
         ),
         keras.callbacks.ReduceLROnPlateau(monitor="val_uar", mode="max", factor=0.5, patience=PLATEAU_PATIENCE),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),  # append: --resume keeps earlier epochs
+        # Backed up before logged: an epoch in history.csv is one --resume does not train again.
         keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),  # append: --resume keeps earlier epochs
     ]
     if installed("tensorflow") and installed("tensorboard"):  # the callback writes through tf.summary
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / "logs")))

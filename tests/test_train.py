@@ -318,6 +318,30 @@ def test_a_nan_loss_stops_training_with_a_message_and_no_model(corpus, tmp_path)
     assert len(runs) == 1 and runs[0].name.startswith(train.PARTIAL_PREFIX)  # never mistaken for a model
 
 
+def test_resume_continues_from_the_last_finished_epoch(corpus, tmp_path, monkeypatch):
+    finished = []
+    original = keras.callbacks.CSVLogger.on_epoch_end
+
+    def interrupted_after_two_epochs(self, epoch, logs=None):
+        original(self, epoch, logs)
+        finished.append(epoch)
+        if len(finished) == 2:
+            raise KeyboardInterrupt  # as Ctrl-C during the third epoch
+
+    monkeypatch.setattr(keras.callbacks.CSVLogger, "on_epoch_end", interrupted_after_two_epochs)
+    options = options_for(corpus, tmp_path, epochs=4, augment=False, learning_rate=1e-4)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(options, backbone=small_backbone)
+    monkeypatch.setattr(keras.callbacks.CSVLogger, "on_epoch_end", original)
+    finished.clear()
+
+    run = train.run(options, resume=True, backbone=small_backbone)
+    with open(run / "history.csv") as stream:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(stream)]
+    assert epochs == [0, 1, 2, 3]  # two before the interruption, the other two after: none repeated
+    assert not (run / "backup").exists()
+
+
 def test_resume_without_an_interrupted_run_is_a_clear_error(corpus, tmp_path):
     with pytest.raises(train.TrainingError, match="found no interrupted run"):
         train.run(options_for(corpus, tmp_path), resume=True, backbone=small_backbone)
