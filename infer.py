@@ -33,8 +33,8 @@ logger = logging.getLogger("infer")
 
 MODEL_ROOT = Path("saved_model")  # where train.py writes runs
 WINDOW_SECONDS = 8.0  # longer files are cut into windows of about this length
-BATCH_WINDOWS = 32  # windows per model call
-PENDING_BATCHES = 2  # batches' worth of windows gathered before choosing one of similar lengths
+BATCH_WINDOWS = 16  # windows per model call
+PENDING_BATCHES = 4  # batches' worth of windows gathered before choosing one of similar lengths (padding: 2 % on RAVDESS)
 PROGRESS_MIN_FILES = 20  # fewer files than this show no progress bar
 RUN_FILES = ("labels.json", "features.json")  # what every run needs beside a model
 
