@@ -33,7 +33,7 @@ import numpy as np  # noqa: E402
 
 from features import default_cache_dir, extract_features  # noqa: E402
 from SpeechModel import SpeechModel  # noqa: E402
-from utils import pad_utterances  # noqa: E402
+from utils import find_audio_files, pad_utterances  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
 FIXED_SEGMENTS = 8  # the original repository's input: 3 s of audio
@@ -89,9 +89,9 @@ def main() -> None:
     parser.add_argument("--plain-utterances", type=int, default=24, help="utterances timed in (a), the slow one (default: %(default)s)")
     parser.add_argument("--train-utterances", type=int, default=48, help="utterances in the timed training steps (default: %(default)s)")
     args = parser.parse_args()
-    files = sorted(str(path) for path in args.data.rglob("*") if path.suffix.lower() in (".wav", ".flac"))
+    files = find_audio_files(args.data)
     if not files:
-        parser.exit(1, f"error: no .wav or .flac files under {args.data}\n")
+        parser.exit(1, f"error: no audio files under {args.data}\n")
     utterances = list(extract_features(files, cache_dir=default_cache_dir(), progress=False).segments.values())
 
     model = SpeechModel.create_model(weights=None)
