@@ -153,6 +153,13 @@ def _load_model(folder: Path) -> Callable[[np.ndarray], np.ndarray]:
     import SpeechModel  # noqa: F401  (registers the model's layers for loading)
 
     model = keras.models.load_model(folder / "model.keras", compile=False)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        # One graph for every batch and segment count; predict_on_batch would trace again per new shape.
+        signature = [tf.TensorSpec((None, None, *model.inputs[0].shape[2:]), tf.float32)]
+        forward = tf.function(lambda segments: model(segments, training=False), input_signature=signature)
+        return lambda segments: forward(tf.constant(segments)).numpy()
     return lambda segments: np.asarray(model.predict_on_batch(segments))
 
 
