@@ -30,6 +30,7 @@ SEGMENT_SHAPE = (64, 64, 3)  # (time frames, Mel bands, channels) of one segment
 NUM_CLASSES = 8  # the RAVDESS emotions
 LEARNING_RATE = 1e-4  # Adam, as in the paper's recipe
 NORMALIZATION_LAYER = "embedding_normalization"  # per-feature standardisation of segment embeddings
+OUTPUT_LAYER = "emotion"  # the softmax over emotions; float32 under any policy
 
 
 class BackboneWeightsError(Exception):
@@ -401,6 +402,23 @@ class SpeechModel:
         return BACKBONES[backbone]["imagenet"]()
 
     @staticmethod
+    def mixed_precision_copy(model: keras.Model, policy: str = "mixed_bfloat16") -> keras.Model:
+        """A copy of ``model`` (same weights) that computes under a mixed-precision policy.
+
+        Every layer, the backbone's included, takes ``policy``; the output layer stays
+        float32 and the attention softmax runs in float32 as always. For inference:
+        bfloat16 is about 1.5x faster on CPUs with bf16 units (and on GPUs), with
+        probabilities a little off those of float32. A model loaded from a ``.keras``
+        file keeps the policies it was saved with, hence a copy.
+        """
+        config = model.get_config()
+        _set_float32_policies(config, policy)
+        copy = keras.Model.from_config(config)
+        copy.set_weights(model.get_weights())
+        copy.get_layer(NORMALIZATION_LAYER).finalize_state()  # its statistics derive from the weights just set
+        return copy
+
+    @staticmethod
     def attention_model(model: keras.Model) -> keras.Model:
         """A model that returns ``(probabilities, attention weights)`` for the same input.
 
@@ -451,7 +469,22 @@ def _classifier_head(x, num_classes, lstm_units, attention_units, dense_units, d
     for index, units in enumerate(dense_units, start=1):
         x = layers.Dense(units, activation="relu", name=f"dense_{index}")(x)
         x = layers.Dropout(dropout, name=f"dropout_{index}")(x)
-    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="emotion")(x)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name=OUTPUT_LAYER)(x)
+
+
+def _set_float32_policies(config: Any, policy: str, layer: str | None = None) -> None:
+    """Replace, in place, the float32 dtype policies of a model config by ``policy``, the output layer's aside."""
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and config.get("config", {}).get("name") == "float32":
+            if layer != OUTPUT_LAYER:
+                config["config"]["name"] = policy
+            return
+        layer = config["name"] if isinstance(config.get("name"), str) else layer
+        for value in config.values():
+            _set_float32_policies(value, policy, layer)
+    elif isinstance(config, list):
+        for value in config:
+            _set_float32_policies(value, policy, layer)
 
 
 def _compile(model: keras.Model, learning_rate: float) -> None:

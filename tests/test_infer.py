@@ -110,6 +110,20 @@ def test_a_keras_only_run_gives_the_same_results(run_dir, clips, tmp_path):
         np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
 
 
+def test_bfloat16_gives_close_probabilities_and_needs_model_keras(run_dir, clips, tmp_path, capsys):
+    exact = infer.predict(clips, run_dir)
+    fast = infer.predict(clips, run_dir, precision="bfloat16")
+    pairs = [(list(a.probabilities.values()), list(b.probabilities.values())) for a, b in zip(exact, fast, strict=True)]
+    for a, b in pairs:
+        np.testing.assert_allclose(a, b, atol=0.03)
+    assert any(a != b for a, b in pairs)  # bfloat16 really computed them
+    saved_only = tmp_path / "saved-only"
+    shutil.copytree(run_dir, saved_only)
+    (saved_only / "model.keras").unlink()
+    code, _, err = run_cli([clips[0], "--model", saved_only, "--precision", "bfloat16"], capsys)
+    assert code == 1 and "--precision bfloat16 needs model.keras" in err
+
+
 def test_a_long_file_is_read_in_windows_that_cover_it(run_dir, write_audio, capsys):
     y = np.concatenate([tone(200 + 40 * second, 1.0) for second in range(60)])
     path = write_audio("long.flac", y)

@@ -247,3 +247,23 @@ def test_adapted_normalization_standardises_embeddings_and_padding_stays_masked(
     np.testing.assert_allclose(standardised.std(axis=0), 1, atol=1e-2)
     together = model.predict(batch, verbose=0)
     np.testing.assert_allclose(model.predict(batch[:1, :3], verbose=0)[0], together[0], atol=1e-5)
+
+
+def test_a_mixed_precision_copy_computes_in_bfloat16_with_the_same_weights_and_masking():
+    model = tiny_model()
+    features = model.get_layer("segment_encoder").features
+    SpeechModel.adapt_normalization(model, np.random.default_rng(0).normal(0.5, 0.2, (40, features)).astype("float32"))
+    batch = padded_batch([2, 5, 3])
+    copy = SpeechModel.mixed_precision_copy(model)
+    np.testing.assert_allclose(  # the adapted statistics (in bfloat16), not the identity
+        np.asarray(copy.get_layer("embedding_normalization").mean, np.float32),
+        np.asarray(model.get_layer("embedding_normalization").mean), atol=1e-2,
+    )
+    assert copy.get_layer("blstm").dtype_policy.name == "mixed_bfloat16"
+    assert copy.get_layer("segment_encoder").backbone.layers[0].dtype_policy.name == "mixed_bfloat16"
+    assert copy.get_layer("emotion").dtype_policy.name == "float32"
+    assert model.get_layer("blstm").dtype_policy.name == "float32"  # the original is untouched
+    probabilities = copy.predict(batch, verbose=0)
+    assert probabilities.dtype == np.float32
+    np.testing.assert_allclose(probabilities, model.predict(batch, verbose=0), atol=0.03)
+    np.testing.assert_allclose(copy.predict(batch[1:2, :5], verbose=0)[0], probabilities[1], atol=1e-2)
