@@ -18,7 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import ravdess_name, tone, write_ravdess
+from conftest import ravdess_name, write_ravdess
 from tiny_model import tiny_backbone
 
 import train

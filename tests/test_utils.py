@@ -5,7 +5,6 @@ from __future__ import annotations
 import librosa
 import numpy as np
 import pytest
-import soundfile as sf
 from conftest import tone
 
 import utils
