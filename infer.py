@@ -6,7 +6,8 @@ Steps: find the run (the newest complete one in saved_model/ by default), list t
 audio files (folders recursively), cut long files into windows, compute each window's
 segments exactly as the run's features.json says (in background threads, overlapping
 the model), run windows of similar length through the model together, and combine a
-file's windows weighted by their duration. `predict` is the same for use from code.
+file's windows weighted by their duration. `predict` is the same for use from code,
+and `predict_signal` for audio already in memory.
 """
 
 from __future__ import annotations
@@ -20,28 +21,28 @@ import logging
 import os
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+import batching
+import runs
 import utils
-from cli import installed, positive_float, positive_int
+from cli import positive_float, positive_int
+from runs import Run, load_run, newest_run
 
 logger = logging.getLogger("infer")
 
-MODEL_ROOT = Path("saved_model")  # where train.py writes runs
 WINDOW_SECONDS = 8.0  # longer files are cut into windows of about this length
 BATCH_WINDOWS = 16  # windows per model call
 PENDING_BATCHES = 4  # batches' worth of windows gathered before choosing one of similar lengths (padding: 2 % on RAVDESS)
 PROGRESS_MIN_FILES = 20  # fewer files than this show no progress bar
-RUN_FILES = ("labels.json", "features.json")  # what every run needs beside a model
-PRECISIONS = ("float32", "bfloat16")  # how the model computes at inference
 
 
 class InferenceError(Exception):
-    """A problem a user can fix (no run, not a run, no audio); reported as one sentence, exit code 1."""
+    """A problem a user can fix (a missing path, a folder without audio); reported as one sentence, exit code 1."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,93 +85,6 @@ class Prediction:
     def top(self, k: int) -> list[tuple[str, float]]:
         """The ``k`` most probable emotions with their probabilities."""
         return sorted(self.probabilities.items(), key=lambda item: -item[1])[:k]
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    """A trained run, loaded: its folder, labels, feature parameters and model."""
-
-    folder: Path
-    labels: list[str]
-    feature_params: dict
-    model: Callable[[np.ndarray], np.ndarray]  # segments (batch, segments, ...) -> probabilities (batch, classes)
-
-
-# ---------------------------------------------------------------- the run
-
-
-def newest_run(root: Path = MODEL_ROOT) -> Path:
-    """The most recently completed run folder in ``root`` that holds a model."""
-    runs = [path for path in root.glob("*") if not path.name.startswith(".") and _missing(path) == []] if root.is_dir() else []
-    if not runs:
-        raise InferenceError(
-            f"no trained run in {root}; train one first (python train.py EPOCHS) or pass --model RUN_FOLDER"
-        )
-    return max(runs, key=lambda path: (path / "labels.json").stat().st_mtime_ns)
-
-
-def _missing(folder: Path) -> list[str]:
-    missing = [name for name in RUN_FILES if not (folder / name).is_file()]
-    if not (folder / "saved_model.pb").is_file() and not (folder / "model.keras").is_file():
-        missing.append("saved_model.pb or model.keras")
-    return missing
-
-
-def load_run(folder: str | os.PathLike, *, precision: str = "float32") -> Run:
-    """Load a run folder: the SavedModel with TensorFlow alone, else model.keras with Keras.
-
-    ``precision="bfloat16"`` runs a mixed-bfloat16 copy of model.keras instead
-    (`SpeechModel.mixed_precision_copy`): about 1.5x faster on CPUs with bf16 units,
-    with probabilities a little off the float32 ones.
-
-    Raises
-    ------
-    InferenceError
-        If the folder is missing or lacks a run's files (the message lists them).
-    """
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise InferenceError(f"model folder {folder} does not exist")
-    missing = _missing(folder)
-    if missing:
-        raise InferenceError(
-            f"{folder} is not a training run: it lacks {', '.join(missing)} (runs are written by train.py)"
-        )
-    labels = json.loads((folder / "labels.json").read_text())
-    try:
-        feature_params = utils.feature_parameters(**json.loads((folder / "features.json").read_text()))
-    except TypeError as error:
-        raise InferenceError(f"{folder / 'features.json'} does not fit this version of utils.py: {error}") from None
-    return Run(folder, labels, feature_params, _load_model(folder, precision))
-
-
-def _load_model(folder: Path, precision: str) -> Callable[[np.ndarray], np.ndarray]:
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if precision == "float32" and (folder / "saved_model.pb").is_file() and installed("tensorflow"):
-        import tensorflow as tf
-
-        exported = tf.saved_model.load(str(folder))
-        # The closure holds `exported`: its functions need the loaded object alive.
-        return lambda segments: exported.serve(tf.constant(segments)).numpy()
-    if not (folder / "model.keras").is_file():
-        needs = "--precision bfloat16 needs model.keras" if precision != "float32" else "a SavedModel needs TensorFlow"
-        raise InferenceError(f"{folder} holds only a SavedModel, and {needs}")
-    import keras
-
-    from SpeechModel import SpeechModel  # also registers the model's layers for loading
-
-    model = keras.models.load_model(folder / "model.keras", compile=False)
-    if precision == "bfloat16":
-        model = SpeechModel.mixed_precision_copy(model, "mixed_bfloat16")
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        # One graph for every batch and segment count; predict_on_batch would trace again per new shape.
-        signature = [tf.TensorSpec((None, None, *model.inputs[0].shape[2:]), tf.float32)]
-        forward = tf.function(lambda segments: model(segments, training=False), input_signature=signature)
-        return lambda segments: forward(tf.constant(segments)).numpy()
-    return lambda segments: np.asarray(model.predict_on_batch(segments))
 
 
 # ---------------------------------------------------------------- files and windows
@@ -237,19 +151,22 @@ def predict(
 ) -> list[Prediction]:
     """The emotion of every audio file in ``paths`` (files, and folders searched recursively).
 
+    Files are read a window at a time in background threads, and windows of
+    different files with close segment counts share a model call.
+
     Parameters
     ----------
     paths : sequence of str or os.PathLike
     model_dir : str or os.PathLike or Run or None
-        A run folder of train.py (or one already loaded with `load_run`); None takes
-        the newest complete run in saved_model/.
+        A run folder of train.py (or one already loaded with `runs.load_run`); None
+        takes the newest usable run in saved_model/.
     window : float > 0, in seconds
         Files longer than this are cut into windows (see `window_spans`); the file's
         probabilities are the windows' weighted by their duration.
     batch_size : int > 0
         Windows per model call.
     precision : "float32" or "bfloat16"
-        How the model computes when ``model_dir`` is loaded here (see `load_run`).
+        How the model computes when ``model_dir`` is loaded here (see `runs.load_run`).
     progress : bool or None
         Progress bar on stderr; None shows it for many files when stderr is a terminal.
 
@@ -261,7 +178,9 @@ def predict(
     Raises
     ------
     InferenceError
-        No run, a folder that is not a run, a missing path or a folder without audio.
+        A missing path or a folder without audio.
+    runs.RunError
+        No run, or a folder that is not a run.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -289,31 +208,82 @@ def predict(
         disable = not progress
     windows: dict[int, list[WindowPrediction]] = {index: [] for index in range(len(files))}
     with tqdm(total=len(jobs), unit="window", desc="inference", disable=disable) as bar:
-        for batch in _similar_length_batches(_computed(jobs, files, run.feature_params), batch_size):
-            usable = [item for item in batch if item.error is None]
-            for item in batch:
-                if item.error is not None:
-                    errors.setdefault(item.file, item.error)
-            if usable:
-                probabilities = run.model(utils.pad_utterances([item.segments for item in usable]))
-                for item, row in zip(usable, probabilities):
-                    windows[item.file].append(WindowPrediction(item.start, item.end, row))
-            bar.update(len(batch))
+        for item, probabilities in _forward_windows(_computed(jobs, files, run.features), run, batch_size):
+            if probabilities is None:
+                errors.setdefault(item.file, item.error)
+            else:
+                windows[item.file].append(WindowPrediction(item.start, item.end, probabilities))
+            bar.update()
     return [
-        _combine(str(path), durations[index], sorted(windows[index], key=lambda w: w.start), run.labels, errors.get(index))
+        _combine(str(path), durations[index], windows[index], run.labels, errors.get(index))
         for index, path in enumerate(files)
     ]
 
 
-def _computed(jobs: list[_Window], files: list[Path], params: dict) -> Iterator[_Window]:
+def predict_signal(
+    y: np.ndarray,
+    sr: int,
+    run: Run,
+    *,
+    name: str = "<signal>",
+    window: float = WINDOW_SECONDS,
+    batch_size: int = BATCH_WINDOWS,
+) -> Prediction:
+    """The emotion of audio held in memory, exactly as `predict` would give it for a file.
+
+    Parameters
+    ----------
+    y : np.ndarray [shape=(n,)]
+        Mono audio, float in [-1, 1].
+    sr : int > 0, in Hz
+        Its sample rate; resampled to the run's when they differ.
+    run : runs.Run
+        From `runs.load_run`.
+    name : str
+        What the prediction's ``path`` says.
+    window, batch_size
+        As in `predict`.
+
+    Returns
+    -------
+    Prediction
+    """
+    y = np.asarray(y, dtype=np.float32)
+    if y.ndim != 1 or y.size == 0:
+        raise ValueError(f"y must be a non-empty mono signal of shape (n,), got shape {y.shape}")
+    y = utils.resample(y, sr, run.features.sr)
+    duration = len(y) / run.features.sr
+    spans = window_spans(duration, window)
+    jobs = [
+        _Window(0, start, end, segments=utils.get_framed_log_melspectrogram(
+            y[int(round(start * run.features.sr)) : int(round(end * run.features.sr))], run.features
+        ))
+        for start, end in spans
+    ]
+    windows = [WindowPrediction(item.start, item.end, p) for item, p in _forward_windows(jobs, run, batch_size)]
+    return _combine(name, duration, windows, run.labels, None)
+
+
+def _forward_windows(
+    windows: Iterable[_Window], run: Run, batch_size: int
+) -> Iterator[tuple[_Window, np.ndarray | None]]:
+    """Each window with its class probabilities (None for one with an error), in batches of similar length."""
+    pending = PENDING_BATCHES * batch_size
+    for batch in batching.similar_length_batches(windows, batch_size, length=_length, pending=pending):
+        usable = [item for item in batch if item.error is None]
+        if usable:
+            yield from zip(usable, run.forward(batching.pad_batch([item.segments for item in usable])))
+        yield from ((item, None) for item in batch if item.error is not None)
+
+
+def _computed(jobs: list[_Window], files: list[Path], config: utils.FeatureConfig) -> Iterator[_Window]:
     """Each window with its segments (or its error), computed ahead in threads, in job order."""
-    sr = params["sr"]
 
     def compute(job: _Window) -> _Window:
         # A new object: the job list must not keep every window's segments alive.
         try:
-            y = utils.load_wav(files[job.file], sr=sr, offset=job.start, duration=job.end - job.start)
-            return dataclasses.replace(job, segments=utils.get_framed_log_melspectrogram(y, **params))
+            y = utils.load_wav(files[job.file], sr=config.sr, offset=job.start, duration=job.end - job.start)
+            return dataclasses.replace(job, segments=utils.get_framed_log_melspectrogram(y, config))
         except utils.AudioError as error:
             return dataclasses.replace(job, error=str(error))
 
@@ -330,23 +300,6 @@ def _computed(jobs: list[_Window], files: list[Path], params: dict) -> Iterator[
             yield queue.popleft().result()
 
 
-def _similar_length_batches(windows: Iterable[_Window], batch_size: int) -> Iterator[list[_Window]]:
-    """Batches of windows with close segment counts, while holding at most a few batches' worth."""
-    pending: list[_Window] = []
-    for item in windows:
-        pending.append(item)
-        if len(pending) >= PENDING_BATCHES * batch_size:
-            pending.sort(key=_length)
-            # The run of batch_size windows with the smallest spread of lengths pads least.
-            spreads = [_length(pending[i + batch_size - 1]) - _length(pending[i]) for i in range(len(pending) - batch_size + 1)]
-            first = int(np.argmin(spreads))
-            yield pending[first : first + batch_size]
-            del pending[first : first + batch_size]
-    pending.sort(key=_length)
-    for start in range(0, len(pending), batch_size):
-        yield pending[start : start + batch_size]
-
-
 def _length(item: _Window) -> int:
     return 0 if item.segments is None else len(item.segments)
 
@@ -354,6 +307,7 @@ def _length(item: _Window) -> int:
 def _combine(path: str, duration: float, windows: list[WindowPrediction], labels: list[str], error: str | None) -> Prediction:
     if error is not None:
         return Prediction(path, None, 0.0, {}, duration, [], error)
+    windows = sorted(windows, key=lambda w: w.start)
     weights = np.array([w.end - w.start for w in windows])
     probabilities = np.average(np.stack([w.probabilities for w in windows]), axis=0, weights=weights)
     best = int(np.argmax(probabilities))
@@ -435,14 +389,14 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("paths", metavar="PATH", nargs="+", help="audio files and folders (searched recursively)")
-    parser.add_argument("--model", default=None, help=f"run folder of train.py (default: the newest complete run in {MODEL_ROOT}/)")
+    parser.add_argument("--model", default=None, help=f"run folder of train.py (default: the newest complete run in {runs.MODEL_ROOT}/)")
     parser.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format; csv and json carry every class probability")
     parser.add_argument("--output", default=None, help="write the results to this file instead of standard output")
     parser.add_argument("--top-k", type=positive_int, default=1, help="emotions listed per file (table and json)")
     parser.add_argument("--window", type=positive_float, default=WINDOW_SECONDS, help="seconds per window for long files")
     parser.add_argument("--timeline", action="store_true", help="also give every window's start, end and emotion")
     parser.add_argument("--batch-size", type=positive_int, default=BATCH_WINDOWS, help="windows per model call")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="bfloat16: about 1.5x faster on CPUs with bf16 units, probabilities a little off float32's")
+    parser.add_argument("--precision", choices=runs.PRECISIONS, default="float32", help="bfloat16: about 1.5x faster on CPUs with bf16 units, probabilities a little off float32's")
     return parser
 
 
@@ -453,7 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         files = audio_files(args.paths)  # path mistakes are reported before the model loads
         run = load_run(args.model if args.model is not None else newest_run(), precision=args.precision)
         predictions = predict(files, run, window=args.window, batch_size=args.batch_size)
-    except InferenceError as error:
+    except (InferenceError, runs.RunError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     good = [p for p in predictions if p.error is None]

@@ -4,17 +4,20 @@ An utterance becomes a stack of 64x64 images with three channels (static,
 delta and delta-delta log-Mel), the input of Zhang et al. (2018, 2021):
 
     load_wav(path)                       -> y: float32 mono at 16 kHz
-    log_mel_spectrogram(y)               -> S: (n_mels, frames) in dB
-    add_deltas(S)                        -> F: (frames, n_mels, 3)
-    frame_segments(F)                    -> X: (segments, 64, 64, 3)
+    log_mel_spectrogram(y, config)       -> S: (n_mels, frames) in dB
+    add_deltas(S, config)                -> F: (frames, n_mels, 3)
+    frame_segments(F, config)            -> X: (segments, 64, 64, 3)
     get_framed_log_melspectrogram(path)  -> all four in one call
+
+`FeatureConfig` holds every parameter of these steps once, with its default and its
+checks; `DEFAULT_FEATURES` is the recipe's.
 
 Only `load_wav`, `audio_duration` and `find_audio_files` touch files; every other function is pure.
 """
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Union
@@ -31,23 +34,122 @@ from librosa.effects import preemphasis as apply_preemphasis
 from librosa.feature import delta as regression_delta
 from librosa.feature import melspectrogram
 
-SAMPLE_RATE = 16000  # Hz; every feature is computed at this rate
-PREEMPHASIS = 0.97  # coefficient of y[n] - a * y[n-1]
-N_FFT = 512  # samples per FFT (32 ms at 16 kHz)
-WIN_LENGTH = 400  # samples per Hamming window (25 ms at 16 kHz)
-HOP_LENGTH = 160  # samples between frames (10 ms at 16 kHz)
-WINDOW = "hamming"
-N_MELS = 64  # Mel bands: the image height
-FMIN = 20.0  # Hz, lowest Mel band edge
-FMAX = 8000.0  # Hz, highest Mel band edge (Nyquist at 16 kHz)
-TOP_DB = 80.0  # dB below the utterance's peak where the log-Mel is floored
-DELTA_WIDTH = 9  # frames in the delta regression window
-SEGMENT_FRAMES = 64  # frames per segment (0.64 s): the image width
-SEGMENT_HOP = 32  # frames between segment starts (50 % overlap)
-
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+PAD_VALUE = 0.0  # what fills padding segments in a batch; the model masks segments that are all PAD_VALUE
 
 PathLike = Union[str, os.PathLike]
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureConfig:
+    """Every parameter of the feature pipeline, with its default: what identifies a set of features.
+
+    The cache keys on it, a trained run stores it (``features.json``) and inference
+    rebuilds it from there, so the same audio always gives the same segments.
+    Values are checked when the config is made.
+
+    Attributes
+    ----------
+    sr : int > 0, in Hz
+        Sample rate every feature is computed at.
+    preemphasis : float in [0, 1)
+        Coefficient of the pre-emphasis filter ``y[n] - preemphasis * y[n-1]``.
+    n_fft : int > 0, in samples
+        FFT length (32 ms at 16 kHz).
+    win_length : int, 0 < win_length <= n_fft, in samples
+        Length of the analysis window (25 ms at 16 kHz).
+    hop_length : int > 0, in samples
+        Step between frames (10 ms at 16 kHz). Frames are centred: frame ``t`` is
+        centred on sample ``t * hop_length``.
+    window : str
+        Window name understood by ``scipy.signal.get_window``.
+    n_mels : int > 0
+        Number of Mel bands: the segment's height.
+    fmin, fmax : float, 0 <= fmin < fmax <= sr / 2, in Hz
+        Edges of the Mel filter bank.
+    top_db : float > 0 or None, in dB
+        Floor the log-Mel at ``max - top_db``; None keeps the full range down to
+        -100 dB (the power floor 1e-10).
+    delta_width : int >= 3, odd
+        Frames in the delta regression window (librosa.feature.delta's ``width``).
+    segment_frames : int > 0
+        Frames per segment (0.64 s at the default hop): the segment's width.
+    segment_hop : int > 0
+        Frames between the starts of consecutive segments (50 % overlap by default).
+    """
+
+    sr: int = 16000
+    preemphasis: float = 0.97
+    n_fft: int = 512
+    win_length: int = 400
+    hop_length: int = 160
+    window: str = "hamming"
+    n_mels: int = 64
+    fmin: float = 20.0
+    fmax: float = 8000.0
+    top_db: float | None = 80.0
+    delta_width: int = 9
+    segment_frames: int = 64
+    segment_hop: int = 32
+
+    def __post_init__(self) -> None:
+        problems = [
+            (self.sr > 0, f"sr must be a positive sample rate in Hz, got {self.sr!r}"),
+            (0 <= self.preemphasis < 1, f"preemphasis must be in [0, 1), got {self.preemphasis!r}"),
+            (self.n_fft > 0, f"n_fft must be > 0, got {self.n_fft!r}"),
+            (0 < self.win_length <= self.n_fft, f"win_length must be in (0, n_fft={self.n_fft}], got {self.win_length!r}"),
+            (self.hop_length > 0, f"hop_length must be > 0, got {self.hop_length!r}"),
+            (self.n_mels > 0, f"n_mels must be > 0, got {self.n_mels!r}"),
+            (
+                0 <= self.fmin < self.fmax <= self.sr / 2,
+                f"need 0 <= fmin < fmax <= sr/2 = {self.sr / 2:g} Hz, got fmin={self.fmin!r}, fmax={self.fmax!r}",
+            ),
+            (self.top_db is None or self.top_db > 0, f"top_db must be > 0 or None, got {self.top_db!r}"),
+            (
+                self.delta_width >= 3 and self.delta_width % 2 == 1,
+                f"delta_width must be an odd integer >= 3, got {self.delta_width!r}",
+            ),
+            (
+                self.segment_frames > 0 and self.segment_hop > 0,
+                f"segment_frames and segment_hop must be > 0, got {self.segment_frames!r} and {self.segment_hop!r}",
+            ),
+        ]
+        for valid, message in problems:
+            if not valid:
+                raise ValueError(message)
+
+    @property
+    def segment_shape(self) -> tuple[int, int, int]:
+        """(time frames, Mel bands, channels) of one segment."""
+        return (self.segment_frames, self.n_mels, 3)
+
+    def replace(self, **changes: Any) -> FeatureConfig:
+        """A copy with ``changes`` applied.
+
+        Raises
+        ------
+        TypeError
+            If a name is not a feature parameter; the message lists the known ones.
+        ValueError
+            If a value is invalid.
+        """
+        known = [field.name for field in dataclasses.fields(self)]
+        unknown = sorted(set(changes) - set(known))
+        if unknown:
+            raise TypeError(f"unknown feature parameter(s) {unknown}; known: {known}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every parameter by name, JSON-ready; ``FeatureConfig.from_dict`` reads it back."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FeatureConfig:
+        """The config ``to_dict`` wrote; missing names take their defaults, unknown ones raise TypeError."""
+        return DEFAULT_FEATURES.replace(**values)
+
+
+DEFAULT_FEATURES = FeatureConfig()
 
 
 class AudioError(Exception):
@@ -58,7 +160,7 @@ class AudioError(Exception):
 
 
 def load_wav(
-    path: PathLike, sr: int = SAMPLE_RATE, *, offset: float = 0.0, duration: float | None = None
+    path: PathLike, sr: int = DEFAULT_FEATURES.sr, *, offset: float = 0.0, duration: float | None = None
 ) -> np.ndarray:
     """Read an audio file, or a span of it, as mono float32 at ``sr``.
 
@@ -106,8 +208,23 @@ def load_wav(
     y = data.mean(axis=1, dtype=np.float32)
     if not np.isfinite(y).all():
         raise AudioError(f"{path}: holds NaN or infinite samples")
-    if file_sr != sr:
-        y = soxr.resample(y, file_sr, sr, quality="HQ")
+    return resample(y, file_sr, sr)
+
+
+def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
+    """``y`` at ``target_sr``: soxr's high-quality resampler (librosa's default), or ``y`` itself at equal rates.
+
+    Parameters
+    ----------
+    y : np.ndarray [shape=(n,)]
+    orig_sr, target_sr : int > 0, in Hz
+
+    Returns
+    -------
+    y_resampled : np.ndarray [shape=(about n * target_sr / orig_sr,), dtype=float32], contiguous
+    """
+    if orig_sr != target_sr:
+        y = soxr.resample(y, orig_sr, target_sr, quality="HQ")
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
@@ -165,48 +282,16 @@ def _checked_file(path: PathLike) -> Path:
     return path
 
 
-def log_mel_spectrogram(
-    y: np.ndarray,
-    sr: int = SAMPLE_RATE,
-    *,
-    preemphasis: float = PREEMPHASIS,
-    n_fft: int = N_FFT,
-    win_length: int = WIN_LENGTH,
-    hop_length: int = HOP_LENGTH,
-    window: str = WINDOW,
-    n_mels: int = N_MELS,
-    fmin: float = FMIN,
-    fmax: float = FMAX,
-    top_db: float | None = TOP_DB,
-) -> np.ndarray:
+def log_mel_spectrogram(y: np.ndarray, config: FeatureConfig = DEFAULT_FEATURES) -> np.ndarray:
     """Log-Mel power spectrogram in dB.
 
     Parameters
     ----------
     y : np.ndarray [shape=(n,)], real
-        Mono audio sampled at ``sr``. Any length >= 1; a signal shorter than
-        ``n_fft`` is zero-padded to ``n_fft`` first.
-    sr : int > 0, in Hz
-        Sample rate of ``y``. ``n_fft``, ``win_length`` and ``hop_length`` are
-        in samples at this rate.
-    preemphasis : float in [0, 1)
-        Coefficient of the pre-emphasis filter ``y[n] - preemphasis * y[n-1]``.
-    n_fft : int > 0, in samples
-        FFT length.
-    win_length : int, 0 < win_length <= n_fft, in samples
-        Length of the analysis window.
-    hop_length : int > 0, in samples
-        Step between frames. Frames are centred: frame ``t`` is centred on
-        sample ``t * hop_length``.
-    window : str
-        Window name understood by ``scipy.signal.get_window``.
-    n_mels : int > 0
-        Number of Mel bands.
-    fmin, fmax : float, 0 <= fmin < fmax <= sr / 2, in Hz
-        Edges of the Mel filter bank.
-    top_db : float > 0 or None, in dB
-        Floor the output at ``max - top_db``; None keeps the full range down to
-        -100 dB (the power floor 1e-10).
+        Mono audio sampled at ``config.sr``. Any length >= 1; a signal shorter than
+        ``config.n_fft`` is zero-padded to ``n_fft`` first.
+    config : FeatureConfig
+        Pre-emphasis, STFT, Mel and dB-floor parameters (see `FeatureConfig`).
 
     Returns
     -------
@@ -214,76 +299,62 @@ def log_mel_spectrogram(
         ``10 * log10(power)``, finite everywhere (also for pure silence);
         ``frames = 1 + max(len(y), n_fft) // hop_length``.
     """
-    if not 0 < win_length <= n_fft:
-        raise ValueError(f"win_length must be in (0, n_fft={n_fft}], got {win_length!r}")
-    if hop_length <= 0:
-        raise ValueError(f"hop_length must be > 0, got {hop_length!r}")
-    if not 0 <= fmin < fmax <= sr / 2:
-        raise ValueError(f"need 0 <= fmin < fmax <= sr/2 = {sr / 2:g} Hz, got fmin={fmin!r}, fmax={fmax!r}")
-    if not 0 <= preemphasis < 1:
-        raise ValueError(f"preemphasis must be in [0, 1), got {preemphasis!r}")
     y = np.asarray(y, dtype=np.float32)
     if y.ndim != 1 or y.size == 0:
         raise ValueError(f"y must be a non-empty mono signal of shape (n,), got shape {y.shape}")
-    if y.size < n_fft:
-        y = np.pad(y, (0, n_fft - y.size))
-    if preemphasis:
-        y = apply_preemphasis(y, coef=preemphasis)
+    if y.size < config.n_fft:
+        y = np.pad(y, (0, config.n_fft - y.size))
+    if config.preemphasis:
+        y = apply_preemphasis(y, coef=config.preemphasis)
     mel_power = melspectrogram(
         y=y,
-        sr=sr,
-        n_fft=n_fft,
-        hop_length=hop_length,
-        win_length=win_length,
-        window=window,
+        sr=config.sr,
+        n_fft=config.n_fft,
+        hop_length=config.hop_length,
+        win_length=config.win_length,
+        window=config.window,
         center=True,
         pad_mode="constant",
         power=2.0,
-        n_mels=n_mels,
-        fmin=fmin,
-        fmax=fmax,
+        n_mels=config.n_mels,
+        fmin=config.fmin,
+        fmax=config.fmax,
     )
-    return power_to_db(mel_power, ref=1.0, amin=1e-10, top_db=top_db).astype(np.float32)
+    return power_to_db(mel_power, ref=1.0, amin=1e-10, top_db=config.top_db).astype(np.float32)
 
 
-def add_deltas(log_mel: np.ndarray, *, delta_width: int = DELTA_WIDTH) -> np.ndarray:
+def add_deltas(log_mel: np.ndarray, config: FeatureConfig = DEFAULT_FEATURES) -> np.ndarray:
     """Stack a log-Mel spectrogram with its delta and delta-delta as channels.
 
     Parameters
     ----------
     log_mel : np.ndarray [shape=(n_mels, frames)]
         Output of `log_mel_spectrogram` for a whole utterance: deltas are
-        regression slopes over ``delta_width`` neighbouring frames, so computing
-        them before cutting keeps segment edges exact.
-    delta_width : int >= 3, odd
-        Frames in the regression window (librosa.feature.delta's ``width``).
+        regression slopes over ``config.delta_width`` neighbouring frames, so
+        computing them before cutting keeps segment edges exact.
+    config : FeatureConfig
+        Its ``delta_width`` is used.
 
     Returns
     -------
     features : np.ndarray [shape=(frames, n_mels, 3), dtype=float32]
         Channel 0 static, 1 delta, 2 delta-delta; axis 0 is time.
     """
-    if delta_width < 3 or delta_width % 2 == 0:
-        raise ValueError(f"delta_width must be an odd integer >= 3, got {delta_width!r}")
+    width = config.delta_width
     # librosa's polynomial edge fit ("interp") needs at least `width` frames;
     # shorter utterances repeat their edge frames instead.
-    mode = "interp" if log_mel.shape[1] >= delta_width else "nearest"
-    delta = regression_delta(log_mel, width=delta_width, order=1, axis=1, mode=mode)
-    delta2 = regression_delta(log_mel, width=delta_width, order=2, axis=1, mode=mode)
+    mode = "interp" if log_mel.shape[1] >= width else "nearest"
+    delta = regression_delta(log_mel, width=width, order=1, axis=1, mode=mode)
+    delta2 = regression_delta(log_mel, width=width, order=2, axis=1, mode=mode)
     return np.stack([log_mel, delta, delta2], axis=-1).transpose(1, 0, 2).astype(np.float32)
 
 
-def frame_segments(
-    features: np.ndarray,
-    *,
-    segment_frames: int = SEGMENT_FRAMES,
-    segment_hop: int = SEGMENT_HOP,
-) -> np.ndarray:
+def frame_segments(features: np.ndarray, config: FeatureConfig = DEFAULT_FEATURES) -> np.ndarray:
     """Cut an utterance's features into overlapping fixed-length segments.
 
-    Segments start every ``segment_hop`` frames; when the last regular segment
-    stops short of the end, one more segment ending at the last frame covers
-    the tail. An utterance shorter than one segment is padded to one: the
+    Segments start every ``config.segment_hop`` frames; when the last regular
+    segment stops short of the end, one more segment ending at the last frame
+    covers the tail. An utterance shorter than one segment is padded to one: the
     static channel with the utterance's minimum (its silence floor), the delta
     channels with zeros.
 
@@ -291,10 +362,8 @@ def frame_segments(
     ----------
     features : np.ndarray [shape=(frames, n_mels, channels)]
         Output of `add_deltas`; ``frames >= 1``.
-    segment_frames : int > 0
-        Frames per segment.
-    segment_hop : int > 0
-        Frames between the starts of consecutive segments.
+    config : FeatureConfig
+        Its ``segment_frames`` and ``segment_hop`` are used.
 
     Returns
     -------
@@ -302,55 +371,34 @@ def frame_segments(
         ``num_segments = 1`` for ``frames <= segment_frames``, else
         ``ceil((frames - segment_frames) / segment_hop) + 1``.
     """
-    if segment_frames <= 0 or segment_hop <= 0:
-        raise ValueError(
-            f"segment_frames and segment_hop must be > 0, got {segment_frames!r} and {segment_hop!r}"
-        )
+    length, hop = config.segment_frames, config.segment_hop
     features = np.asarray(features, dtype=np.float32)
     frames = features.shape[0]
-    if frames < segment_frames:
-        fill = np.zeros((segment_frames - frames, *features.shape[1:]), dtype=np.float32)
+    if frames < length:
+        fill = np.zeros((length - frames, *features.shape[1:]), dtype=np.float32)
         fill[..., 0] = features[..., 0].min()
         return np.concatenate([features, fill])[np.newaxis]
-    starts = list(range(0, frames - segment_frames + 1, segment_hop))
-    if starts[-1] + segment_frames < frames:
-        starts.append(frames - segment_frames)
-    windows = np.lib.stride_tricks.sliding_window_view(features, segment_frames, axis=0)
+    starts = list(range(0, frames - length + 1, hop))
+    if starts[-1] + length < frames:
+        starts.append(frames - length)
+    windows = np.lib.stride_tricks.sliding_window_view(features, length, axis=0)
     # sliding_window_view puts the window axis last; move it back to axis 1 (time).
     return np.ascontiguousarray(np.moveaxis(windows[starts], -1, 1))
 
 
 def get_framed_log_melspectrogram(
-    y_or_path: np.ndarray | PathLike,
-    *,
-    sr: int = SAMPLE_RATE,
-    preemphasis: float = PREEMPHASIS,
-    n_fft: int = N_FFT,
-    win_length: int = WIN_LENGTH,
-    hop_length: int = HOP_LENGTH,
-    window: str = WINDOW,
-    n_mels: int = N_MELS,
-    fmin: float = FMIN,
-    fmax: float = FMAX,
-    top_db: float | None = TOP_DB,
-    delta_width: int = DELTA_WIDTH,
-    segment_frames: int = SEGMENT_FRAMES,
-    segment_hop: int = SEGMENT_HOP,
+    y_or_path: np.ndarray | PathLike, config: FeatureConfig | None = None, **changes: Any
 ) -> np.ndarray:
     """Segments of static, delta and delta-delta log-Mel: the model's input.
 
     Parameters
     ----------
     y_or_path : np.ndarray [shape=(n,)] or str or os.PathLike
-        Mono audio already sampled at ``sr``, or a file for `load_wav`.
-    sr : int > 0, in Hz
-        Sample rate the features are computed at.
-    preemphasis, n_fft, win_length, hop_length, window, n_mels, fmin, fmax, top_db
-        See `log_mel_spectrogram`.
-    delta_width
-        See `add_deltas`.
-    segment_frames, segment_hop
-        See `frame_segments`.
+        Mono audio already sampled at ``config.sr``, or a file for `load_wav`.
+    config : FeatureConfig or None
+        The pipeline's parameters; None is `DEFAULT_FEATURES`.
+    **changes
+        Parameters of `FeatureConfig` to change on top of ``config``, e.g. ``n_mels=40``.
 
     Returns
     -------
@@ -362,6 +410,8 @@ def get_framed_log_melspectrogram(
     ------
     AudioError
         If ``y_or_path`` is a file that cannot be used (see `load_wav`).
+    TypeError, ValueError
+        For an unknown parameter or an invalid value.
 
     Examples
     --------
@@ -369,66 +419,9 @@ def get_framed_log_melspectrogram(
     >>> get_framed_log_melspectrogram(y).shape
     (9, 64, 64, 3)
     """
+    config = (config or DEFAULT_FEATURES).replace(**changes)
     if isinstance(y_or_path, (str, os.PathLike)):
-        y = load_wav(y_or_path, sr=sr)
+        y = load_wav(y_or_path, sr=config.sr)
     else:
         y = y_or_path
-    log_mel = log_mel_spectrogram(
-        y,
-        sr,
-        preemphasis=preemphasis,
-        n_fft=n_fft,
-        win_length=win_length,
-        hop_length=hop_length,
-        window=window,
-        n_mels=n_mels,
-        fmin=fmin,
-        fmax=fmax,
-        top_db=top_db,
-    )
-    features = add_deltas(log_mel, delta_width=delta_width)
-    return frame_segments(features, segment_frames=segment_frames, segment_hop=segment_hop)
-
-
-def pad_utterances(utterances: list[np.ndarray]) -> np.ndarray:
-    """Stack utterances of different lengths into one zero-padded batch: the model's input.
-
-    Parameters
-    ----------
-    utterances : list of np.ndarray [shape=(n_i, ...)]
-        Non-empty; every item has the same shape after its first axis
-        (segments, or segment embeddings).
-
-    Returns
-    -------
-    batch : np.ndarray [shape=(len(utterances), max(n_i), ...), dtype=float32]
-        Item ``i`` in ``batch[i, :n_i]``, zeros after it (the model masks all-zero steps).
-    """
-    batch = np.zeros((len(utterances), max(len(item) for item in utterances), *utterances[0].shape[1:]), np.float32)
-    for row, item in enumerate(utterances):
-        batch[row, : len(item)] = item
-    return batch
-
-
-def feature_parameters(**overrides: Any) -> dict[str, Any]:
-    """Every parameter of `get_framed_log_melspectrogram`, defaults updated by ``overrides``.
-
-    This dictionary is what identifies a set of features: the cache keys on it
-    and a trained run stores it, so inference recomputes exactly the same input.
-
-    Raises
-    ------
-    TypeError
-        If an override is not a parameter of `get_framed_log_melspectrogram`.
-    """
-    signature = inspect.signature(get_framed_log_melspectrogram)
-    params = {
-        name: parameter.default
-        for name, parameter in signature.parameters.items()
-        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
-    }
-    unknown = sorted(set(overrides) - set(params))
-    if unknown:
-        raise TypeError(f"unknown feature parameter(s) {unknown}; known: {sorted(params)}")
-    params.update(overrides)
-    return params
+    return frame_segments(add_deltas(log_mel_spectrogram(y, config), config), config)

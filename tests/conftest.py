@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import numpy as np
@@ -53,3 +54,42 @@ def write_audio(tmp_path: Path):
         return path
 
     return write
+
+
+# The shared run's feature parameters differ from the defaults, so that tests can tell
+# whether a run records, and inference applies, the parameters it was trained with.
+SHARED_RUN_FEATURES = {"top_db": 40.0, "preemphasis": 0.5}
+SHARED_RUN_LABELS = ["neutral", "sad", "angry"]  # RAVDESS emotions 1, 4 and 5, in the corpus's order
+
+
+def folder_state(folder: Path) -> dict[str, bytes]:
+    """Every file under ``folder`` with its bytes: to show that a folder was only read."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.fixture(scope="session")
+def shared_run(tmp_path_factory):
+    """One tiny frozen run of train.py, trained once for every test that needs a trained run.
+
+    Actors 1-4 with three emotions (two files each) and one corrupt file of actor 1;
+    test actor 4, validation actor 3; a tiny backbone on the 64x64 segments; the
+    feature parameters of `SHARED_RUN_FEATURES`.
+    """
+    import train
+    from tiny_model import tiny_backbone
+    from trainer import Options
+    from utils import DEFAULT_FEATURES
+
+    root = tmp_path_factory.mktemp("shared_run")
+    corpus = root / "dataset"
+    write_ravdess(corpus, actors=(1, 2, 3, 4), emotions=(1, 4, 5))
+    bad = corpus / "Actor_01" / ravdess_name(5, 1, statement=2, repetition=2)
+    bad.write_bytes(b"RIFF\x00\x00not really a wave file")
+    before = folder_state(corpus)
+    options = Options(
+        epochs=2, dataset=str(corpus), test_speakers=[4], val_speakers=[3], backbone_mode="frozen", weights="none",
+        batch_size=4, learning_rate=1e-3, output=str(root / "runs"), cache_dir=str(root / "cache"), download=False,
+        features=DEFAULT_FEATURES.replace(**SHARED_RUN_FEATURES),
+    )
+    folder = train.run(options, backbone=lambda: tiny_backbone((64, 64, 3)))
+    return types.SimpleNamespace(folder=folder, corpus=corpus, corpus_before=before, bad_file=bad, options=options)

@@ -1,14 +1,20 @@
-"""corpora.py: reading RAVDESS folders and splitting by speaker."""
+"""corpora/: the RAVDESS reader, downloads into an empty folder, speaker splits and folds."""
 
 from __future__ import annotations
 
+import functools
+import http.server
 import logging
+import threading
+import zipfile
 from pathlib import Path
 
 import pytest
-from conftest import ravdess_name, tone
+from conftest import ravdess_name, tone, write_ravdess
 
-from corpora import CorpusError, parse_ravdess_name, read_ravdess, speaker_folds, split_by_speakers
+import corpora
+from corpora import CorpusError, read_corpus, speaker_folds, split_by_speakers
+from corpora.ravdess import RAVDESS, parse_ravdess_name, read_ravdess
 
 
 def folder_state(folder: Path) -> dict[str, tuple[int, int]]:
@@ -155,3 +161,66 @@ def test_speaker_folds_test_every_speaker_once_and_never_mix_parts(k):
 def test_impossible_fold_counts_are_refused(k):
     with pytest.raises(CorpusError, match="--folds must be between 3 and the number of speakers"):
         speaker_folds(items_for(range(1, 11)), k)
+
+
+# ---------------------------------------------------------------- download
+
+
+@pytest.fixture
+def served(tmp_path):
+    """Serve ``tmp_path/served`` on 127.0.0.1; yields the folder and the base URL."""
+    root = tmp_path / "served"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_an_empty_dataset_is_downloaded_checked_and_unpacked(tmp_path, served):
+    root, base = served
+    source = tmp_path / "source"
+    write_ravdess(source, actors=(1, 2), emotions=(1, 5), files=1)
+    with zipfile.ZipFile(root / "ravdess.zip", "w") as bundle:
+        for path in sorted(source.rglob("*.wav")):
+            bundle.write(path, path.relative_to(source))
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    url = f"{base}/ravdess.zip"
+    utterances = read_corpus(RAVDESS, dataset, download=True, url=url, cache_dir=tmp_path / "cache")
+    assert sorted((u.speaker, u.label) for u in utterances) == [(1, "angry"), (1, "neutral"), (2, "angry"), (2, "neutral")]
+    assert all(RAVDESS.download.folder in u.path.parts for u in utterances)
+    assert [path.name for path in dataset.iterdir()] == [RAVDESS.download.folder]
+    # A second call finds the files and downloads nothing.
+    (root / "ravdess.zip").unlink()
+    assert len(read_corpus(RAVDESS, dataset, download=True, url=url, cache_dir=tmp_path / "cache")) == 4
+
+
+def test_a_download_that_is_not_the_corpus_is_refused_and_not_kept(tmp_path, served):
+    root, base = served
+    with zipfile.ZipFile(root / "other.zip", "w") as bundle:
+        bundle.writestr("notes/readme.txt", "not a corpus")
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    with pytest.raises(CorpusError, match="not a usable RAVDESS zip.*holds no RAVDESS files"):
+        read_corpus(RAVDESS, dataset, download=True, url=f"{base}/other.zip", cache_dir=tmp_path / "cache")
+    assert list(dataset.iterdir()) == []
+    assert not list((tmp_path / "cache").rglob("*.zip"))
+
+
+def test_an_unreachable_download_names_the_manual_steps(tmp_path):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    with pytest.raises(CorpusError, match="could not download .*Audio_Speech_Actors_01-24.zip.*unzip it into"):
+        read_corpus(RAVDESS, dataset, download=True, url="http://127.0.0.1:9/none.zip", cache_dir=tmp_path / "cache")
+    with pytest.raises(CorpusError, match="holds no RAVDESS files; download .* or drop --no-download"):
+        read_corpus(RAVDESS, dataset, download=False, url=None, cache_dir=tmp_path / "cache")
+
+
+def test_the_registry_names_every_corpus_and_refuses_others():
+    assert corpora.get_corpus("ravdess") is RAVDESS
+    assert set(RAVDESS.test_speakers).isdisjoint(RAVDESS.validation_speakers)
+    with pytest.raises(CorpusError, match="unknown corpus 'timit'; choose --corpus among ravdess"):
+        corpora.get_corpus("timit")

@@ -11,35 +11,19 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import tone
-from tiny_model import tiny_backbone
+from conftest import SHARED_RUN_FEATURES, SHARED_RUN_LABELS, tone
 
 import infer
+import runs
 import utils
-from SpeechModel import SpeechModel
 
-LABELS = ["neutral", "sad", "angry"]
-
-
-def export_run(folder: Path, **feature_overrides) -> Path:
-    """A run folder as train.py writes it, with a tiny model trained for a step."""
-    keras.utils.set_random_seed(0)
-    model = SpeechModel.create_model(
-        len(LABELS), weights=None, backbone=tiny_backbone((64, 64, 3)), lstm_units=8, attention_units=8, dense_units=(16,)
-    )
-    rng = np.random.default_rng(0)
-    model.fit(rng.normal(size=(3, 2, 64, 64, 3)).astype("float32"), np.array([0, 1, 2]), epochs=1, verbose=0)
-    folder.mkdir(parents=True)
-    model.save(folder / "model.keras")
-    SpeechModel.export(model, folder)
-    (folder / "labels.json").write_text(json.dumps(LABELS))
-    (folder / "features.json").write_text(json.dumps(utils.feature_parameters(**feature_overrides)))
-    return folder
+LABELS = SHARED_RUN_LABELS
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
-    return export_run(tmp_path_factory.mktemp("runs") / "20260101-000000-frozen-1ep")
+def run_dir(shared_run) -> Path:
+    """The shared tiny run of train.py (trained on features with `SHARED_RUN_FEATURES`)."""
+    return shared_run.folder
 
 
 @pytest.fixture
@@ -89,15 +73,31 @@ def test_csv_and_json_carry_probabilities_that_sum_to_one_and_agree_with_predict
             assert record["probabilities"][label] == pytest.approx(prediction.probabilities[label], abs=1e-6)
 
 
-def test_predictions_use_the_runs_feature_parameters(tmp_path, write_audio):
-    run = export_run(tmp_path / "run", top_db=40.0, preemphasis=0.5)
+def test_predictions_use_the_runs_feature_parameters(run_dir, write_audio):
     path = write_audio("one.wav", tone(300, 1.5) + 0.05 * tone(2500, 1.5))
-    [prediction] = infer.predict([path], run)
-    model = keras.models.load_model(run / "model.keras")
-    expected = model.predict(utils.get_framed_log_melspectrogram(path, top_db=40.0, preemphasis=0.5)[np.newaxis], verbose=0)[0]
+    [prediction] = infer.predict([path], run_dir)
+    model = keras.models.load_model(run_dir / "model.keras")
+    recorded = utils.DEFAULT_FEATURES.replace(**SHARED_RUN_FEATURES)
+    expected = model.predict(utils.get_framed_log_melspectrogram(path, recorded)[np.newaxis], verbose=0)[0]
     default = model.predict(utils.get_framed_log_melspectrogram(path)[np.newaxis], verbose=0)[0]
     assert not np.allclose(expected, default, atol=1e-6)  # the parameters matter to this model
     np.testing.assert_allclose(list(prediction.probabilities.values()), expected, atol=1e-5)
+
+
+def test_a_signal_in_memory_gives_what_its_file_gives(run_dir, write_audio):
+    y = np.concatenate([tone(250, 6.0), tone(600, 7.0, amplitude=0.2)])
+    path = write_audio("speech.wav", y, 16000, "FLOAT")  # float samples: the file holds exactly y
+    [from_file] = infer.predict([path], run_dir, window=5.0)
+    run = runs.load_run(run_dir)
+    y44, sr44 = utils.resample(y, 16000, 44100), 44100
+    from_memory = infer.predict_signal(y, 16000, run, name="mic", window=5.0)
+    assert from_memory.path == "mic" and from_memory.emotion == from_file.emotion
+    assert [(w.start, w.end) for w in from_memory.windows] == [(w.start, w.end) for w in from_file.windows]
+    np.testing.assert_allclose(list(from_memory.probabilities.values()), list(from_file.probabilities.values()), atol=1e-5)
+    resampled = infer.predict_signal(y44, sr44, run, window=5.0)  # another rate is brought to the run's
+    np.testing.assert_allclose(list(resampled.probabilities.values()), list(from_file.probabilities.values()), atol=0.02)
+    with pytest.raises(ValueError, match="mono signal"):
+        infer.predict_signal(np.zeros((100, 2), np.float32), 16000, run)
 
 
 def test_a_keras_only_run_gives_the_same_results(run_dir, clips, tmp_path):
@@ -157,26 +157,10 @@ def test_window_spans(duration, spans):
     assert infer.window_spans(duration, 8.0) == spans
 
 
-def test_batches_are_chosen_while_reading_not_after_it():
-    consumed = []
-
-    def windows():
-        for index in range(100):
-            consumed.append(index)
-            yield infer._Window(0, 0.0, 1.0, segments=np.zeros((1 + index % 2, 1, 1, 1), np.float32))
-
-    batches = infer._similar_length_batches(windows(), batch_size=4)
-    first = next(batches)
-    assert len(consumed) == infer.PENDING_BATCHES * 4  # memory held: a couple of batches, not the input
-    assert len({len(item.segments) for item in first}) == 1  # equal lengths: no padding
-    rest = list(batches)
-    assert sum(len(batch) for batch in [first, *rest]) == 100
-
-
 def test_computed_windows_are_not_kept_by_the_job_list(write_audio):
     path = write_audio("long.wav", tone(300, 20.0))
     jobs = [infer._Window(0, start, end) for start, end in infer.window_spans(20.0, 4.0)]
-    computed = list(infer._computed(jobs, [path], utils.feature_parameters()))
+    computed = list(infer._computed(jobs, [path], utils.DEFAULT_FEATURES))
     assert [len(item.segments) for item in computed] == [len(utils.get_framed_log_melspectrogram(tone(300, 4.0)))] * 5
     assert all(job.segments is None for job in jobs)  # only the consumer holds segments
 
@@ -192,11 +176,11 @@ def test_the_newest_complete_run_is_the_default(run_dir, clips, tmp_path, monkey
     (root / ".partial-20270101-unfinished").mkdir()
     (root / "20270101-cv5").mkdir()  # cross-validation runs hold no model
     (root / "20270101-cv5" / "metrics.json").write_text("{}")
-    assert infer.newest_run(root) == root / "20260101-old"
+    assert runs.newest_run(root) == root / "20260101-old"
     newer = root / "20260202-new"
     shutil.copytree(run_dir, newer)
     (newer / "labels.json").touch()
-    assert infer.newest_run(root) == newer
+    assert runs.newest_run(root) == newer
     code, out, _ = run_cli([clips[1]], capsys)
     assert code == 0 and out.startswith(str(clips[1]))
 

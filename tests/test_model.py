@@ -11,10 +11,11 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from tiny_model import SEGMENT_SHAPE, padded_batch, tiny_backbone, tiny_model
+from tiny_model import SEGMENT_SHAPE, padded_batch, tiny_backbone, tiny_head, tiny_model
 
 import SpeechModel as speech_model_module
-from SpeechModel import BackboneWeightsError, SegmentScaling, SpeechModel
+from backbones import BackboneWeightsError
+from SpeechModel import HeadConfig, SegmentScaling, SpeechModel
 
 TESTS = Path(__file__).resolve().parent
 
@@ -141,7 +142,7 @@ def test_segment_scaling_maps_each_segment_channel_to_the_input_range():
 def test_image_size_resizes_segments_inside_the_model():
     model = SpeechModel.create_model(
         3, weights=None, backbone=tiny_backbone((16, 16, 3)), segment_shape=SEGMENT_SHAPE, image_size=16,
-        lstm_units=4, attention_units=4, dense_units=(8,),
+        head=HeadConfig(lstm_units=4, attention_units=4, dense_units=(8,)),
     )
     assert model.predict(padded_batch([2, 3]), verbose=0).shape == (2, 3)
 
@@ -229,7 +230,7 @@ def test_a_head_trained_on_embeddings_gives_the_full_model_the_same_predictions(
     np.testing.assert_allclose(SpeechModel.embedding_model(model).predict(flat, verbose=0)[0], embeddings.reshape(-1, 4), atol=1e-5)
     embeddings[0, 3:] = 0
     embeddings[2, 1:] = 0  # padding rows as the trainer leaves them
-    head = SpeechModel.create_head(3, embedding_size=4, lstm_units=8, attention_units=8, dense_units=(16,))
+    head = SpeechModel.create_head(3, embedding_size=4, head=tiny_head())
     head.fit(embeddings, np.array([0, 1, 2]), epochs=2, verbose=0)
     SpeechModel.load_head_weights(model, head)
     np.testing.assert_allclose(model.predict(batch, verbose=0), head.predict(embeddings, verbose=0), atol=1e-5)
@@ -267,3 +268,28 @@ def test_a_mixed_precision_copy_computes_in_bfloat16_with_the_same_weights_and_m
     assert probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities, model.predict(batch, verbose=0), atol=0.03)
     np.testing.assert_allclose(copy.predict(batch[1:2, :5], verbose=0)[0], probabilities[1], atol=1e-2)
+
+
+def test_a_head_of_another_shape_is_refused_with_the_layers_that_differ():
+    model = tiny_model()
+    other = SpeechModel.create_head(3, embedding_size=4, head=HeadConfig(lstm_units=8, attention_units=8, dense_units=(16, 8)))
+    with pytest.raises(ValueError, match=r"layers \['dense_2', 'emotion'\] differ"):  # a layer more, another input size
+        SpeechModel.load_head_weights(model, other)
+    wider = SpeechModel.create_head(3, embedding_size=4, head=HeadConfig(lstm_units=6, attention_units=8, dense_units=(16,)))
+    with pytest.raises(ValueError, match="blstm"):
+        SpeechModel.load_head_weights(model, wider)
+
+
+def test_a_head_config_refuses_impossible_values():
+    with pytest.raises(ValueError, match="dropout"):
+        HeadConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="units"):
+        HeadConfig(dense_units=(16, 0))
+
+
+def test_the_inference_function_gives_predict_for_any_batch_and_length():
+    model = tiny_model()
+    forward = SpeechModel.inference_function(model)
+    for lengths in ([2, 5], [1], [3, 3, 7]):
+        batch = padded_batch(lengths)
+        np.testing.assert_allclose(forward(batch), model.predict(batch, verbose=0), atol=1e-5)

@@ -9,13 +9,14 @@ from conftest import tone
 
 import utils
 from utils import (
-    AudioError, add_deltas, audio_duration, get_framed_log_melspectrogram, load_wav, log_mel_spectrogram, pad_utterances,
+    DEFAULT_FEATURES, AudioError, FeatureConfig, add_deltas, audio_duration, get_framed_log_melspectrogram, load_wav,
+    log_mel_spectrogram,
 )
 
 
 def test_one_khz_tone_peaks_in_the_mel_band_holding_one_khz():
     segments = get_framed_log_melspectrogram(tone(1000, 3.0))
-    band_centres = librosa.mel_frequencies(utils.N_MELS + 2, fmin=utils.FMIN, fmax=utils.FMAX)[1:-1]
+    band_centres = librosa.mel_frequencies(DEFAULT_FEATURES.n_mels + 2, fmin=DEFAULT_FEATURES.fmin, fmax=DEFAULT_FEATURES.fmax)[1:-1]
     loudest_band = segments[..., 0].mean(axis=(0, 1)).argmax()
     assert loudest_band == np.abs(band_centres - 1000).argmin()
     assert band_centres[loudest_band] == pytest.approx(1000, rel=0.05)
@@ -36,7 +37,7 @@ def test_output_shape_dtype_and_channel_layout():
     assert segments.dtype == np.float32
     assert segments.shape[1:] == (64, 64, 3)
     log_mel = log_mel_spectrogram(y)
-    assert log_mel.shape == (64, 1 + len(y) // utils.HOP_LENGTH)
+    assert log_mel.shape == (64, 1 + len(y) // DEFAULT_FEATURES.hop_length)
     # channel 0 of the first segment is the first 64 frames of the log-Mel, time on axis 1
     np.testing.assert_allclose(segments[0, :, :, 0], log_mel[:, :64].T)
 
@@ -75,7 +76,7 @@ def test_short_clips_give_one_finite_segment(samples):
     assert segments.shape == (1, 64, 64, 3)
     assert np.isfinite(segments).all()
     # padding is silence: the static floor, no slope
-    frames = 1 + max(samples, utils.N_FFT) // utils.HOP_LENGTH
+    frames = 1 + max(samples, DEFAULT_FEATURES.n_fft) // DEFAULT_FEATURES.hop_length
     np.testing.assert_array_equal(segments[0, frames:, :, 0], segments[0, :frames, :, 0].min())
     np.testing.assert_array_equal(segments[0, frames:, :, 1:], 0)
 
@@ -211,13 +212,33 @@ def test_invalid_parameters_raise_value_error_echoing_the_value(parameters, mess
         get_framed_log_melspectrogram(tone(440, 1.0), **parameters)
 
 
-def test_feature_parameters_list_every_keyword_and_refuse_unknown_ones():
-    params = utils.feature_parameters(n_mels=40)
-    assert params["n_mels"] == 40
-    assert params["sr"] == 16000 and params["segment_frames"] == 64 and params["window"] == "hamming"
-    assert len(params) == 13
+def test_a_feature_config_checks_its_values_when_made():
+    with pytest.raises(ValueError, match="win_length must be in"):
+        FeatureConfig(win_length=600)
+    with pytest.raises(ValueError, match="top_db"):
+        DEFAULT_FEATURES.replace(top_db=-3.0)
     with pytest.raises(TypeError, match="n_mel"):
-        utils.feature_parameters(n_mel=40)
+        DEFAULT_FEATURES.replace(n_mel=40)
+
+
+def test_a_feature_config_round_trips_through_json_and_older_files_take_defaults():
+    import json
+
+    config = DEFAULT_FEATURES.replace(n_mels=40, top_db=None)
+    assert FeatureConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    assert FeatureConfig.from_dict({"n_mels": 40}) == DEFAULT_FEATURES.replace(n_mels=40)
+    with pytest.raises(TypeError, match="unknown feature parameter"):
+        FeatureConfig.from_dict({"sample_rate": 8000})
+    assert config.segment_shape == (64, 40, 3)
+
+
+def test_a_config_and_keyword_changes_give_the_same_segments():
+    y = tone(440, 1.5)
+    config = DEFAULT_FEATURES.replace(n_mels=40, preemphasis=0.0)
+    np.testing.assert_array_equal(
+        get_framed_log_melspectrogram(y, config), get_framed_log_melspectrogram(y, n_mels=40, preemphasis=0.0)
+    )
+    assert not np.array_equal(get_framed_log_melspectrogram(y, config), get_framed_log_melspectrogram(y, n_mels=40))
 
 
 def test_other_parameters_change_the_output_shape():
@@ -252,9 +273,7 @@ def test_audio_duration_reads_the_header_and_refuses_bad_files(write_audio, tmp_
         audio_duration(tmp_path / "missing.wav")
 
 
-def test_pad_utterances_puts_each_at_the_start_of_its_row_with_zeros_after():
-    batch = pad_utterances([np.full((2, 3), 1.0), np.full((4, 3), 2.0), np.full((1, 3), 3.0)])
-    assert batch.shape == (3, 4, 3) and batch.dtype == np.float32
-    assert batch[0, :2].tolist() == [[1.0] * 3] * 2 and not batch[0, 2:].any()
-    assert (batch[1] == 2.0).all()
-    assert batch[2, 0].tolist() == [3.0] * 3 and not batch[2, 1:].any()
+def test_resample_keeps_equal_rates_and_changes_others():
+    y = tone(440, 1.0, sr=48000)
+    np.testing.assert_array_equal(utils.resample(y, 48000, 48000), y)
+    assert len(utils.resample(y, 48000, 16000)) == 16000

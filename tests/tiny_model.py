@@ -30,17 +30,16 @@ def tiny_backbone(image_shape=SEGMENT_SHAPE):
     )
 
 
+def tiny_head():
+    from SpeechModel import HeadConfig
+
+    return HeadConfig(lstm_units=8, attention_units=8, dense_units=(16,))
+
+
 def tiny_model(num_classes: int = 3, **kwargs):
     from SpeechModel import SpeechModel
 
-    options = dict(
-        weights=None,
-        backbone=tiny_backbone(),
-        segment_shape=SEGMENT_SHAPE,
-        lstm_units=8,
-        attention_units=8,
-        dense_units=(16,),
-    )
+    options = dict(weights=None, backbone=tiny_backbone(), segment_shape=SEGMENT_SHAPE, head=tiny_head())
     options.update(kwargs)
     return SpeechModel.create_model(num_classes, **options)
 

@@ -1,0 +1,201 @@
+"""The run folder: what a training run writes, and what inference reads back.
+
+    saved_model/<name>/
+        saved_model.pb, variables/, fingerprint.pb, assets/   the exported SavedModel (serving: segments -> probabilities)
+        model.keras          the Keras model (any backend)
+        labels.json          class names, in the order of the model's outputs
+        features.json        the `utils.FeatureConfig` the run was trained with
+        options.json         the options the run was started with (for --resume)
+        metrics.json         test scores (and per fold, under fold_K/, for cross-validation)
+        predictions.csv      one row per test file
+        confusion_matrix.png, history.csv, logs/
+
+A run is written under a temporary name (`PARTIAL_PREFIX`) and renamed when complete,
+so a crash never leaves a half model and never touches earlier runs; `--resume`
+continues the newest interrupted one. A usable run holds `REQUIRED` and one of the
+two models; `load_run` reads it, `newest_run` finds the most recent usable one.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import itertools
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from cli import installed
+from utils import FeatureConfig, PathLike
+
+MODEL_ROOT = Path("saved_model")  # where train.py writes runs and infer.py looks for them
+PARTIAL_PREFIX = ".partial-"  # runs being written; renamed when complete
+SAVED_MODEL = "saved_model.pb"
+MODEL_KERAS = "model.keras"
+LABELS = "labels.json"
+FEATURES = "features.json"
+OPTIONS = "options.json"
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.csv"
+CONFUSION_MATRIX = "confusion_matrix.png"
+HISTORY = "history.csv"
+BACKUP = "backup"  # Keras' BackupAndRestore state while an epoch loop runs
+LOGS = "logs"  # TensorBoard
+REQUIRED = (LABELS, FEATURES)  # what every usable run holds beside a model
+PREDICTION_FIELDS = ("path", "speaker", "true", "predicted", "confidence")
+PRECISIONS = ("float32", "bfloat16")  # how a loaded model computes
+
+
+class RunError(Exception):
+    """A folder that is not a usable run, or no run where one is needed; the message says which and why."""
+
+
+# ---------------------------------------------------------------- writing
+
+
+def new_partial_run(output: Path, name: str) -> Path:
+    """A new, empty run folder under its temporary name; ``name`` gets a number when taken."""
+    output.mkdir(parents=True, exist_ok=True)
+    for number in itertools.count(1):
+        unique = name if number == 1 else f"{name}-{number}"
+        partial = output / f"{PARTIAL_PREFIX}{unique}"
+        # Neither an interrupted nor a completed run may hold the name: the final rename must not collide.
+        if (output / unique).exists() or partial.exists():
+            continue
+        partial.mkdir()
+        return partial
+
+
+def newest_partial_run(output: Path) -> Path:
+    """The newest interrupted run folder in ``output`` (one that recorded its options)."""
+    partials = sorted(path for path in output.glob(f"{PARTIAL_PREFIX}*") if (path / OPTIONS).exists())
+    if not partials:
+        raise RunError(f"--resume found no interrupted run in {output}")
+    return partials[-1]
+
+
+def complete(partial: Path) -> Path:
+    """Rename a finished run folder to its final name; returns the new path."""
+    final = partial.with_name(partial.name[len(PARTIAL_PREFIX) :])
+    partial.rename(final)
+    return final
+
+
+def write_model(folder: Path, model, labels: list[str], features: FeatureConfig) -> None:
+    """The files inference needs: ``model.keras``, the SavedModel where TensorFlow can export it, labels, features."""
+    import keras
+
+    from SpeechModel import SpeechModel
+
+    model.save(folder / MODEL_KERAS)
+    if installed("tensorflow") and keras.backend.backend() in ("tensorflow", "jax"):
+        SpeechModel.export(model, folder)
+    write_json(folder / LABELS, labels)
+    write_json(folder / FEATURES, features.to_dict())
+
+
+def write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2))
+
+
+def write_predictions(folder: Path, predictions: list[dict]) -> None:
+    """``predictions.csv``: one dict per test file with the keys of `PREDICTION_FIELDS`."""
+    with open(folder / PREDICTIONS, "w", newline="") as stream:
+        writer = csv.DictWriter(stream, fieldnames=PREDICTION_FIELDS)
+        writer.writeheader()
+        writer.writerows(predictions)
+
+
+def plot_confusion_matrix(folder: Path, matrix: np.ndarray, labels: list[str]) -> None:
+    """``confusion_matrix.png`` of the test predictions."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    figure, axes = plt.subplots(figsize=(7, 6))
+    ConfusionMatrixDisplay(matrix, display_labels=labels).plot(ax=axes, xticks_rotation=45, colorbar=False)
+    axes.set_title("test confusion matrix")
+    figure.tight_layout()
+    figure.savefig(folder / CONFUSION_MATRIX, dpi=100)
+    plt.close(figure)
+
+
+# ---------------------------------------------------------------- reading
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A trained run, loaded: its folder, labels, feature parameters and forward function."""
+
+    folder: Path
+    labels: list[str]
+    features: FeatureConfig
+    forward: Callable[[np.ndarray], np.ndarray]  # segments (batch, segments, ...) -> probabilities (batch, classes)
+
+
+def missing_files(folder: Path) -> list[str]:
+    """What ``folder`` lacks to be a usable run (empty for a usable one)."""
+    missing = [name for name in REQUIRED if not (folder / name).is_file()]
+    if not (folder / SAVED_MODEL).is_file() and not (folder / MODEL_KERAS).is_file():
+        missing.append(f"{SAVED_MODEL} or {MODEL_KERAS}")
+    return missing
+
+
+def newest_run(root: Path = MODEL_ROOT) -> Path:
+    """The most recently completed usable run folder in ``root``."""
+    runs = [path for path in root.glob("*") if not path.name.startswith(".") and missing_files(path) == []] if root.is_dir() else []
+    if not runs:
+        raise RunError(f"no trained run in {root}; train one first (python train.py EPOCHS) or pass --model RUN_FOLDER")
+    return max(runs, key=lambda path: (path / LABELS).stat().st_mtime_ns)
+
+
+def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
+    """Load a run folder: the SavedModel with TensorFlow alone, else model.keras with Keras.
+
+    ``precision="bfloat16"`` runs a mixed-bfloat16 copy of model.keras instead
+    (`SpeechModel.mixed_precision_copy`): about 1.5x faster on CPUs with bf16 units,
+    with probabilities a little off the float32 ones.
+
+    Raises
+    ------
+    RunError
+        If the folder is missing or lacks a run's files (the message lists them).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise RunError(f"model folder {folder} does not exist")
+    missing = missing_files(folder)
+    if missing:
+        raise RunError(f"{folder} is not a training run: it lacks {', '.join(missing)} (runs are written by train.py)")
+    labels = json.loads((folder / LABELS).read_text())
+    try:
+        features = FeatureConfig.from_dict(json.loads((folder / FEATURES).read_text()))
+    except (TypeError, ValueError) as error:
+        raise RunError(f"{folder / FEATURES} does not fit this version of utils.py: {error}") from None
+    return Run(folder, labels, features, _forward(folder, precision))
+
+
+def _forward(folder: Path, precision: str) -> Callable[[np.ndarray], np.ndarray]:
+    if precision == "float32" and (folder / SAVED_MODEL).is_file() and installed("tensorflow"):
+        import tensorflow as tf
+
+        exported = tf.saved_model.load(str(folder))
+        # The closure holds `exported`: its functions need the loaded object alive.
+        return lambda segments: exported.serve(tf.constant(segments)).numpy()
+    if not (folder / MODEL_KERAS).is_file():
+        needs = "--precision bfloat16 needs model.keras" if precision != "float32" else "a SavedModel needs TensorFlow"
+        raise RunError(f"{folder} holds only a SavedModel, and {needs}")
+    import keras
+
+    from SpeechModel import SpeechModel  # also registers the model's layers for loading
+
+    model = keras.models.load_model(folder / MODEL_KERAS, compile=False)
+    if precision == "bfloat16":
+        model = SpeechModel.mixed_precision_copy(model, "mixed_bfloat16")
+    return SpeechModel.inference_function(model)

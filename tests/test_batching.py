@@ -1,0 +1,84 @@
+"""batching.py: length-grouped padded batches for training, scoring and inference."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from batching import PaddedBatches, pad_batch, predict, similar_length_batches
+from utils import PAD_VALUE
+
+
+def test_pad_batch_puts_each_at_the_start_of_its_row_with_padding_after():
+    batch = pad_batch([np.full((2, 3), 1.0), np.full((4, 3), 2.0), np.full((1, 3), 3.0)])
+    assert batch.shape == (3, 4, 3) and batch.dtype == np.float32
+    assert batch[0, :2].tolist() == [[1.0] * 3] * 2 and (batch[0, 2:] == PAD_VALUE).all()
+    assert (batch[1] == 2.0).all()
+    assert batch[2, 0].tolist() == [3.0] * 3 and (batch[2, 1:] == PAD_VALUE).all()
+
+
+def test_without_a_bound_batches_are_the_stable_length_sort_cut_in_pieces():
+    lengths = [3, 1, 4, 1, 3, 2]
+    batches = list(similar_length_batches(range(6), 2, length=lengths.__getitem__))
+    assert batches == [[1, 3], [5, 0], [4, 2]]
+
+
+def test_a_stream_is_batched_while_reading_not_after_it():
+    read = []
+
+    def stream():
+        for length in [5, 1, 5, 1, 9, 1, 5, 9] * 4:
+            read.append(length)
+            yield length
+
+    batches = similar_length_batches(stream(), 2, length=int, pending=4)
+    first = next(batches)
+    assert len(read) == 4  # a batch left after four items were read, not after all 32
+    assert first == [1, 1]
+    rest = list(batches)
+    assert sorted(first + sum(rest, [])) == sorted([5, 1, 5, 1, 9, 1, 5, 9] * 4)
+    assert all(len(batch) == 2 for batch in rest)
+
+
+def test_bad_batch_sizes_are_refused():
+    with pytest.raises(ValueError, match="batch_size"):
+        list(similar_length_batches([1], 0, length=int))
+    with pytest.raises(ValueError, match="pending"):
+        list(similar_length_batches([1], 4, length=int, pending=2))
+
+
+def test_padded_batches_group_by_length_and_weigh_classes():
+    arrays = [np.full((length, 2), length, np.float32) for length in (3, 1, 4, 1, 3, 2)]
+    batches = PaddedBatches(arrays, [0, 1, 0, 1, 0, 1], batch_size=2, weights={0: 2.0, 1: 0.5})
+    shapes = [batches.batch(number)[0].shape for number in range(len(batches))]
+    assert shapes == [(2, 1, 2), (2, 3, 2), (2, 4, 2)]
+    inputs, labels, weights = batches.batch(2)
+    assert inputs[0, :3].tolist() == [[3, 3]] * 3 and inputs[0, 3].tolist() == [PAD_VALUE] * 2
+    assert labels.tolist() == [0, 0] and weights.tolist() == [2.0, 2.0]
+
+
+def test_shuffled_batches_change_order_per_epoch_and_repeat_per_seed():
+    arrays = [np.ones((1 + index % 3, 2), np.float32) * index for index in range(30)]
+    orders = []
+    for _ in range(2):
+        batches = PaddedBatches(arrays, [0] * 30, batch_size=4, seed=7)
+        epochs = [[batch[0][:, 0, 0].tolist() for batch in batches.epoch()] for _ in range(2)]
+        assert epochs[0] != epochs[1]
+        assert sorted(sum(epochs[0], [])) == sorted(float(i) for i in range(30))
+        orders.append(epochs)
+    assert orders[0] == orders[1]
+
+
+def test_predict_returns_rows_in_the_order_of_the_inputs_and_pads_little():
+    rng = np.random.default_rng(0)
+    arrays = [rng.normal(size=(length, 3)).astype(np.float32) + 5 for length in (4, 1, 7, 2, 2, 6, 1)]
+    shapes = []
+
+    def forward(batch):
+        shapes.append(batch.shape)
+        real = (batch != PAD_VALUE).any(axis=2)
+        return (batch * real[..., None]).sum(axis=1) / real.sum(axis=1, keepdims=True)  # mean over real steps
+
+    means = predict(forward, arrays, batch_size=3)
+    np.testing.assert_allclose(means, np.stack([array.mean(axis=0) for array in arrays]), rtol=1e-5)
+    assert shapes == [(3, 2, 3), (3, 6, 3), (1, 7, 3)]

@@ -1,0 +1,58 @@
+"""runs.py: the run folder's layout, naming, validation, the newest usable run, loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import SHARED_RUN_FEATURES, SHARED_RUN_LABELS
+
+import runs
+from utils import DEFAULT_FEATURES
+
+
+def test_runs_started_in_the_same_second_get_distinct_names(tmp_path):
+    first = runs.new_partial_run(tmp_path, "20260101-000000-x")
+    runs.complete(first)
+    second = runs.new_partial_run(tmp_path, "20260101-000000-x")
+    third = runs.new_partial_run(tmp_path, "20260101-000000-x")
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        ".partial-20260101-000000-x-2", ".partial-20260101-000000-x-3", "20260101-000000-x",
+    ]
+    assert {second.name, third.name} == {".partial-20260101-000000-x-2", ".partial-20260101-000000-x-3"}
+
+
+def test_resume_takes_the_newest_partial_run_that_recorded_its_options(tmp_path):
+    with pytest.raises(runs.RunError, match="found no interrupted run"):
+        runs.newest_partial_run(tmp_path)
+    older = runs.new_partial_run(tmp_path, "20260101-000000-a")
+    runs.write_json(older / runs.OPTIONS, {})
+    runs.new_partial_run(tmp_path, "20270101-000000-b")  # started, but crashed before its options
+    assert runs.newest_partial_run(tmp_path) == older
+
+
+def test_a_loaded_run_carries_its_labels_features_and_a_working_model(shared_run):
+    run = runs.load_run(shared_run.folder)
+    assert run.labels == SHARED_RUN_LABELS
+    assert run.features == DEFAULT_FEATURES.replace(**SHARED_RUN_FEATURES)
+    probabilities = run.forward(np.random.default_rng(0).normal(size=(2, 3, 64, 64, 3)).astype(np.float32))
+    assert probabilities.shape == (2, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_features_json_of_another_version_is_a_run_error(shared_run, tmp_path):
+    copy = shutil.copytree(shared_run.folder, tmp_path / "run")
+    (copy / runs.FEATURES).write_text(json.dumps({"n_mels": 64, "sample_rate": 16000}))
+    with pytest.raises(runs.RunError, match="features.json does not fit this version of utils.py.*sample_rate"):
+        runs.load_run(copy)
+
+
+def test_a_folder_that_is_not_a_run_lists_what_it_lacks(tmp_path):
+    (tmp_path / runs.LABELS).write_text("[]")
+    assert runs.missing_files(tmp_path) == [runs.FEATURES, f"{runs.SAVED_MODEL} or {runs.MODEL_KERAS}"]
+    with pytest.raises(runs.RunError, match="is not a training run: it lacks features.json"):
+        runs.load_run(tmp_path)
+    with pytest.raises(runs.RunError, match="does not exist"):
+        runs.load_run(tmp_path / "nothing")

@@ -1,0 +1,319 @@
+"""Train and score one speaker split: the recipe's options, its training inputs, its metrics.
+
+`train_split` is one fold of work: enhance and balance the training files, compute
+features (all cores, cached), build the model, train it (`frozen`: the backbone
+embeds every segment once and only the head trains; `finetune`: end to end), stop
+early on validation UAR, and score the test speakers. `train.py` runs it once per
+split and writes the run folder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import augment
+import batching
+import corpora
+import features
+import runs
+import utils
+from cli import installed
+
+logger = logging.getLogger("train")
+
+ENHANCED_COPIES = 1  # enhanced copies of every training file, on top of the original
+EARLY_STOPPING_PATIENCE = 10  # epochs without a better validation UAR before stopping
+PLATEAU_PATIENCE = 4  # epochs without a better validation UAR before halving the learning rate
+BACKBONE_MODES = ("frozen", "finetune")
+BALANCING = ("oversample", "class-weight", "none")
+
+
+class TrainingError(Exception):
+    """A problem a user can fix; reported as one sentence, exit code 1."""
+
+
+@dataclasses.dataclass
+class Options:
+    """Everything a run depends on; saved with the run (``options.json``).
+
+    ``test_speakers``, ``val_speakers`` and ``backbone_mode`` left at None take the
+    corpus's defaults and the machine's (finetune with a GPU, frozen without);
+    `resolved` fills them in before a run starts.
+    """
+
+    epochs: int
+    dataset: str = "dataset"
+    corpus: str = "ravdess"
+    test_speakers: list | None = None
+    val_speakers: list | None = None
+    folds: int | None = None
+    backbone_mode: str | None = None
+    backbone: str = "resnet50v2"
+    weights: str = "imagenet"
+    batch_size: int = 32
+    learning_rate: float = 1e-4
+    seed: int = 0
+    output: str = str(runs.MODEL_ROOT)
+    cache_dir: str = str(features.default_cache_dir())
+    augment: bool = True
+    balance: str = "oversample"
+    download: bool = True
+    download_url: str | None = None
+    features: utils.FeatureConfig = utils.DEFAULT_FEATURES
+
+    def resolved(self) -> Options:
+        """A copy with every default that depends on the corpus or the machine filled in."""
+        corpus = corpora.get_corpus(self.corpus)
+        return dataclasses.replace(
+            self,
+            test_speakers=list(corpus.test_speakers) if self.test_speakers is None else self.test_speakers,
+            val_speakers=list(corpus.validation_speakers) if self.val_speakers is None else self.val_speakers,
+            backbone_mode=self.backbone_mode or ("finetune" if gpu_available() else "frozen"),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> Options:
+        """The options `to_dict` wrote (``options.json``)."""
+        values = dict(values)
+        values["features"] = utils.FeatureConfig.from_dict(values.get("features", {}))
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One training, validation or test input: a feature source and its class index."""
+
+    source: features.SourceKey
+    label: int
+    path: str
+    speaker: Any
+
+
+def gpu_available() -> bool:
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return any(device.platform == "gpu" for device in jax.devices())
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+def training_sources(
+    utterances: Sequence[corpora.Utterance], *, augment_copies: int, oversample: bool, seed: int
+) -> list[tuple[features.Source, corpora.Utterance]]:
+    """The training inputs: every file, its enhanced copies, and the balancing copies.
+
+    Balancing copies are enhanced when enhancement is on (so copies differ), plain
+    repeats otherwise.
+    """
+    sources: list[tuple[features.Source, corpora.Utterance]] = []
+    for utterance in utterances:
+        sources.append((utterance.path, utterance))
+        for copy in range(1, augment_copies + 1):
+            sources.append(((utterance.path, augment.enhancement_for(utterance.path, copy, seed)), utterance))
+    if oversample:
+        copies_made: dict[int, int] = {}
+        labels = [u.label for u in utterances]
+        for index in augment.oversampling_copies(labels, seed, copies_per_file=1 + augment_copies):
+            utterance = utterances[index]
+            copies_made[index] = copies_made.get(index, 0) + 1
+            if augment_copies:
+                copy = augment_copies + copies_made[index]
+                sources.append(((utterance.path, augment.enhancement_for(utterance.path, copy, seed)), utterance))
+            else:
+                sources.append((utterance.path, utterance))
+    return sources
+
+
+def validation_uar_callback(forward: Callable[[np.ndarray], np.ndarray], inputs: list[np.ndarray], labels: list[int], batch_size: int):
+    """A Keras callback that adds ``val_uar`` (macro recall of ``forward`` on ``inputs``) to each epoch's logs.
+
+    Listed before EarlyStopping and ReduceLROnPlateau, which read it from the same logs.
+    """
+    import keras
+    from sklearn.metrics import recall_score
+
+    class ValidationUAR(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            predicted = batching.predict(forward, inputs, batch_size).argmax(axis=1)
+            logs["val_uar"] = float(recall_score(labels, predicted, average="macro"))
+
+    return ValidationUAR()
+
+
+def train_split(
+    split: corpora.SpeakerSplit,
+    options: Options,
+    labels: list[str],
+    run_dir: Path,
+    *,
+    backbone: Callable[[], Any] | None = None,
+) -> tuple[Any, dict, list[dict]]:
+    """Train on ``split.train``, stop early on ``split.validation``, score ``split.test``.
+
+    ``options`` must be `Options.resolved`. ``backbone`` builds a custom backbone
+    model instead of ``options.backbone``. Returns the full model (segments ->
+    probabilities), the test metrics and the per-file test predictions.
+    """
+    import keras
+
+    from SpeechModel import SpeechModel
+
+    index_of = {label: index for index, label in enumerate(labels)}
+    cache_dir = Path(options.cache_dir)
+    train_sources = training_sources(
+        split.train,
+        augment_copies=ENHANCED_COPIES if options.augment else 0,
+        oversample=options.balance == "oversample",
+        seed=options.seed,
+    )
+    evaluation = [(u.path, u) for u in split.validation + split.test]
+    extracted = features.extract_features(
+        [source for source, _ in train_sources + evaluation], config=options.features, cache_dir=cache_dir / "features"
+    )
+
+    def examples(pairs) -> list[Example]:
+        return [
+            Example(features.source_key(source), index_of[u.label], str(u.path), u.speaker)
+            for source, u in pairs
+            if features.source_key(source) in extracted.segments
+        ]
+
+    train = examples(train_sources)
+    validation = examples((u.path, u) for u in split.validation)
+    test = examples((u.path, u) for u in split.test)
+    for part, items in (("training", train), ("validation", validation), ("test", test)):
+        if not items:
+            raise TrainingError(f"no usable {part} files are left after skipping unreadable ones")
+    logger.info(
+        "files: %d training inputs (%d files, enhancement %s, balance %s), %d validation, %d test; %d skipped",
+        len(train), len(split.train), "on" if options.augment else "off", options.balance,
+        len(validation), len(test), len(extracted.errors),
+    )
+
+    weights = None if options.weights == "none" else options.weights
+    model = SpeechModel.create_model(
+        len(labels), weights=weights, backbone=options.backbone if backbone is None else backbone(),
+        segment_shape=options.features.segment_shape, learning_rate=options.learning_rate,
+    )
+    class_weight = augment.class_weights([e.label for e in train]) if options.balance == "class-weight" else None
+
+    embedder = SpeechModel.embedding_model(model)
+    if options.backbone_mode == "frozen":
+        embeddings = features.extract_embeddings(
+            embedder, extracted.segments, config=options.features, cache_dir=cache_dir / "embeddings"
+        )
+        inputs = embeddings
+        trainee = SpeechModel.create_head(
+            len(labels), embedding_size=next(iter(embeddings.values())).shape[-1], learning_rate=options.learning_rate
+        )
+    else:
+        # The starting backbone's embeddings, used once for the normalisation: not cached.
+        embeddings = features.extract_embeddings(embedder, {e.source: extracted.segments[e.source] for e in train})
+        inputs = extracted.segments
+        trainee = model
+    SpeechModel.adapt_normalization(trainee, np.concatenate([embeddings[e.source] for e in train]))
+
+    forward = SpeechModel.inference_function(trainee)
+    train_batches = batching.PaddedBatches(
+        [inputs[e.source] for e in train], [e.label for e in train], options.batch_size,
+        weights=class_weight, seed=options.seed,
+    )
+    callbacks = [
+        validation_uar_callback(forward, [inputs[e.source] for e in validation], [e.label for e in validation], options.batch_size),
+        keras.callbacks.TerminateOnNaN(),
+        keras.callbacks.EarlyStopping(
+            monitor="val_uar", mode="max", patience=EARLY_STOPPING_PATIENCE, restore_best_weights=True
+        ),
+        keras.callbacks.ReduceLROnPlateau(monitor="val_uar", mode="max", factor=0.5, patience=PLATEAU_PATIENCE),
+        # Backed up before logged: an epoch in history.csv is one --resume does not train again.
+        keras.callbacks.BackupAndRestore(str(run_dir / runs.BACKUP)),
+        keras.callbacks.CSVLogger(str(run_dir / runs.HISTORY), append=True),  # append: --resume keeps earlier epochs
+    ]
+    if installed("tensorflow") and installed("tensorboard"):  # the callback writes through tf.summary
+        callbacks.append(keras.callbacks.TensorBoard(str(run_dir / runs.LOGS)))
+    history = trainee.fit(train_batches.as_keras_data(), epochs=options.epochs, callbacks=callbacks, shuffle=False, verbose=2)
+    losses = history.history.get("loss", [])
+    if any(not np.isfinite(loss) for loss in losses):
+        raise TrainingError(
+            f"training stopped at epoch {len(losses)}: the loss became NaN; try a lower --learning-rate "
+            f"(now {options.learning_rate})"
+        )
+    if options.backbone_mode == "frozen":
+        SpeechModel.load_head_weights(model, trainee)
+        # A fresh optimizer state for every variable, so that model.keras loads without a
+        # mismatch warning and can be fine-tuned from where the frozen run ended.
+        model.optimizer.build(model.trainable_variables)
+
+    probabilities = batching.predict(forward, [inputs[e.source] for e in test], options.batch_size)
+    metrics = score([e.label for e in test], probabilities.argmax(axis=1), labels)
+    predictions = [
+        {
+            "path": e.path,
+            "speaker": e.speaker,
+            "true": labels[e.label],
+            "predicted": labels[int(p.argmax())],
+            "confidence": round(float(p.max()), 4),
+        }
+        for e, p in zip(test, probabilities)
+    ]
+    metrics["files"] = {
+        "training_inputs": len(train),
+        "training_files": len({e.path for e in train}),
+        "validation": len(validation),
+        "test": len(test),
+        "skipped": {str(k if isinstance(k, str) else k[0]): v for k, v in extracted.errors.items()},
+    }
+    metrics["speakers"] = split.speakers()
+    metrics["epochs_run"] = len(losses)
+    return model, metrics, predictions
+
+
+def score(true: Sequence[int], predicted: Sequence[int], labels: list[str]) -> dict:
+    """UAR, WA, macro-F1, per-class recall and the confusion matrix."""
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
+
+    classes = list(range(len(labels)))
+    recalls = recall_score(true, predicted, labels=classes, average=None, zero_division=0)
+    return {
+        "uar": float(recall_score(true, predicted, labels=classes, average="macro", zero_division=0)),
+        "wa": float(accuracy_score(true, predicted)),
+        "macro_f1": float(f1_score(true, predicted, labels=classes, average="macro", zero_division=0)),
+        "per_class_recall": {label: float(recall) for label, recall in zip(labels, recalls)},
+        "confusion_matrix": confusion_matrix(true, predicted, labels=classes).tolist(),
+        "labels": labels,
+    }
+
+
+def summarize(fold_metrics: list[dict], labels: list[str]) -> dict:
+    """Mean and standard deviation of the folds' scores, and their summed confusion matrix."""
+    summary = {"folds": fold_metrics}
+    for name in ("uar", "wa", "macro_f1"):
+        values = [metrics[name] for metrics in fold_metrics]
+        summary[name] = float(np.mean(values))
+        summary[f"{name}_std"] = float(np.std(values))
+    summary["per_class_recall"] = {
+        label: float(np.mean([m["per_class_recall"][label] for m in fold_metrics])) for label in labels
+    }
+    summary["confusion_matrix"] = np.sum([m["confusion_matrix"] for m in fold_metrics], axis=0).tolist()
+    summary["labels"] = labels
+    return summary
