@@ -29,10 +29,6 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
 
 
-def audio_files(folder: Path) -> list[str]:
-    return sorted(str(path) for path in folder.rglob("*") if path.suffix.lower() in (".wav", ".flac"))
-
-
 def touch_all(arrays) -> float:
     return float(sum(float(array.sum()) for array in arrays))
 
@@ -94,9 +90,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=None, help="worker processes for ours (default: every core)")
     parser.add_argument("--approach", choices=["plain", "ours"], help=argparse.SUPPRESS)
     args = parser.parse_args()
-    files = audio_files(args.data)
+    sys.path.insert(0, str(ROOT))
+    from utils import find_audio_files
+
+    files = [str(path) for path in find_audio_files(args.data)]
     if not files:
-        parser.exit(1, f"error: no .wav or .flac files under {args.data}\n")
+        parser.exit(1, f"error: no audio files under {args.data}\n")
 
     if args.approach == "plain":
         print(json.dumps({"plain": time_plain(files, args.repeats)}))

@@ -17,7 +17,6 @@ random weights (the speed is the same as a trained one's); loading it is not tim
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -32,21 +31,18 @@ sys.path[0] = str(ROOT)  # the project's modules, and bench.model
 import keras  # noqa: E402
 
 import infer  # noqa: E402
+import runs  # noqa: E402
 import utils  # noqa: E402
 from bench.model import fixed_length  # noqa: E402
-from corpora import RAVDESS_EMOTIONS  # noqa: E402
+from corpora.ravdess import RAVDESS  # noqa: E402
 from SpeechModel import SpeechModel  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
 
 
 def export_run(folder: Path) -> Path:
-    model = SpeechModel.create_model(weights=None)
     folder.mkdir()
-    model.save(folder / "model.keras")
-    SpeechModel.export(model, folder)
-    (folder / "labels.json").write_text(json.dumps(list(RAVDESS_EMOTIONS)))
-    (folder / "features.json").write_text(json.dumps(utils.feature_parameters()))
+    runs.write_model(folder, SpeechModel.create_model(weights=None), list(RAVDESS.labels), utils.DEFAULT_FEATURES)
     return folder
 
 
@@ -59,7 +55,7 @@ def time_plain(run: Path, files: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def time_ours(run: infer.Run, files: list[Path]) -> float:
+def time_ours(run: runs.Run, files: list[Path]) -> float:
     infer.predict(files[:2], run, progress=False)  # warm up, not timed
     start = time.perf_counter()
     predictions = infer.predict(files, run, progress=False)
@@ -81,10 +77,10 @@ def main() -> None:
     try:
         run_dir = export_run(folder / "run")
         plain = args.plain_files / time_plain(run_dir, files[: args.plain_files])
-        saved_model = len(files) / time_ours(infer.load_run(run_dir), files)
+        saved_model = len(files) / time_ours(runs.load_run(run_dir), files)
         shutil.move(run_dir / "saved_model.pb", folder / "saved_model.pb")  # leaves the .keras model
-        keras_model = len(files) / time_ours(infer.load_run(run_dir), files)
-        bfloat16 = len(files) / time_ours(infer.load_run(run_dir, precision="bfloat16"), files)
+        keras_model = len(files) / time_ours(runs.load_run(run_dir), files)
+        bfloat16 = len(files) / time_ours(runs.load_run(run_dir, precision="bfloat16"), files)
     finally:
         shutil.rmtree(folder)
     cores = len(os.sched_getaffinity(0))

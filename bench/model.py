@@ -33,7 +33,8 @@ import numpy as np  # noqa: E402
 
 from features import default_cache_dir, extract_features  # noqa: E402
 from SpeechModel import SpeechModel  # noqa: E402
-from utils import find_audio_files, pad_utterances  # noqa: E402
+from batching import pad_batch, similar_length_batches  # noqa: E402
+from utils import find_audio_files  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
 FIXED_SEGMENTS = 8  # the original repository's input: 3 s of audio
@@ -47,8 +48,7 @@ def fixed_length(segments: np.ndarray) -> np.ndarray:
 
 
 def length_sorted_batches(utterances: list[np.ndarray], batch_utterances: int) -> list[np.ndarray]:
-    ordered = sorted(utterances, key=len)
-    return [pad_utterances(ordered[start : start + batch_utterances]) for start in range(0, len(ordered), batch_utterances)]
+    return [pad_batch(batch) for batch in similar_length_batches(utterances, batch_utterances)]
 
 
 def time_plain(model: keras.Model, utterances: list[np.ndarray]) -> tuple[float, int]:

@@ -32,6 +32,7 @@ from sklearn.svm import SVC  # noqa: E402
 
 import corpora  # noqa: E402
 import utils  # noqa: E402
+from corpora.ravdess import read_ravdess  # noqa: E402
 
 N_MFCC = 40  # MFCCs per frame
 
@@ -39,7 +40,10 @@ N_MFCC = 40  # MFCCs per frame
 def mfcc_statistics(path: Path) -> np.ndarray:
     """Mean and standard deviation over time of 40 MFCCs: shape (80,)."""
     y = utils.load_wav(path)
-    mfcc = librosa.feature.mfcc(y=y, sr=utils.SAMPLE_RATE, n_mfcc=N_MFCC, n_fft=512, win_length=400, hop_length=160)
+    config = utils.DEFAULT_FEATURES
+    mfcc = librosa.feature.mfcc(
+        y=y, sr=config.sr, n_mfcc=N_MFCC, n_fft=config.n_fft, win_length=config.win_length, hop_length=config.hop_length
+    )
     return np.concatenate([mfcc.mean(axis=1), mfcc.std(axis=1)])
 
 
@@ -70,7 +74,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True, help="the RAVDESS folder the runs trained on")
     parser.add_argument("--folds", type=int, default=5, help="speaker folds, as the runs' --folds (default: %(default)s)")
     args = parser.parse_args()
-    utterances = corpora.read_ravdess(args.data)
+    utterances = read_ravdess(args.data)
     if not utterances:
         parser.exit(1, f"error: no RAVDESS speech files under {args.data}\n")
     splits = corpora.speaker_folds(utterances, args.folds)

@@ -3,8 +3,8 @@
 (a) plain: what the original repository did: every file cut or padded to a fixed 8
     segments, all arrays in memory, the whole network fine-tuned, one model.fit.
 (b) ours, finetune: end to end on every segment of every file (no cut), batches grouped
-    by length and padded to their longest (train.PaddedBatches through tf.data).
-(c) ours, frozen: the backbone embeds every segment once (train.embed_all, timed on its
+    by length and padded to their longest (batching.PaddedBatches through tf.data).
+(c) ours, frozen: the backbone embeds every segment once (features.extract_embeddings, timed on its
     own, against a bare forward pass over the same segments), then only BLSTM,
     attention and head train on the embeddings.
 
@@ -33,10 +33,10 @@ sys.path[0] = str(ROOT)  # the project's train.py, not this file
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-import train  # noqa: E402
-import utils  # noqa: E402
+import features  # noqa: E402
+from batching import PaddedBatches  # noqa: E402
 from bench.model import FIXED_SEGMENTS, fixed_length  # noqa: E402
-from features import default_cache_dir, extract_features  # noqa: E402
+from corpora.ravdess import read_ravdess  # noqa: E402
 from SpeechModel import SpeechModel  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
@@ -76,7 +76,7 @@ def time_plain(utterances: list[np.ndarray], labels: np.ndarray, epochs: int) ->
 
 def time_finetune(utterances: list[np.ndarray], labels: np.ndarray, epochs: int) -> tuple[float, int]:
     model = SpeechModel.create_model(weights=None)
-    batches = train.PaddedBatches(utterances, labels, BATCH_UTTERANCES, seed=0)
+    batches = PaddedBatches(utterances, labels, BATCH_UTTERANCES, seed=0)
     seconds = later_epoch(
         lambda n, callbacks: model.fit(batches.as_keras_data(), epochs=n, callbacks=callbacks, shuffle=False, verbose=0),
         epochs,
@@ -85,10 +85,11 @@ def time_finetune(utterances: list[np.ndarray], labels: np.ndarray, epochs: int)
 
 
 def time_embedding(segments: dict, cache_dir: Path) -> tuple[float, float, dict]:
-    """Seconds of train.embed_all (empty cache) and of a bare forward pass over the same segments."""
+    """Seconds of features.extract_embeddings (empty cache) and of a bare forward pass over the same segments."""
     embedder = SpeechModel.embedding_model(SpeechModel.create_model(weights=None))
     stacked = np.concatenate(list(segments.values()))
-    chunks = [stacked[start : start + train.EMBEDDING_BATCH_SEGMENTS] for start in range(0, len(stacked), train.EMBEDDING_BATCH_SEGMENTS)]
+    budget = features.EMBEDDING_BATCH_SEGMENTS
+    chunks = [stacked[start : start + budget] for start in range(0, len(stacked), budget)]
     for chunk in (chunks[0], chunks[-1]):  # trace both shapes once, not timed
         embedder.predict_on_batch(chunk[np.newaxis])
     start = time.perf_counter()
@@ -96,13 +97,13 @@ def time_embedding(segments: dict, cache_dir: Path) -> tuple[float, float, dict]
         embedder.predict_on_batch(chunk[np.newaxis])
     bare = time.perf_counter() - start
     start = time.perf_counter()
-    embeddings = train.embed_all(embedder, segments, utils.feature_parameters(), cache_dir)
+    embeddings = features.extract_embeddings(embedder, segments, cache_dir=cache_dir, progress=False)
     return time.perf_counter() - start, bare, embeddings
 
 
 def time_frozen_head(embeddings: list[np.ndarray], labels: np.ndarray, epochs: int) -> float:
     head = SpeechModel.create_head(embedding_size=embeddings[0].shape[-1])
-    batches = train.PaddedBatches(embeddings, labels, BATCH_UTTERANCES, seed=0)
+    batches = PaddedBatches(embeddings, labels, BATCH_UTTERANCES, seed=0)
     return later_epoch(
         lambda n, callbacks: head.fit(batches.as_keras_data(), epochs=n, callbacks=callbacks, shuffle=False, verbose=0),
         epochs,
@@ -116,10 +117,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch traces and is not timed")
-    corpus = train.corpora.read_ravdess(args.data)
+    corpus = read_ravdess(args.data)
     if not corpus:
         parser.exit(1, f"error: no RAVDESS speech files under {args.data}\n")
-    segments = extract_features([u.path for u in corpus], cache_dir=default_cache_dir() / "features", progress=False).segments
+    segments = features.extract_features(
+        [u.path for u in corpus], cache_dir=features.default_cache_dir() / "features", progress=False
+    ).segments
     utterances = list(segments.values())
     names = sorted({u.label for u in corpus})
     labels = np.array([names.index(u.label) for u in corpus], dtype=np.int32)
