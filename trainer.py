@@ -42,14 +42,16 @@ class TrainingError(Exception):
 class Options:
     """Everything a run depends on; saved with the run (``options.json``).
 
-    ``test_speakers``, ``val_speakers`` and ``backbone_mode`` left at None take the
-    corpus's defaults and the machine's (finetune with a GPU, frozen without);
-    `resolved` fills them in before a run starts.
+    ``corpus="auto"``, and ``test_speakers``, ``val_speakers`` and ``backbone_mode``
+    left at None, take what the dataset and the machine say (the detected corpus, its
+    default speakers, finetune with a GPU and frozen without); `resolved` fills them
+    in before a run starts.
     """
 
     epochs: int
     dataset: str = "dataset"
-    corpus: str = "ravdess"
+    corpus: str = corpora.AUTO
+    speaker_pattern: str | None = None
     test_speakers: list | None = None
     val_speakers: list | None = None
     folds: int | None = None
@@ -67,13 +69,14 @@ class Options:
     download_url: str | None = None
     features: utils.FeatureConfig = utils.DEFAULT_FEATURES
 
-    def resolved(self) -> Options:
-        """A copy with every default that depends on the corpus or the machine filled in."""
-        corpus = corpora.get_corpus(self.corpus)
+    def resolved(self, corpus: corpora.Corpus, utterances: Sequence[corpora.Utterance]) -> Options:
+        """A copy with every default that depends on the corpus, its speakers or the machine filled in."""
+        test, validation = corpora.default_speakers(corpus, utterances)
         return dataclasses.replace(
             self,
-            test_speakers=list(corpus.test_speakers) if self.test_speakers is None else self.test_speakers,
-            val_speakers=list(corpus.validation_speakers) if self.val_speakers is None else self.val_speakers,
+            corpus=corpus.name,
+            test_speakers=test if self.test_speakers is None else self.test_speakers,
+            val_speakers=validation if self.val_speakers is None else self.val_speakers,
             backbone_mode=self.backbone_mode or ("finetune" if gpu_available() else "frozen"),
         )
 

@@ -12,7 +12,9 @@ The splits keep every speaker in exactly one of train, validation and test.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
+import re
 import shutil
 import zipfile
 from collections.abc import Callable, Collection, Hashable, Sequence
@@ -21,11 +23,12 @@ from typing import TypeVar
 
 from sklearn.model_selection import GroupKFold
 
-from utils import PathLike
+from utils import PathLike, find_audio_files
 
 logger = logging.getLogger(__name__)
 
 PARTIAL_PREFIX = ".partial-"  # a download being unpacked; renamed when complete
+MISNAMED_LISTED = 5  # misnamed files reported one per line; the rest as a count
 
 
 class CorpusError(Exception):
@@ -90,9 +93,18 @@ class Corpus:
     layout : str
         How its files are laid out and named, for messages that tell a user what was expected.
     test_speakers, validation_speakers : tuple
-        Default speakers held out for the test scores and for early stopping.
-    is_member : callable
-        ``is_member(name) -> bool``: whether a file name (in an archive) is one of its utterances.
+        Default speakers held out for the test scores and for early stopping; empty
+        for corpora whose speakers are not known in advance (`default_speakers` then
+        picks some of those present).
+    recognizes : callable
+        ``recognizes(path) -> bool``: whether a file's path (relative or not; in a folder
+        or an archive) looks like one of the corpus's utterances, from its name alone.
+        `detect_corpus` counts these.
+    protocol : str
+        The field's usual cross-validation protocol on this corpus, in words.
+    fold_group : callable
+        ``fold_group(utterance) -> hashable``: the unit of its cross-validation folds
+        (the speaker, or IEMOCAP's session).
     download : Download or None
         Its direct archive, when the distributor offers one.
     """
@@ -104,7 +116,9 @@ class Corpus:
     layout: str
     test_speakers: tuple
     validation_speakers: tuple
-    is_member: Callable[[str], bool]
+    recognizes: Callable[[str | Path], bool]
+    protocol: str = "speaker folds (--folds K; leave-one-speaker-out when K is the number of speakers)"
+    fold_group: Callable[[Utterance], Hashable] = lambda utterance: utterance.speaker
     download: Download | None = None
 
 
@@ -173,7 +187,7 @@ def _unpack(archive: Path, target: Path, corpus: Corpus, manual: str) -> None:
             broken = bundle.testzip()
             if broken is not None:
                 raise zipfile.BadZipFile(f"member {broken} fails its CRC check")
-            if not any(corpus.is_member(Path(name).name) for name in bundle.namelist()):
+            if not any(corpus.recognizes(name) for name in bundle.namelist()):
                 raise zipfile.BadZipFile(f"it holds no {corpus.title} files")
             shutil.rmtree(partial, ignore_errors=True)
             bundle.extractall(partial)
@@ -184,15 +198,77 @@ def _unpack(archive: Path, target: Path, corpus: Corpus, manual: str) -> None:
     logger.info("unpacked %s into %s", corpus.title, target)
 
 
-def report_left_out(folder: Path, corpus_name: str, misnamed: Sequence[str], listed: int = 5) -> None:
-    """Log the files a reader left out because their names break the corpus's convention.
+def read_named_files(
+    folder: PathLike, parse: Callable[[Path], Item | None], title: str, left_out: str = "files outside its set"
+) -> list[Item]:
+    """Every audio file under ``folder`` that ``parse`` turns into an utterance, sorted by path.
 
-    The first ``listed`` are named one per line with the reason, the rest counted.
+    ``parse(path)`` returns the utterance, None for a file of the corpus that is left
+    out on purpose (counted in one line, as ``left_out``), or raises ValueError for a
+    name that breaks the convention (the first few named with the reason, the rest
+    counted). Nothing in ``folder`` is moved or written.
+
+    Raises
+    ------
+    CorpusError
+        If ``folder`` does not exist or is not a folder.
     """
-    for line in misnamed[:listed]:
-        logger.warning("skipped, not a %s name: %s", corpus_name, line)
-    if len(misnamed) > listed:
-        logger.warning("skipped %d more files under %s that are not %s names", len(misnamed) - listed, folder, corpus_name)
+    folder = dataset_folder(folder)
+    utterances, misnamed, skipped = [], [], 0
+    for path in find_audio_files(folder):
+        try:
+            utterance = parse(path)
+        except ValueError as problem:
+            misnamed.append(f"{path}: {problem}")
+            continue
+        if utterance is None:
+            skipped += 1
+        else:
+            utterances.append(utterance)
+    for line in misnamed[:MISNAMED_LISTED]:
+        logger.warning("skipped, not a %s name: %s", title, line)
+    if len(misnamed) > MISNAMED_LISTED:
+        logger.warning("skipped %d more files under %s that are not %s names", len(misnamed) - MISNAMED_LISTED, folder, title)
+    if skipped:
+        logger.info("left out %d %s under %s", skipped, left_out, folder)
+    return sorted(utterances, key=lambda utterance: utterance.path)
+
+
+def recognizer(parse: Callable[[Path], Utterance | None]) -> Callable[[str | Path], bool]:
+    """A corpus's ``recognizes`` when its file names alone carry everything: ``parse`` keeps the file."""
+
+    def recognizes(path: str | Path) -> bool:
+        try:
+            return parse(Path(path)) is not None
+        except ValueError:
+            return False
+
+    return recognizes
+
+
+# One vocabulary for emotions across corpora: every reader gives labels in it, and
+# `canonical_label` maps the names people use (in CSV manifests, folder names) onto it.
+SYNONYMS = {
+    "anger": "angry", "ang": "angry", "mad": "angry",
+    "happiness": "happy", "joy": "happy", "hap": "happy",
+    "sadness": "sad",
+    "fear": "fearful", "afraid": "fearful", "scared": "fearful",
+    "disgusted": "disgust",
+    "surprise": "surprised", "pleasant surprise": "surprised", "pleasant_surprise": "surprised",
+    "pleasant_surprised": "surprised", "ps": "surprised",
+    "boredom": "bored", "boring": "bored",
+    "neu": "neutral",
+    "frustration": "frustrated", "excitement": "excited",
+}
+
+
+def canonical_label(name: str) -> str:
+    """The project's name for an emotion: ``"Anger"`` -> ``"angry"``, ``"pleasant surprise"`` -> ``"surprised"``.
+
+    Names outside `SYNONYMS` come back lower-cased, as they are (your own classes stay yours).
+    """
+    name = " ".join(name.strip().lower().replace("-", " ").split())
+    return SYNONYMS.get(name, SYNONYMS.get(name.replace(" ", "_"), name.replace(" ", "_")))
 
 
 # ---------------------------------------------------------------- splits
@@ -249,29 +325,32 @@ def split_by_speakers(
     )
 
 
-def speaker_folds(items: Sequence[Item], k: int) -> list[SpeakerSplit]:
+def speaker_folds(
+    items: Sequence[Item], k: int, group: Callable[[Item], Hashable] = lambda item: item.speaker
+) -> list[SpeakerSplit]:
     """K-fold cross-validation over speaker groups.
 
     Speakers are divided into ``k`` groups of about equal file counts
-    (`sklearn.model_selection.GroupKFold`). Fold ``i`` tests on group ``i``,
-    validates on group ``i + 1`` (cyclically) and trains on the others, so every
-    speaker is tested exactly once and never shares a fold part with itself.
-    ``k`` equal to the number of speakers is leave-one-speaker-out.
+    (`sklearn.model_selection.GroupKFold`), each speaker whole in one group, or by
+    ``group`` (a corpus's `Corpus.fold_group`, such as IEMOCAP's session). Fold ``i``
+    tests on group ``i``, validates on group ``i + 1`` (cyclically) and trains on the
+    others, so every speaker is tested exactly once and never shares a fold part with
+    itself. ``k`` equal to the number of speakers is leave-one-speaker-out.
 
     Raises
     ------
     CorpusError
         If ``k`` is below 3 (a fold needs test, validation and training
-        speakers) or above the number of speakers.
+        speakers) or above the number of groups.
     """
-    speakers = sorted({item.speaker for item in items})
-    if not 3 <= k <= len(speakers):
+    groups = [group(item) for item in items]
+    distinct = sorted(set(groups), key=str)
+    if not 3 <= k <= len(distinct):
         raise CorpusError(
-            f"--folds must be between 3 and the number of speakers ({len(speakers)}: {_listing(speakers)}), got {k}"
+            f"--folds must be between 3 and the number of speaker groups ({len(distinct)}: {_listing(distinct)}), got {k}"
         )
-    groups = [item.speaker for item in items]
     test_groups = [
-        {groups[index] for index in test_index}
+        {items[index].speaker for index in test_index}
         for _, test_index in GroupKFold(n_splits=k).split(items, groups=groups)
     ]
     return [
@@ -287,13 +366,111 @@ def _listing(speakers: Sequence[Hashable]) -> str:
 # ---------------------------------------------------------------- the registry
 
 # Corpus modules import the record and helpers above, so they are imported after them.
-from corpora import ravdess  # noqa: E402
+from corpora import cremad, emodb, folders, iemocap, manifest, ravdess, savee, tess  # noqa: E402
 
-CORPORA = {corpus.name: corpus for corpus in (ravdess.RAVDESS,)}
+# Detection tries them in this order; on a tie in recognised files the first wins.
+CORPORA = {
+    corpus.name: corpus
+    for corpus in (
+        ravdess.RAVDESS, emodb.EMODB, cremad.CREMAD, tess.TESS, savee.SAVEE, iemocap.IEMOCAP, iemocap.IEMOCAP_ALL,
+        manifest.MANIFEST, folders.CLASS_FOLDERS,
+    )
+}
+AUTO = "auto"  # --corpus auto: detect it from the dataset's layout and names
+DOWNLOADED_BY_DEFAULT = ravdess.RAVDESS.name  # what --corpus auto downloads into an empty dataset folder
 
 
-def get_corpus(name: str) -> Corpus:
-    """The registered corpus called ``name``; CorpusError naming the choices otherwise."""
+def known_emotions() -> set[str]:
+    """Every emotion name some corpus uses, in the project's vocabulary."""
+    return {label for corpus in CORPORA.values() for label in corpus.labels} | set(SYNONYMS.values())
+
+
+def get_corpus(name: str, *, speaker_pattern: str | None = None) -> Corpus:
+    """The registered corpus called ``name``; CorpusError naming the choices otherwise.
+
+    ``speaker_pattern`` (a regular expression on file names) applies to ``folders`` only.
+    """
     if name not in CORPORA:
-        raise CorpusError(f"unknown corpus {name!r}; choose --corpus among {', '.join(sorted(CORPORA))}")
-    return CORPORA[name]
+        raise CorpusError(f"unknown corpus {name!r}; choose --corpus among {', '.join([AUTO, *CORPORA])}")
+    corpus = CORPORA[name]
+    if speaker_pattern is not None:
+        if corpus is not folders.CLASS_FOLDERS:
+            raise CorpusError(f"--speaker-pattern applies to --corpus {folders.CLASS_FOLDERS.name}, not {name}")
+        try:
+            re.compile(speaker_pattern)
+        except re.error as error:
+            raise CorpusError(f"--speaker-pattern {speaker_pattern!r} is not a regular expression: {error}") from None
+        corpus = dataclasses.replace(corpus, read=functools.partial(folders.read_class_folders, speaker_pattern=speaker_pattern))
+    return corpus
+
+
+def resolve_corpus(name: str, dataset: PathLike, *, speaker_pattern: str | None = None) -> Corpus:
+    """The corpus ``--corpus name`` means for ``dataset``: a named one, or with ``auto`` the detected one.
+
+    ``auto`` on a missing or empty folder is RAVDESS, the corpus an empty folder is downloaded into.
+    """
+    if name == AUTO:
+        dataset = Path(dataset)
+        if not dataset.exists() or (dataset.is_dir() and not any(dataset.iterdir())):
+            name = DOWNLOADED_BY_DEFAULT
+        else:
+            name = detect_corpus(dataset).name
+    return get_corpus(name, speaker_pattern=speaker_pattern)
+
+
+def detect_corpus(dataset: PathLike) -> Corpus:
+    """The corpus whose names the most audio files under ``dataset`` carry (a CSV file or a folder holding one: the manifest).
+
+    Raises
+    ------
+    CorpusError
+        If no layout fits; the message lists the layouts understood.
+    """
+    dataset = Path(dataset)
+    if dataset.is_file() or (dataset.is_dir() and len(list(dataset.glob("*.csv"))) == 1):
+        return manifest.MANIFEST
+    files = [path.relative_to(dataset) for path in find_audio_files(dataset_folder(dataset))]
+    counts = {name: sum(map(corpus.recognizes, files)) for name, corpus in CORPORA.items() if corpus is not manifest.MANIFEST}
+    best = max(counts, key=counts.get) if counts else None
+    if best is None or counts[best] == 0:
+        layouts = "; ".join(f"{corpus.name}: {corpus.layout}" for corpus in CORPORA.values())
+        found = f"{len(files)} audio files" + (f" such as {files[0]}" if files else "")
+        raise CorpusError(f"{dataset} holds {found} in no layout understood; set --corpus, or lay it out as one of: {layouts}")
+    logger.info("detected %s in %s (%d of %d audio files named as it names them)", CORPORA[best].title, dataset, counts[best], len(files))
+    return CORPORA[best]
+
+
+def default_speakers(corpus: Corpus, utterances: Sequence[Utterance]) -> tuple[list, list]:
+    """Test and validation speakers: the corpus's own, or for one that names none, a fifth and a tenth of those present.
+
+    The picked speakers are the last ones in sorted order (at least one each), so the
+    choice is the same on every run.
+    """
+    if corpus.test_speakers:
+        return list(corpus.test_speakers), list(corpus.validation_speakers)
+    speakers = sorted({u.speaker for u in utterances}, key=str)
+    tests = max(1, len(speakers) // 5)
+    validations = max(1, len(speakers) // 10)
+    return speakers[-tests:], speakers[-tests - validations : -tests]
+
+
+def validation_from_training(split: SpeakerSplit, seed: int, fraction: float = 0.1) -> SpeakerSplit:
+    """A split whose validation set is ``fraction`` of each class's training files, for corpora with too few speakers.
+
+    Early stopping then watches files of the training speakers: not speaker-independent,
+    which the log says. Test speakers are untouched.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    held: set[int] = set()
+    for label in sorted({u.label for u in split.train}):
+        members = [index for index, u in enumerate(split.train) if u.label == label]
+        held.update(int(i) for i in rng.permutation(members)[: max(1, round(fraction * len(members)))])
+    logger.warning("no validation speakers: early stopping watches %d training files of the training speakers "
+                   "(not speaker-independent; the test speakers are)", len(held))
+    return SpeakerSplit(
+        train=[u for index, u in enumerate(split.train) if index not in held],
+        validation=[u for index, u in enumerate(split.train) if index in held],
+        test=split.test,
+    )

@@ -9,14 +9,11 @@ archive ``Audio_Speech_Actors_01-24.zip`` on Zenodo, unzipped into ``Actor_01/``
 from __future__ import annotations
 
 import dataclasses
-import logging
 import re
 from pathlib import Path
 
-from corpora import Corpus, Download, Utterance, dataset_folder, report_left_out
-from utils import PathLike, find_audio_files
-
-logger = logging.getLogger(__name__)
+from corpora import Corpus, Download, Utterance, read_named_files, recognizer
+from utils import PathLike
 
 # Emotion codes 01..08, in order.
 EMOTIONS = ("neutral", "calm", "happy", "sad", "angry", "fearful", "disgust", "surprised")
@@ -115,29 +112,7 @@ def read_ravdess(folder: PathLike) -> list[RavdessUtterance]:
     CorpusError
         If ``folder`` does not exist or is not a folder.
     """
-    folder = dataset_folder(folder)
-    utterances, misnamed, songs = [], [], 0
-    for path in find_audio_files(folder):
-        try:
-            utterance = parse_ravdess_name(path)
-        except ValueError as problem:
-            misnamed.append(f"{path}: {problem}")
-            continue
-        if utterance is None:
-            songs += 1
-        else:
-            utterances.append(utterance)
-    report_left_out(folder, "RAVDESS", misnamed)
-    if songs:
-        logger.info("left out %d song files (vocal channel 02) under %s", songs, folder)
-    return sorted(utterances, key=lambda utterance: utterance.path)
-
-
-def _is_speech_name(name: str) -> bool:
-    try:
-        return parse_ravdess_name(name) is not None
-    except ValueError:
-        return False
+    return read_named_files(folder, parse_ravdess_name, "RAVDESS", left_out="song files (vocal channel 02)")
 
 
 RAVDESS = Corpus(
@@ -148,7 +123,7 @@ RAVDESS = Corpus(
     layout="Actor_01/03-01-05-01-02-01-01.wav .. Actor_24/ (or the files flat), seven two-digit fields per name",
     test_speakers=(21, 22, 23, 24),
     validation_speakers=(19, 20),
-    is_member=_is_speech_name,
+    recognizes=recognizer(parse_ravdess_name),
     download=Download(
         url="https://zenodo.org/records/1188976/files/Audio_Speech_Actors_01-24.zip?download=1",
         archive="Audio_Speech_Actors_01-24.zip",

@@ -159,7 +159,7 @@ def test_speaker_folds_test_every_speaker_once_and_never_mix_parts(k):
 
 @pytest.mark.parametrize("k", [2, 11])
 def test_impossible_fold_counts_are_refused(k):
-    with pytest.raises(CorpusError, match="--folds must be between 3 and the number of speakers"):
+    with pytest.raises(CorpusError, match="--folds must be between 3 and the number of speaker groups"):
         speaker_folds(items_for(range(1, 11)), k)
 
 
@@ -222,5 +222,5 @@ def test_an_unreachable_download_names_the_manual_steps(tmp_path):
 def test_the_registry_names_every_corpus_and_refuses_others():
     assert corpora.get_corpus("ravdess") is RAVDESS
     assert set(RAVDESS.test_speakers).isdisjoint(RAVDESS.validation_speakers)
-    with pytest.raises(CorpusError, match="unknown corpus 'timit'; choose --corpus among ravdess"):
+    with pytest.raises(CorpusError, match="unknown corpus 'timit'; choose --corpus among auto, ravdess, emodb"):
         corpora.get_corpus("timit")
