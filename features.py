@@ -73,14 +73,15 @@ class ExtractedFeatures:
         a plain file), in the order of the input. Read-only: cached ones are memory maps of
         the cache files (copy with ``np.array(x)`` to modify).
     errors : dict[str, str]
-        Files that could not be used, each with the reason (an `utils.AudioError`
-        message that names the file).
+        Files that could not be used, by ``str(path)``, each with the reason (an
+        `utils.AudioError` message that names the file); a file whose enhanced copies
+        failed too is listed (and logged) once.
     cache_hits : int
         How many files were read from the cache instead of computed.
     """
 
     segments: dict[SourceKey, np.ndarray] = dataclasses.field(default_factory=dict)
-    errors: dict[SourceKey, str] = dataclasses.field(default_factory=dict)
+    errors: dict[str, str] = dataclasses.field(default_factory=dict)
     cache_hits: int = 0
 
 
@@ -212,8 +213,10 @@ def extract_features(
         for name, segments, error in _run(jobs, min(workers, len(jobs))):
             bar.update()
             if error is not None:
-                logger.warning("skipped: %s", error)
-                result.errors[name] = error
+                path = name if isinstance(name, str) else name[0]
+                if path not in result.errors:  # a file and its enhanced copies fail alike: one report
+                    logger.warning("skipped: %s", error)
+                    result.errors[path] = error
             elif segments is None:
                 # The worker wrote it to the cache: map it rather than ship it between processes.
                 found[name] = cache.read(to_compute[name])

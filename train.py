@@ -30,7 +30,7 @@ import corpora
 import runs
 from backbones import BACKBONES, BackboneWeightsError, get_backbone
 from cli import positive_int, positive_float
-from trainer import BACKBONE_MODES, BALANCING, Options, TrainingError, summarize, train_split
+from trainer import BACKBONE_MODES, BALANCING, Options, TrainingError, format_scores, summarize, train_split
 
 logger = logging.getLogger("train")
 
@@ -102,7 +102,10 @@ def run(options: Options, *, resume: bool = False, backbone: Callable[[], Any] |
     runs.write_json(partial / runs.METRICS, summary)
     runs.plot_confusion_matrix(partial, np.array(summary["confusion_matrix"]), labels)
     complete = runs.complete(partial)
-    print_scores(summary, options)
+    where = f"{options.folds}-fold speaker cross-validation" if options.folds else (
+        f"test speakers {', '.join(map(str, summary['speakers']['test']))}, {summary['files']['test']} files"
+    )
+    print(format_scores(summary, where))
     print(f"run saved to {complete}")
     return complete
 
@@ -123,18 +126,6 @@ def library_versions() -> dict[str, str]:
         except PackageNotFoundError:
             continue
     return versions
-
-
-def print_scores(summary: dict, options: Options) -> None:
-    spread = (lambda name: f" ± {summary[name + '_std']:.3f}") if options.folds else (lambda name: "")
-    where = f"{options.folds}-fold speaker cross-validation" if options.folds else (
-        f"test speakers {', '.join(map(str, summary['speakers']['test']))}, {summary['files']['test']} files"
-    )
-    print(f"\ntest scores ({where})")
-    print(f"  UAR       {summary['uar']:.3f}{spread('uar')}")
-    print(f"  WA        {summary['wa']:.3f}{spread('wa')}")
-    print(f"  macro-F1  {summary['macro_f1']:.3f}{spread('macro_f1')}")
-    print("  recall    " + "  ".join(f"{label} {value:.2f}" for label, value in summary["per_class_recall"].items()))
 
 
 # ---------------------------------------------------------------- command line

@@ -71,7 +71,7 @@ class Options:
 
     def resolved(self, corpus: corpora.Corpus, utterances: Sequence[corpora.Utterance]) -> Options:
         """A copy with every default that depends on the corpus, its speakers or the machine filled in."""
-        test, validation = corpora.default_speakers(corpus, utterances)
+        test, validation = (None, None) if self.folds else corpora.default_speakers(corpus, utterances)  # folds pick their own
         return dataclasses.replace(
             self,
             corpus=corpus.name,
@@ -284,7 +284,7 @@ def train_split(
         "training_files": len({e.path for e in train}),
         "validation": len(validation),
         "test": len(test),
-        "skipped": {str(k if isinstance(k, str) else k[0]): v for k, v in extracted.errors.items()},
+        "skipped": dict(extracted.errors),
     }
     metrics["speakers"] = split.speakers()
     metrics["epochs_run"] = len(losses)
@@ -320,3 +320,15 @@ def summarize(fold_metrics: list[dict], labels: list[str]) -> dict:
     summary["confusion_matrix"] = np.sum([m["confusion_matrix"] for m in fold_metrics], axis=0).tolist()
     summary["labels"] = labels
     return summary
+
+
+def format_scores(metrics: dict, where: str) -> str:
+    """The scores of `score` or `summarize` as a few lines of text; ``where`` says what was tested."""
+    spread = (lambda name: f" ± {metrics[name + '_std']:.3f}") if "folds" in metrics else (lambda name: "")
+    return "\n".join([
+        f"\ntest scores ({where})",
+        f"  UAR       {metrics['uar']:.3f}{spread('uar')}",
+        f"  WA        {metrics['wa']:.3f}{spread('wa')}",
+        f"  macro-F1  {metrics['macro_f1']:.3f}{spread('macro_f1')}",
+        "  recall    " + "  ".join(f"{label} {value:.2f}" for label, value in metrics["per_class_recall"].items()),
+    ])

@@ -32,7 +32,6 @@ from sklearn.svm import SVC  # noqa: E402
 
 import corpora  # noqa: E402
 import utils  # noqa: E402
-from corpora.ravdess import read_ravdess  # noqa: E402
 
 N_MFCC = 40  # MFCCs per frame
 
@@ -71,20 +70,23 @@ def run_uars(run: Path, splits: list[corpora.SpeakerSplit]) -> tuple[str, list[f
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", type=Path, help="train.py cross-validation run folders to show beside the baseline")
-    parser.add_argument("--data", type=Path, required=True, help="the RAVDESS folder the runs trained on")
+    parser.add_argument("--data", type=Path, required=True, help="the corpus folder the runs trained on")
+    parser.add_argument("--corpus", choices=[corpora.AUTO, *corpora.CORPORA], default=corpora.AUTO, help="which corpus --data holds (default: %(default)s)")
     parser.add_argument("--folds", type=int, default=5, help="speaker folds, as the runs' --folds (default: %(default)s)")
     args = parser.parse_args()
-    utterances = read_ravdess(args.data)
-    if not utterances:
-        parser.exit(1, f"error: no RAVDESS speech files under {args.data}\n")
-    splits = corpora.speaker_folds(utterances, args.folds)
+    try:
+        corpus = corpora.resolve_corpus(args.corpus, args.data)
+        utterances = corpora.read_corpus(corpus, args.data, download=False, url=None, cache_dir=Path("."))
+        splits = corpora.speaker_folds(utterances, args.folds, group=corpus.fold_group)
+    except corpora.CorpusError as error:
+        parser.exit(1, f"error: {error}\n")
     with ProcessPoolExecutor(len(os.sched_getaffinity(0))) as pool:
         descriptors = dict(zip((u.path for u in utterances), pool.map(mfcc_statistics, [u.path for u in utterances], chunksize=8)))
 
     rows = [("baseline: MFCC mean/std + SVM", [baseline_uar(utterances, descriptors, split) for split in splits])]
     rows += [run_uars(run, splits) for run in args.runs]
     speakers = sorted({u.speaker for u in utterances})
-    print(f"UAR, {args.folds} folds by speaker groups of {len(speakers)} speakers ({len(utterances)} files, {args.data})")
+    print(f"UAR, {corpus.title}, {args.folds} folds by speaker groups of {len(speakers)} speakers ({len(utterances)} files, {args.data})")
     print("test speakers per fold: " + "; ".join(", ".join(map(str, s.speakers()["test"])) for s in splits))
     for name, uars in rows:
         folds = " ".join(f"{uar:.3f}" for uar in uars)

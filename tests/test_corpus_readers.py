@@ -201,3 +201,8 @@ def test_without_validation_speakers_a_tenth_of_each_class_of_training_files_val
     assert len(held.train) == 36 and held.test == split.test
     assert "not speaker-independent" in caplog.text
     assert corpora.validation_from_training(split, seed=0) == held  # the same files for the same seed
+
+
+def test_the_dataset_readme_lists_every_registered_corpus():
+    table = (Path(__file__).resolve().parent.parent / "dataset" / "README.md").read_text()
+    assert {name for name in corpora.CORPORA if f"| `{name}` |" not in table} == set()

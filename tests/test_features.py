@@ -199,3 +199,15 @@ def test_many_utterances_share_a_backbone_call_up_to_the_segment_budget(clips, m
     model = FrameCounter()
     features.extract_embeddings(model, segments)
     assert 1 < model.calls <= total
+
+
+def test_a_bad_file_and_its_enhanced_copies_are_reported_once(clips, tmp_path, caplog):
+    from augment import Enhancement
+
+    broken = tmp_path / "corpus" / "broken.wav"
+    broken.write_bytes(b"RIFF\x00\x00not really a wave file")
+    copies = [(broken, Enhancement(1.0, 0.0, 20.0, seed)) for seed in (1, 2)]
+    with caplog.at_level(logging.WARNING):
+        result = extract_features([clips[0], broken, *copies], cache_dir=tmp_path / "cache", workers=2)
+    assert list(result.errors) == [str(broken)] and list(result.segments) == [str(clips[0])]
+    assert sum(str(broken) in record.getMessage() for record in caplog.records) == 1

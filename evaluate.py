@@ -1,0 +1,139 @@
+"""Score a trained run on any labelled corpus: cross-corpus evaluation.
+
+    python evaluate.py --model saved_model/<run> --dataset PATH [--corpus auto] [--output FOLDER]
+
+Steps: load the run, read the corpus (detected from its names by default; only read),
+match the run's emotions with the corpus's by name (both speak the project's one
+vocabulary, `corpora.canonical_label`), leave out and list the classes on one side only,
+predict every remaining file with `infer.predict`, take the most probable of the shared
+classes, and score with the same code as train.py (`trainer.score`). Writes metrics.json,
+predictions.csv and confusion_matrix.png into the output folder and prints the scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+import corpora
+import runs
+from cli import positive_int
+from trainer import format_scores, score
+
+logger = logging.getLogger("evaluate")
+
+EVALUATIONS_ROOT = Path("evaluations")  # default parent of --output
+
+
+class EvaluationError(Exception):
+    """A run and a corpus that cannot be compared; reported as one sentence, exit code 1."""
+
+
+def evaluate(run: runs.Run, utterances: Sequence[corpora.Utterance], *, batch_size: int = 16) -> tuple[dict, list[dict]]:
+    """Scores of ``run`` on ``utterances`` over the emotions both know, and one prediction per file.
+
+    Returns
+    -------
+    metrics : dict
+        `trainer.score` over the shared classes, and ``left_out``: the run's classes the
+        corpus lacks, the corpus's classes the run lacks (with file counts), unreadable files.
+    predictions : list of dict
+        path, speaker, true, predicted, confidence (the probability among the shared classes).
+
+    Raises
+    ------
+    EvaluationError
+        If fewer than two emotions are shared.
+    """
+    import infer
+
+    present = Counter(u.label for u in utterances)
+    shared = [label for label in run.labels if label in present]
+    if len(shared) < 2:
+        raise EvaluationError(
+            f"the run knows {', '.join(run.labels)} and the corpus holds {', '.join(sorted(present))}: "
+            f"{'only ' + shared[0] if shared else 'no emotion'} in common, too few to score"
+        )
+    kept = [u for u in utterances if u.label in shared]
+    results = infer.predict([u.path for u in kept], run, batch_size=batch_size)
+    columns = [run.labels.index(label) for label in shared]
+    true, predicted, predictions, unreadable = [], [], [], {}
+    for utterance, result in zip(kept, results):
+        if result.error is not None:
+            unreadable[str(utterance.path)] = result.error
+            continue
+        probabilities = np.array([result.probabilities[label] for label in shared])
+        probabilities /= probabilities.sum()  # among the shared classes
+        best = int(np.argmax(probabilities))
+        true.append(shared.index(utterance.label))
+        predicted.append(best)
+        predictions.append({
+            "path": str(utterance.path), "speaker": utterance.speaker, "true": utterance.label,
+            "predicted": shared[best], "confidence": round(float(probabilities[best]), 4),
+        })
+    if not predictions:
+        raise EvaluationError("no file of the shared emotions could be read")
+    metrics = score(true, predicted, shared)
+    metrics["left_out"] = {
+        "run_labels_not_in_corpus": [label for label in run.labels if label not in present],
+        "corpus_labels_not_in_run": {label: count for label, count in sorted(present.items()) if label not in run.labels},
+        "unreadable": unreadable,
+    }
+    metrics["files"] = {"scored": len(predictions), "speakers": sorted({p["speaker"] for p in predictions}, key=str)}
+    return metrics, predictions
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py",
+        description="Score a trained DCNN-BLSTMwA run on a labelled corpus (cross-corpus evaluation).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model", required=True, help="run folder of train.py")
+    parser.add_argument("--dataset", required=True, help="folder (or CSV manifest) of the corpus to score on; only read")
+    parser.add_argument("--corpus", choices=[corpora.AUTO, *corpora.CORPORA], default=corpora.AUTO, help="which corpus --dataset holds; auto detects it from the names")
+    parser.add_argument("--speaker-pattern", default=None, help="--corpus folders: a regular expression that finds the speaker in a file name")
+    parser.add_argument("--output", default=None, help=f"folder for metrics.json, predictions.csv and confusion_matrix.png (default: {EVALUATIONS_ROOT}/<run>-on-<corpus>)")
+    parser.add_argument("--batch-size", type=positive_int, default=16, help="windows per model call")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        run = runs.load_run(args.model)
+        corpus = corpora.resolve_corpus(args.corpus, args.dataset, speaker_pattern=args.speaker_pattern)
+        utterances = corpora.read_corpus(corpus, args.dataset, download=False, url=None, cache_dir=Path("."))
+        metrics, predictions = evaluate(run, utterances, batch_size=args.batch_size)
+    except (runs.RunError, corpora.CorpusError, EvaluationError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    output = Path(args.output) if args.output else EVALUATIONS_ROOT / f"{run.folder.name}-on-{corpus.name}"
+    output.mkdir(parents=True, exist_ok=True)
+    metrics.update({"model": str(run.folder), "dataset": str(args.dataset), "corpus": corpus.name})
+    runs.write_json(output / runs.METRICS, metrics)
+    runs.write_predictions(output, predictions)
+    runs.plot_confusion_matrix(output, np.array(metrics["confusion_matrix"]), metrics["labels"])
+    left_out = metrics["left_out"]
+    for reason in left_out["unreadable"].values():
+        print(f"skipped: {reason}", file=sys.stderr)
+    if left_out["run_labels_not_in_corpus"]:
+        print(f"left out, not in the corpus: {', '.join(left_out['run_labels_not_in_corpus'])} (never predicted)", file=sys.stderr)
+    if left_out["corpus_labels_not_in_run"]:
+        listed = ", ".join(f"{label} ({count} files)" for label, count in left_out["corpus_labels_not_in_run"].items())
+        print(f"left out, unknown to the run: {listed}", file=sys.stderr)
+    print(format_scores(metrics, f"{corpus.title} at {args.dataset}, {metrics['files']['scored']} files, "
+                                 f"{len(metrics['labels'])} shared emotions"))
+    print(f"results saved to {output}")
+    return 1 if left_out["unreadable"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

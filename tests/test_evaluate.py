@@ -1,0 +1,58 @@
+"""evaluate.py: a trained run scored on another corpus over the emotions both know."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from conftest import tone
+
+import evaluate
+import infer
+
+
+@pytest.fixture
+def emodb(write_audio, tmp_path):
+    """A fake EMO-DB: neutral, sad and angry (which the shared run knows), happy and bored (which it does not)."""
+    for speaker in ("03", "08"):
+        for number, letter in enumerate("NTWFL"):
+            for version in "ab":
+                write_audio(f"emodb/wav/{speaker}a0{number}{letter}{version}.wav", tone(180 + 60 * number, 1.2), 16000)
+    (tmp_path / "emodb" / "wav" / "08b01Wa.wav").write_bytes(b"RIFF\x00\x00broken")
+    return tmp_path / "emodb"
+
+
+def test_scores_cover_the_shared_emotions_and_list_what_was_left_out(shared_run, emodb, tmp_path, capsys):
+    output = tmp_path / "evaluation"
+    code = evaluate.main(["--model", str(shared_run.folder), "--dataset", str(emodb), "--output", str(output)])
+    captured = capsys.readouterr()
+    assert code == 1  # one file could not be read
+    assert "left out, unknown to the run: bored (4 files), happy (4 files)" in captured.err
+    assert "08b01Wa.wav" in captured.err and "EMO-DB" in captured.out
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert metrics["labels"] == ["neutral", "sad", "angry"] and metrics["corpus"] == "emodb"
+    assert metrics["files"]["scored"] == 12 and metrics["files"]["speakers"] == [3, 8]
+    assert list(metrics["left_out"]["unreadable"]) == [str(emodb / "wav" / "08b01Wa.wav")]
+    assert np.sum(metrics["confusion_matrix"]) == 12
+    with open(output / "predictions.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 12 and {row["true"] for row in rows} == {"neutral", "sad", "angry"}
+    assert (output / "confusion_matrix.png").is_file()
+
+    # The prediction is the most probable shared class of what infer.predict gives.
+    row = rows[0]
+    [direct] = infer.predict([row["path"]], shared_run.folder)
+    shared = {label: direct.probabilities[label] for label in metrics["labels"]}
+    assert row["predicted"] == max(shared, key=shared.get)
+    assert float(row["confidence"]) == pytest.approx(max(shared.values()) / sum(shared.values()), abs=1e-4)
+
+
+def test_a_corpus_with_too_few_shared_emotions_is_one_sentence(shared_run, write_audio, tmp_path, capsys):
+    write_audio("only/wav/03a01Fa.wav", tone(300, 1.0))
+    write_audio("only/wav/03a01La.wav", tone(300, 1.0))
+    code = evaluate.main(["--model", str(shared_run.folder), "--dataset", str(tmp_path / "only"), "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == 1 and "no emotion in common, too few to score" in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists()
