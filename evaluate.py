@@ -23,6 +23,7 @@ import numpy as np
 
 import corpora
 import runs
+import cli
 from cli import positive_int
 from trainer import format_scores, score
 
@@ -62,7 +63,6 @@ def evaluate(run: runs.Run, utterances: Sequence[corpora.Utterance], *, batch_si
         )
     kept = [u for u in utterances if u.label in shared]
     results = infer.predict([u.path for u in kept], run, batch_size=batch_size)
-    columns = [run.labels.index(label) for label in shared]
     true, predicted, predictions, unreadable = [], [], [], {}
     for utterance, result in zip(kept, results):
         if result.error is not None:
@@ -101,39 +101,41 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--speaker-pattern", default=None, help="--corpus folders: a regular expression that finds the speaker in a file name")
     parser.add_argument("--output", default=None, help=f"folder for metrics.json, predictions.csv and confusion_matrix.png (default: {EVALUATIONS_ROOT}/<run>-on-<corpus>)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="windows per model call")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up logs")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
+
+    def work() -> int:
         run = runs.load_run(args.model)
         corpus = corpora.resolve_corpus(args.corpus, args.dataset, speaker_pattern=args.speaker_pattern)
         utterances = corpora.read_corpus(corpus, args.dataset, download=False, url=None, cache_dir=Path("."))
         metrics, predictions = evaluate(run, utterances, batch_size=args.batch_size)
-    except (runs.RunError, corpora.CorpusError, EvaluationError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    output = Path(args.output) if args.output else EVALUATIONS_ROOT / f"{run.folder.name}-on-{corpus.name}"
-    output.mkdir(parents=True, exist_ok=True)
-    metrics.update({"model": str(run.folder), "dataset": str(args.dataset), "corpus": corpus.name})
-    runs.write_json(output / runs.METRICS, metrics)
-    runs.write_predictions(output, predictions)
-    runs.plot_confusion_matrix(output, np.array(metrics["confusion_matrix"]), metrics["labels"])
-    left_out = metrics["left_out"]
-    for reason in left_out["unreadable"].values():
-        print(f"skipped: {reason}", file=sys.stderr)
-    if left_out["run_labels_not_in_corpus"]:
-        print(f"left out, not in the corpus: {', '.join(left_out['run_labels_not_in_corpus'])} (never predicted)", file=sys.stderr)
-    if left_out["corpus_labels_not_in_run"]:
-        listed = ", ".join(f"{label} ({count} files)" for label, count in left_out["corpus_labels_not_in_run"].items())
-        print(f"left out, unknown to the run: {listed}", file=sys.stderr)
-    print(format_scores(metrics, f"{corpus.title} at {args.dataset}, {metrics['files']['scored']} files, "
-                                 f"{len(metrics['labels'])} shared emotions"))
-    print(f"results saved to {output}")
-    return 1 if left_out["unreadable"] else 0
+        output = Path(args.output) if args.output else EVALUATIONS_ROOT / f"{run.folder.name}-on-{corpus.name}"
+        output.mkdir(parents=True, exist_ok=True)
+        metrics.update({"model": str(run.folder), "dataset": str(args.dataset), "corpus": corpus.name})
+        runs.write_json(output / runs.METRICS, metrics)
+        runs.write_predictions(output, predictions)
+        runs.plot_confusion_matrix(output, np.array(metrics["confusion_matrix"]), metrics["labels"])
+        left_out = metrics["left_out"]
+        for reason in left_out["unreadable"].values():
+            print(f"skipped: {reason}", file=sys.stderr)
+        if left_out["run_labels_not_in_corpus"]:
+            print(f"left out, not in the corpus: {', '.join(left_out['run_labels_not_in_corpus'])} (never predicted)", file=sys.stderr)
+        if left_out["corpus_labels_not_in_run"]:
+            listed = ", ".join(f"{label} ({count} files)" for label, count in left_out["corpus_labels_not_in_run"].items())
+            print(f"left out, unknown to the run: {listed}", file=sys.stderr)
+        print(format_scores(metrics, f"{corpus.title} at {args.dataset}, {metrics['files']['scored']} files, "
+                                     f"{len(metrics['labels'])} shared emotions"))
+        print(f"results saved to {output}")
+        return cli.EXIT_FAILURE if left_out["unreadable"] else 0
+
+    return cli.run_command(work, failures=(runs.RunError, corpora.CorpusError, EvaluationError), interrupted="")
 
 
 if __name__ == "__main__":
+    cli.filter_library_noise(verbose="--verbose" in sys.argv[1:])
     sys.exit(main())

@@ -11,14 +11,17 @@ backbone's segment embeddings, keyed also by the backbone's weights.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
 import logging
 import multiprocessing
 import os
+import signal
 import sys
-from collections.abc import Iterable
+import threading
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Protocol, Union
@@ -325,8 +328,34 @@ def _run(jobs: list, workers: int) -> Iterable[tuple[SourceKey, np.ndarray | Non
         yield from map(_compute, jobs)
         return
     chunksize = max(1, min(16, len(jobs) // (workers * 8)))
-    with ProcessPoolExecutor(workers, mp_context=_process_context(), initializer=_single_threaded) as pool:
-        yield from pool.map(_compute, jobs, chunksize=chunksize)
+    pool = ProcessPoolExecutor(workers, mp_context=_process_context(), initializer=_single_threaded)
+    with _workers_ignore_ctrl_c():
+        results = pool.map(_compute, jobs, chunksize=chunksize)  # starts the workers
+    try:
+        yield from results
+    except BaseException:
+        # Ctrl-C (or an error) here: drop the queued work instead of finishing it first.
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
+@contextlib.contextmanager
+def _workers_ignore_ctrl_c() -> Iterator[None]:
+    """Start worker processes with Ctrl-C ignored: the parent alone reacts to it.
+
+    Ctrl-C reaches the whole process group; a worker still importing its libraries would
+    print a traceback of its own. An ignored signal stays ignored across fork and exec,
+    and Python leaves it so, so the workers are quiet from their first instruction.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _single_threaded() -> None:

@@ -30,8 +30,9 @@ import numpy as np
 import batching
 import runs
 import utils
-from cli import positive_float, positive_int
-from runs import Run, load_run, newest_run
+import cli
+from cli import UsageError, positive_float, positive_int
+from runs import Run, load_newest_run, load_run
 
 logger = logging.getLogger("infer")
 
@@ -41,8 +42,14 @@ PENDING_BATCHES = 4  # batches' worth of windows gathered before choosing one of
 PROGRESS_MIN_FILES = 20  # fewer files than this show no progress bar
 
 
-class InferenceError(Exception):
-    """A problem a user can fix (a missing path, a folder without audio); reported as one sentence, exit code 1."""
+SILENCE_PEAK = 1e-4  # a file whose samples never reach this (-80 dBFS) is called silent
+LOW_BIT_SUBTYPES = ("PCM_U8", "PCM_S8", "ULAW", "ALAW")  # 8-bit sample formats
+# Warnings a prediction may carry: it is still made, but on input unlike what models train on.
+SILENT, TOO_SHORT, LOW_SAMPLE_RATE, EIGHT_BIT = "silent", "too short", "low sample rate", "8-bit"
+
+
+class InferenceError(UsageError):
+    """A path a user gave that holds nothing to predict (missing, or a folder without audio). Exit code 2."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +59,7 @@ class WindowPrediction:
     start: float
     end: float
     probabilities: np.ndarray
+    peak: float = 0.0  # largest absolute sample of the window (full scale 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +80,10 @@ class Prediction:
         The windows the file was cut into, in time order; contiguous, covering it.
     error : str or None
         Why the file was skipped (the message names the file).
+    warnings : tuple of str
+        Why the prediction deserves less trust: `SILENT` (no signal above -80 dBFS),
+        `TOO_SHORT` (shorter than one segment, so padded), `LOW_SAMPLE_RATE` (recorded
+        below the rate the run's features use), `EIGHT_BIT` (8-bit samples).
     """
 
     path: str
@@ -81,6 +93,7 @@ class Prediction:
     duration: float
     windows: list[WindowPrediction]
     error: str | None = None
+    warnings: tuple[str, ...] = ()
 
     def top(self, k: int) -> list[tuple[str, float]]:
         """The ``k`` most probable emotions with their probabilities."""
@@ -138,6 +151,7 @@ class _Window:
     end: float
     segments: np.ndarray | None = None
     error: str | None = None
+    peak: float = 0.0  # largest absolute sample
 
 
 def predict(
@@ -180,25 +194,31 @@ def predict(
     InferenceError
         A missing path or a folder without audio.
     runs.RunError
-        No run, or a folder that is not a run.
+        No usable run, a folder that is not a run, or a damaged run.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     files = audio_files(paths)
-    run = model_dir if isinstance(model_dir, Run) else load_run(
-        model_dir if model_dir is not None else newest_run(), precision=precision
-    )
+    if isinstance(model_dir, Run):
+        run = model_dir
+    else:
+        run = load_run(model_dir, precision=precision) if model_dir is not None else load_newest_run(precision=precision)
     durations: list[float] = []
     errors: dict[int, str] = {}
+    warnings: dict[int, list[str]] = {index: [] for index in range(len(files))}
     jobs: list[_Window] = []
     for index, path in enumerate(files):
         try:
-            durations.append(utils.audio_duration(path))
+            info = utils.audio_info(path)
         except utils.AudioError as error:
             durations.append(0.0)
             errors[index] = str(error)
             continue
-        jobs += [_Window(index, start, end) for start, end in window_spans(durations[-1], window)]
+        durations.append(info.duration)
+        warnings[index] += _recording_warnings(info.duration, info.sample_rate, run.features)
+        if info.subtype in LOW_BIT_SUBTYPES:
+            warnings[index].append(EIGHT_BIT)
+        jobs += [_Window(index, start, end) for start, end in window_spans(info.duration, window)]
 
     from tqdm import tqdm
 
@@ -212,10 +232,10 @@ def predict(
             if probabilities is None:
                 errors.setdefault(item.file, item.error)
             else:
-                windows[item.file].append(WindowPrediction(item.start, item.end, probabilities))
+                windows[item.file].append(WindowPrediction(item.start, item.end, probabilities, item.peak))
             bar.update()
     return [
-        _combine(str(path), durations[index], windows[index], run.labels, errors.get(index))
+        _combine(str(path), durations[index], windows[index], run.labels, errors.get(index), warnings[index])
         for index, path in enumerate(files)
     ]
 
@@ -254,14 +274,13 @@ def predict_signal(
     y = utils.resample(y, sr, run.features.sr)
     duration = len(y) / run.features.sr
     spans = window_spans(duration, window)
+    pieces = [y[int(round(start * run.features.sr)) : int(round(end * run.features.sr))] for start, end in spans]
     jobs = [
-        _Window(0, start, end, segments=utils.get_framed_log_melspectrogram(
-            y[int(round(start * run.features.sr)) : int(round(end * run.features.sr))], run.features
-        ))
-        for start, end in spans
+        _Window(0, start, end, segments=utils.get_framed_log_melspectrogram(piece, run.features), peak=_peak(piece))
+        for (start, end), piece in zip(spans, pieces)
     ]
-    windows = [WindowPrediction(item.start, item.end, p) for item, p in _forward_windows(jobs, run, batch_size)]
-    return _combine(name, duration, windows, run.labels, None)
+    windows = [WindowPrediction(item.start, item.end, p, item.peak) for item, p in _forward_windows(jobs, run, batch_size)]
+    return _combine(name, duration, windows, run.labels, None, _recording_warnings(duration, sr, run.features))
 
 
 def _forward_windows(
@@ -283,7 +302,7 @@ def _computed(jobs: list[_Window], files: list[Path], config: utils.FeatureConfi
         # A new object: the job list must not keep every window's segments alive.
         try:
             y = utils.load_wav(files[job.file], sr=config.sr, offset=job.start, duration=job.end - job.start)
-            return dataclasses.replace(job, segments=utils.get_framed_log_melspectrogram(y, config))
+            return dataclasses.replace(job, segments=utils.get_framed_log_melspectrogram(y, config), peak=_peak(y))
         except utils.AudioError as error:
             return dataclasses.replace(job, error=str(error))
 
@@ -304,16 +323,35 @@ def _length(item: _Window) -> int:
     return 0 if item.segments is None else len(item.segments)
 
 
-def _combine(path: str, duration: float, windows: list[WindowPrediction], labels: list[str], error: str | None) -> Prediction:
+def _peak(y: np.ndarray) -> float:
+    return float(np.max(np.abs(y))) if y.size else 0.0
+
+
+def _recording_warnings(duration: float, sample_rate: int, config: utils.FeatureConfig) -> list[str]:
+    """What a recording's length and rate say about the trust a prediction deserves."""
+    warnings = []
+    if duration < config.segment_frames * config.hop_length / config.sr:
+        warnings.append(TOO_SHORT)
+    if sample_rate < config.sr:
+        warnings.append(LOW_SAMPLE_RATE)
+    return warnings
+
+
+def _combine(
+    path: str, duration: float, windows: list[WindowPrediction], labels: list[str], error: str | None, warnings: list[str]
+) -> Prediction:
     if error is not None:
         return Prediction(path, None, 0.0, {}, duration, [], error)
     windows = sorted(windows, key=lambda w: w.start)
     weights = np.array([w.end - w.start for w in windows])
     probabilities = np.average(np.stack([w.probabilities for w in windows]), axis=0, weights=weights)
     best = int(np.argmax(probabilities))
+    if max(w.peak for w in windows) < SILENCE_PEAK:
+        warnings = [SILENT, *warnings]
     return Prediction(
         path, labels[best], float(probabilities[best]),
         {label: float(value) for label, value in zip(labels, probabilities)}, duration, windows,
+        warnings=tuple(warnings),
     )
 
 
@@ -321,12 +359,13 @@ def _combine(path: str, duration: float, windows: list[WindowPrediction], labels
 
 
 def format_table(predictions: list[Prediction], labels: list[str], *, top_k: int = 1, timeline: bool = False) -> str:
-    """One line per file: path, emotion, confidence (and the next ``top_k - 1`` emotions)."""
+    """One line per file: path, emotion, confidence (the next ``top_k - 1`` emotions), warnings in brackets."""
     width = max(len(p.path) for p in predictions)
     lines = []
     for prediction in predictions:
         others = "".join(f"  {label} {value:.2f}" for label, value in prediction.top(top_k)[1:])
-        lines.append(f"{prediction.path:<{width}}  {prediction.emotion:<10} {prediction.confidence:.2f}{others}")
+        warned = f"  [{', '.join(prediction.warnings)}]" if prediction.warnings else ""
+        lines.append(f"{prediction.path:<{width}}  {prediction.emotion:<10} {prediction.confidence:.2f}{others}{warned}")
         if timeline:
             for window in prediction.windows:
                 best = int(np.argmax(window.probabilities))
@@ -337,28 +376,29 @@ def format_table(predictions: list[Prediction], labels: list[str], *, top_k: int
 
 
 def format_csv(predictions: list[Prediction], labels: list[str], *, timeline: bool = False) -> str:
-    """A header, then one row per file (or per window with ``timeline``) with every class probability."""
+    """A header, then one row per file (or per window with ``timeline``): every class probability, then warnings (``;``-separated)."""
     stream = io.StringIO()
     writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(["path", *(("start", "end") if timeline else ()), "emotion", "confidence", *labels])
+    writer.writerow(["path", *(("start", "end") if timeline else ()), "emotion", "confidence", *labels, "warnings"])
     for prediction in predictions:
         if timeline:
             for window in prediction.windows:
                 best = int(np.argmax(window.probabilities))
                 writer.writerow(
                     [prediction.path, f"{window.start:.2f}", f"{window.end:.2f}", labels[best],
-                     f"{window.probabilities[best]:.4f}", *(f"{value:.4f}" for value in window.probabilities)]
+                     f"{window.probabilities[best]:.4f}", *(f"{value:.4f}" for value in window.probabilities),
+                     ";".join(prediction.warnings)]
                 )
         else:
             writer.writerow(
                 [prediction.path, prediction.emotion, f"{prediction.confidence:.4f}",
-                 *(f"{prediction.probabilities[label]:.4f}" for label in labels)]
+                 *(f"{prediction.probabilities[label]:.4f}" for label in labels), ";".join(prediction.warnings)]
             )
     return stream.getvalue()
 
 
 def format_json(predictions: list[Prediction], labels: list[str], *, top_k: int = 1, timeline: bool = False) -> str:
-    """A JSON list with one object per file: path, emotion, confidence, top, probabilities (and windows)."""
+    """A JSON list with one object per file: path, emotion, confidence, top, probabilities, duration, warnings (and windows)."""
     records = []
     for prediction in predictions:
         record = {
@@ -368,6 +408,7 @@ def format_json(predictions: list[Prediction], labels: list[str], *, top_k: int 
             "top": [{"emotion": label, "probability": round(value, 6)} for label, value in prediction.top(top_k)],
             "probabilities": {label: round(value, 6) for label, value in prediction.probabilities.items()},
             "duration": round(prediction.duration, 3),
+            "warnings": list(prediction.warnings),
         }
         if timeline:
             record["windows"] = [
@@ -389,43 +430,72 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("paths", metavar="PATH", nargs="+", help="audio files and folders (searched recursively)")
-    parser.add_argument("--model", default=None, help=f"run folder of train.py (default: the newest complete run in {runs.MODEL_ROOT}/)")
+    parser.add_argument("--model", default=None, help=f"run folder of train.py (default: the newest usable run in {runs.MODEL_ROOT}/; damaged ones are skipped with a warning)")
     parser.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format; csv and json carry every class probability")
-    parser.add_argument("--output", default=None, help="write the results to this file instead of standard output")
+    parser.add_argument("--output", default=None, help="write the results to this file instead of standard output (checked before any work; written whole or not at all)")
     parser.add_argument("--top-k", type=positive_int, default=1, help="emotions listed per file (table and json)")
     parser.add_argument("--window", type=positive_float, default=WINDOW_SECONDS, help="seconds per window for long files")
     parser.add_argument("--timeline", action="store_true", help="also give every window's start, end and emotion")
     parser.add_argument("--batch-size", type=positive_int, default=BATCH_WINDOWS, help="windows per model call")
     parser.add_argument("--precision", choices=runs.PRECISIONS, default="float32", help="bfloat16: about 1.5x faster on CPUs with bf16 units, probabilities a little off float32's")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up and progress logs")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    try:
+    if args.output is not None:
+        problem = writable_file_problem(Path(args.output))
+        if problem:
+            parser.error(f"--output {args.output}: {problem}")  # before any work, so no result is lost
+
+    def work() -> int:
         files = audio_files(args.paths)  # path mistakes are reported before the model loads
-        run = load_run(args.model if args.model is not None else newest_run(), precision=args.precision)
+        run = load_run(args.model, precision=args.precision) if args.model is not None else load_newest_run(precision=args.precision)
         predictions = predict(files, run, window=args.window, batch_size=args.batch_size)
-    except (InferenceError, runs.RunError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    good = [p for p in predictions if p.error is None]
-    for failed in predictions:
-        if failed.error is not None:
-            print(f"skipped: {failed.error}", file=sys.stderr)
-    if args.format == "table":
-        text = format_table(good, run.labels, top_k=args.top_k, timeline=args.timeline) if good else ""
-    elif args.format == "csv":
-        text = format_csv(good, run.labels, timeline=args.timeline)
-    else:
-        text = format_json(good, run.labels, top_k=args.top_k, timeline=args.timeline)
-    if args.output:
-        Path(args.output).write_text(text)
-    else:
-        sys.stdout.write(text)
-    return 0 if len(good) == len(predictions) else 1
+        good = [p for p in predictions if p.error is None]
+        for failed in predictions:
+            if failed.error is not None:
+                print(f"skipped: {failed.error}", file=sys.stderr)
+        if args.format == "table":
+            text = format_table(good, run.labels, top_k=args.top_k, timeline=args.timeline) if good else ""
+        elif args.format == "csv":
+            text = format_csv(good, run.labels, timeline=args.timeline)
+        else:
+            text = format_json(good, run.labels, top_k=args.top_k, timeline=args.timeline)
+        if args.output:
+            write_atomically(Path(args.output), text)
+        else:
+            sys.stdout.write(text)
+        return 0 if len(good) == len(predictions) else cli.EXIT_FAILURE
+
+    return cli.run_command(work, failures=(runs.RunError,), interrupted="no results were written")
+
+
+def writable_file_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be written as a file (None when it can)."""
+    if path.is_dir():
+        return "is a folder; give a file name"
+    folder = path.parent if str(path.parent) else Path(".")
+    if not folder.is_dir():
+        return f"its folder {folder} does not exist"
+    if not os.access(folder, os.W_OK):
+        return f"its folder {folder} is not writable"
+    return None
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename: never half a file."""
+    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        partial.write_text(text)
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":
+    cli.filter_library_noise(verbose="--verbose" in sys.argv[1:])
     sys.exit(main())

@@ -22,13 +22,16 @@ import csv
 import dataclasses
 import itertools
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from cli import installed
+from cli import UsageError, installed
 from utils import FeatureConfig, PathLike
+
+logger = logging.getLogger("runs")
 
 MODEL_ROOT = Path("saved_model")  # where train.py writes runs and infer.py looks for them
 PARTIAL_PREFIX = ".partial-"  # runs being written; renamed when complete
@@ -49,7 +52,11 @@ PRECISIONS = ("float32", "bfloat16")  # how a loaded model computes
 
 
 class RunError(Exception):
-    """A folder that is not a usable run, or no run where one is needed; the message says which and why."""
+    """A run that cannot be used (damaged files, none to resume or load); the message names the run, the file and the problem."""
+
+
+class NotARunError(RunError, UsageError):
+    """A ``--model`` that names no run folder: missing, a file, or a folder without a run's files."""
 
 
 # ---------------------------------------------------------------- writing
@@ -72,7 +79,7 @@ def newest_partial_run(output: Path) -> Path:
     """The newest interrupted run folder in ``output`` (one that recorded its options)."""
     partials = sorted(path for path in output.glob(f"{PARTIAL_PREFIX}*") if (path / OPTIONS).exists())
     if not partials:
-        raise RunError(f"--resume found no interrupted run in {output}")
+        raise NotARunError(f"--resume found no interrupted run in {output}")
     return partials[-1]
 
 
@@ -145,12 +152,28 @@ def missing_files(folder: Path) -> list[str]:
     return missing
 
 
-def newest_run(root: Path = MODEL_ROOT) -> Path:
-    """The most recently completed usable run folder in ``root``."""
-    runs = [path for path in root.glob("*") if not path.name.startswith(".") and missing_files(path) == []] if root.is_dir() else []
-    if not runs:
-        raise RunError(f"no trained run in {root}; train one first (python train.py EPOCHS) or pass --model RUN_FOLDER")
-    return max(runs, key=lambda path: (path / LABELS).stat().st_mtime_ns)
+def newest_runs(root: Path = MODEL_ROOT) -> list[Path]:
+    """The completed run folders in ``root`` that hold a run's files, newest first."""
+    runs = [path for path in root.glob("*") if not path.name.startswith(".") and path.is_dir() and missing_files(path) == []] if root.is_dir() else []
+    return sorted(runs, key=lambda path: (path / LABELS).stat().st_mtime_ns, reverse=True)
+
+
+def load_newest_run(root: Path = MODEL_ROOT, *, precision: str = "float32") -> Run:
+    """The newest run in ``root`` that loads; damaged or incomplete ones are skipped with a warning.
+
+    Raises
+    ------
+    RunError
+        If no run in ``root`` loads (the message says how to get one).
+    """
+    for folder in newest_runs(root):
+        try:
+            return load_run(folder, precision=precision)
+        except NotARunError:
+            raise
+        except RunError as error:
+            logger.warning("skipped a damaged run: %s", error)
+    raise RunError(f"no usable trained run in {root}; train one first (python train.py EPOCHS) or pass --model RUN_FOLDER")
 
 
 def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
@@ -162,30 +185,51 @@ def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
 
     Raises
     ------
+    NotARunError
+        If the folder is missing, a file, or lacks a run's files (the message lists them).
     RunError
-        If the folder is missing or lacks a run's files (the message lists them).
+        If a file of the run is damaged (the message names the run, the file and the problem).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     folder = Path(folder)
     if not folder.is_dir():
-        raise RunError(f"model folder {folder} does not exist")
+        problem = "is a file, not a run folder" if folder.exists() else "does not exist"
+        raise NotARunError(f"model folder {folder} {problem}; pass --model a run folder of train.py (saved_model/<run>)")
     missing = missing_files(folder)
     if missing:
-        raise RunError(f"{folder} is not a training run: it lacks {', '.join(missing)} (runs are written by train.py)")
-    labels = json.loads((folder / LABELS).read_text())
+        raise NotARunError(f"{folder} is not a training run: it lacks {', '.join(missing)} (runs are written by train.py)")
+    labels = _read_json(folder, LABELS)
+    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(label, str) for label in labels)):
+        raise RunError(f"run {folder}: {LABELS} is damaged (not a list of class names)")
     try:
-        features = FeatureConfig.from_dict(json.loads((folder / FEATURES).read_text()))
+        features = FeatureConfig.from_dict(_read_json(folder, FEATURES))
     except (TypeError, ValueError) as error:
-        raise RunError(f"{folder / FEATURES} does not fit this version of utils.py: {error}") from None
+        raise RunError(f"run {folder}: {FEATURES} does not fit this version of utils.py: {error}") from None
     return Run(folder, labels, features, _forward(folder, precision))
+
+
+def _read_json(folder: Path, name: str):
+    try:
+        return json.loads((folder / name).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RunError(f"run {folder}: {name} is damaged ({_first_line(error)})") from None
+
+
+def _first_line(error: BaseException, limit: int = 160) -> str:
+    """A library error as one short line (TensorFlow's run over many)."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _forward(folder: Path, precision: str) -> Callable[[np.ndarray], np.ndarray]:
     if precision == "float32" and (folder / SAVED_MODEL).is_file() and installed("tensorflow"):
         import tensorflow as tf
 
-        exported = tf.saved_model.load(str(folder))
+        try:
+            exported = tf.saved_model.load(str(folder))
+        except Exception as error:  # protobuf, checkpoint and op errors all mean a damaged export
+            raise RunError(f"run {folder}: the SavedModel ({SAVED_MODEL}, variables/) does not load: {_first_line(error)}") from None
         # The closure holds `exported`: its functions need the loaded object alive.
         return lambda segments: exported.serve(tf.constant(segments)).numpy()
     if not (folder / MODEL_KERAS).is_file():
@@ -195,7 +239,10 @@ def _forward(folder: Path, precision: str) -> Callable[[np.ndarray], np.ndarray]
 
     from SpeechModel import SpeechModel  # also registers the model's layers for loading
 
-    model = keras.models.load_model(folder / MODEL_KERAS, compile=False)
+    try:
+        model = keras.models.load_model(folder / MODEL_KERAS, compile=False)
+    except Exception as error:  # zip, h5 and config errors all mean a damaged file
+        raise RunError(f"run {folder}: {MODEL_KERAS} does not load: {_first_line(error)}") from None
     if precision == "bfloat16":
         model = SpeechModel.mixed_precision_copy(model, "mixed_bfloat16")
     return SpeechModel.inference_function(model)

@@ -29,7 +29,8 @@ import numpy as np
 import corpora
 import runs
 from backbones import BACKBONES, BackboneWeightsError, get_backbone
-from cli import positive_int, positive_float
+import cli
+from cli import UsageError, positive_float, positive_int
 from trainer import BACKBONE_MODES, BALANCING, Options, TrainingError, format_scores, summarize, train_split
 
 logger = logging.getLogger("train")
@@ -148,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("epochs", metavar="EPOCHS", type=positive_int, help="most epochs to train (early stopping may end sooner)")
-    parser.add_argument("--dataset", default=defaults.dataset, help="folder holding the corpus as distributed; only read")
+    parser.add_argument("--dataset", default=defaults.dataset, help="folder holding the corpus as distributed; only read (an empty or missing folder gets the corpus downloaded into it, where the distributor offers an archive)")
     parser.add_argument("--corpus", choices=[corpora.AUTO, *corpora.CORPORA], default=defaults.corpus, help="which corpus --dataset holds; auto detects it from the names (an empty folder: ravdess, downloaded)")
     parser.add_argument("--speaker-pattern", default=None, help="--corpus folders: a regular expression that finds the speaker in a file name (its first group)")
     parser.add_argument("--test-speakers", type=_speakers, default=None, help=f"comma-separated speakers held out for testing (default: the corpus's own, e.g. {ravdess.title} {_listed(ravdess.test_speakers)}; for your own data the last fifth)")
@@ -165,8 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="no data enhancement")
     parser.add_argument("--balance", choices=BALANCING, default=defaults.balance, help="how minority classes are balanced")
     parser.add_argument("--resume", action="store_true", help="continue the newest interrupted run in --output with its options")
-    parser.add_argument("--no-download", dest="download", action="store_false", help="never download the corpus into an empty --dataset")
+    parser.add_argument("--no-download", dest="download", action="store_false", help="never download the corpus into an empty or missing --dataset (a folder that holds anything is never downloaded into)")
     parser.add_argument("--download-url", default=None, help="where to download the corpus archive from (default: its distributor)")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up logs")
     return parser
 
 
@@ -174,21 +176,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     options = Options(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Options) if hasattr(args, field.name)})
-    try:
+
+    def work() -> int:
         if options.weights not in ("imagenet", "none") and not Path(options.weights).is_file():
-            raise TrainingError(f"--weights {options.weights}: no such file (use imagenet, none or a weights file)")
+            raise UsageError(f"--weights {options.weights}: no such file (use imagenet, none or a weights file)")
         run(options, resume=args.resume)
-    except (TrainingError, corpora.CorpusError, runs.RunError, BackboneWeightsError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except ImportError as error:
-        print(f"error: {error}; install the requirements: pip install -r requirements.txt", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted; continue with --resume", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    failures = (TrainingError, corpora.CorpusError, runs.RunError, BackboneWeightsError)
+    return cli.run_command(work, failures=failures, interrupted=f"the partial run is kept; continue it with: python train.py {options.epochs} --resume --output {options.output}")
 
 
 if __name__ == "__main__":
+    cli.filter_library_noise(verbose="--verbose" in sys.argv[1:])
     sys.exit(main())

@@ -12,13 +12,14 @@ delta and delta-delta log-Mel), the input of Zhang et al. (2018, 2021):
 `FeatureConfig` holds every parameter of these steps once, with its default and its
 checks; `DEFAULT_FEATURES` is the recipe's.
 
-Only `load_wav`, `audio_duration` and `find_audio_files` touch files; every other function is pure.
+Only `load_wav`, `audio_info` and `find_audio_files` touch files; every other function is pure.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import struct
 from pathlib import Path
 from typing import Any, Union
 
@@ -34,7 +35,17 @@ from librosa.effects import preemphasis as apply_preemphasis
 from librosa.feature import delta as regression_delta
 from librosa.feature import melspectrogram
 
-AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
+# File name endings of the formats libsndfile reads, for folder scans (a file named
+# directly is tried whatever its name). Only formats this libsndfile was built with count:
+# MP3 needs libsndfile 1.1 or newer.
+_FORMAT_EXTENSIONS = {
+    "WAV": (".wav", ".wave"), "WAVEX": (".wav",), "RF64": (".rf64",), "W64": (".w64",),
+    "AIFF": (".aif", ".aiff", ".aifc"), "AU": (".au", ".snd"), "CAF": (".caf",), "FLAC": (".flac",),
+    "OGG": (".ogg", ".oga", ".opus"), "MP3": (".mp3",), "NIST": (".nist", ".sph"), "VOC": (".voc",),
+}
+AUDIO_EXTENSIONS = tuple(sorted({
+    extension for name, extensions in _FORMAT_EXTENSIONS.items() if name in sf.available_formats() for extension in extensions
+}))
 PAD_VALUE = 0.0  # what fills padding segments in a batch; the model masks segments that are all PAD_VALUE
 
 PathLike = Union[str, os.PathLike]
@@ -186,9 +197,9 @@ def load_wav(
     Raises
     ------
     AudioError
-        If the file is missing, empty, not decodable, holds no samples (in the
-        span) or holds NaN or infinite samples. The message names the file and
-        the problem.
+        If the file is missing, empty, truncated (a WAV whose data ends before its
+        header says), not decodable, holds no samples (in the span) or holds NaN
+        or infinite samples. The message names the file and the problem.
     """
     if sr <= 0:
         raise ValueError(f"sr must be a positive sample rate in Hz, got {sr!r}")
@@ -228,13 +239,22 @@ def resample(y: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
     return np.ascontiguousarray(y, dtype=np.float32)
 
 
-def audio_duration(path: PathLike) -> float:
-    """Length of an audio file in seconds, from its header (nothing is decoded).
+@dataclasses.dataclass(frozen=True)
+class AudioInfo:
+    """What a file's header says: ``duration`` in seconds, ``sample_rate`` in Hz, libsndfile's ``subtype`` (PCM_16, ...)."""
+
+    duration: float
+    sample_rate: int
+    subtype: str
+
+
+def audio_info(path: PathLike) -> AudioInfo:
+    """Length, sample rate and sample format of an audio file, from its header (nothing is decoded).
 
     Raises
     ------
     AudioError
-        As `load_wav`, for a missing, empty or undecodable file, or one with no samples.
+        As `load_wav`, for a missing, empty, truncated or undecodable file, or one with no samples.
     """
     path = _checked_file(path)
     try:
@@ -243,7 +263,7 @@ def audio_duration(path: PathLike) -> float:
         raise AudioError(f"{path}: not readable as audio ({error})") from None
     if info.frames == 0:
         raise AudioError(f"{path}: holds no audio samples (zero length)")
-    return info.frames / info.samplerate
+    return AudioInfo(info.frames / info.samplerate, info.samplerate, info.subtype)
 
 
 def find_audio_files(folder: PathLike) -> list[Path]:
@@ -271,7 +291,7 @@ def find_audio_files(folder: PathLike) -> list[Path]:
 
 
 def _checked_file(path: PathLike) -> Path:
-    """``path`` as a Path, or AudioError when it is missing, a folder or empty."""
+    """``path`` as a Path, or AudioError when it is missing, a folder, empty or a truncated WAV."""
     path = Path(path)
     if not path.exists():
         raise AudioError(f"{path}: file not found")
@@ -279,7 +299,43 @@ def _checked_file(path: PathLike) -> Path:
         raise AudioError(f"{path}: is a folder, not an audio file")
     if path.stat().st_size == 0:
         raise AudioError(f"{path}: empty file (0 bytes)")
+    frames = _wav_frames(path)
+    if frames is not None and frames[1] < frames[0]:
+        raise AudioError(
+            f"{path}: truncated: its header declares {frames[0]} samples, the file holds {frames[1]} "
+            "(a copy or download cut short)"
+        )
     return path
+
+
+def _wav_frames(path: Path) -> tuple[int, int] | None:
+    """(declared, present) sample frames of a RIFF/RIFX WAV file's data chunk; None for other files.
+
+    libsndfile quietly shortens a WAV whose data ends early to what is there, so the
+    header's own count is read here. None too when the writer left the size open
+    (0 or 0xFFFFFFFF, as streaming recorders do).
+    """
+    with open(path, "rb") as stream:
+        head = stream.read(12)
+        if len(head) < 12 or head[:4] not in (b"RIFF", b"RIFX") or head[8:12] != b"WAVE":
+            return None
+        order = "<" if head[:4] == b"RIFF" else ">"
+        block_align = 0
+        while True:
+            chunk = stream.read(8)
+            if len(chunk) < 8:
+                return None
+            name, size = chunk[:4], struct.unpack(f"{order}I", chunk[4:])[0]
+            if name == b"fmt ":
+                fmt = stream.read(size + size % 2)
+                block_align = struct.unpack(f"{order}H", fmt[12:14])[0] if len(fmt) >= 14 else 0
+            elif name == b"data":
+                if block_align == 0 or size in (0, 0xFFFFFFFF):
+                    return None
+                present = path.stat().st_size - stream.tell()
+                return size // block_align, min(size, present) // block_align
+            else:
+                stream.seek(size + size % 2, os.SEEK_CUR)
 
 
 def log_mel_spectrogram(y: np.ndarray, config: FeatureConfig = DEFAULT_FEATURES) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import TypeVar
 
 from sklearn.model_selection import GroupKFold
 
+from cli import UsageError
 from utils import PathLike, find_audio_files
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,10 @@ MISNAMED_LISTED = 5  # misnamed files reported one per line; the rest as a count
 
 class CorpusError(Exception):
     """A dataset folder or a split request that cannot be used; the message says how to fix it."""
+
+
+class CorpusUsageError(CorpusError, UsageError):
+    """A corpus request that the command line got wrong: a missing folder, absent speakers, impossible folds."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,12 +132,12 @@ def dataset_folder(folder: PathLike) -> Path:
     folder = Path(folder)
     if not folder.is_dir():
         problem = "is not a folder" if folder.exists() else "does not exist"
-        raise CorpusError(f"dataset folder {folder} {problem}; set --dataset to the folder that holds the corpus")
+        raise CorpusUsageError(f"dataset folder {folder} {problem}; set --dataset to the folder that holds the corpus")
     return folder
 
 
 def read_corpus(corpus: Corpus, folder: PathLike, *, download: bool, url: str | None, cache_dir: Path) -> list[Utterance]:
-    """The utterances of ``corpus`` under ``folder``; downloads the corpus into an empty one.
+    """The utterances of ``corpus`` under ``folder``; downloads the corpus into an empty or missing one.
 
     Parameters
     ----------
@@ -150,9 +155,19 @@ def read_corpus(corpus: Corpus, folder: PathLike, *, download: bool, url: str | 
         downloaded; the message gives the manual steps.
     """
     folder = Path(folder)
-    utterances = corpus.read(folder)
-    if utterances:
-        return utterances
+    downloadable = corpus.download is not None and download
+    if folder.exists() or not downloadable:
+        utterances = corpus.read(folder)
+        if utterances:
+            return utterances
+        found = find_audio_files(folder)
+        if found or (folder.is_dir() and any(folder.iterdir())):
+            # Never download into a folder that holds anything: --dataset is only read.
+            such = f"{len(found)} audio files (such as {found[0]})" if found else "files but no audio"
+            raise CorpusError(
+                f"{folder} holds {such} but no {corpus.title} files, whose names look like {corpus.layout}; "
+                "point --dataset at the corpus, or set --corpus (a corpus is downloaded only into an empty or missing folder)"
+            )
     if corpus.download is None:
         raise CorpusError(f"{folder} holds no {corpus.title} files; expected {corpus.layout}")
     source = url or corpus.download.url
@@ -160,8 +175,6 @@ def read_corpus(corpus: Corpus, folder: PathLike, *, download: bool, url: str | 
     if not download:
         raise CorpusError(f"{folder} holds no {corpus.title} files; {manual}, or drop --no-download")
     target = folder / corpus.download.folder
-    if target.exists():
-        raise CorpusError(f"{target} exists but holds no {corpus.title} files; remove it or {manual}")
     archive = _download(source, corpus.download.archive, cache_dir / "downloads", manual)
     _unpack(archive, target, corpus, manual)
     return corpus.read(folder)
@@ -290,6 +303,21 @@ class SpeakerSplit:
         }
 
 
+def speaker_order(speaker: Hashable) -> tuple:
+    """Sort key for speakers: numbers in numeric order, then names."""
+    return (0, speaker, "") if isinstance(speaker, int) else (1, 0, str(speaker))
+
+
+def held_out_speakers(speakers: Collection[Hashable]) -> tuple[list, list]:
+    """A fifth of ``speakers`` for the test and the tenth before them for validation (at least one each).
+
+    The last ones in `speaker_order`, so the choice is the same on every run.
+    """
+    ordered = sorted(speakers, key=speaker_order)
+    tests, validations = max(1, len(ordered) // 5), max(1, len(ordered) // 10)
+    return ordered[-tests:], ordered[-tests - validations : -tests]
+
+
 def split_by_speakers(
     items: Sequence[Item],
     test_speakers: Collection[Hashable],
@@ -305,19 +333,23 @@ def split_by_speakers(
         no speaker is left for training.
     """
     test, validation = set(test_speakers), set(validation_speakers)
-    present = sorted({item.speaker for item in items})
+    present = sorted({item.speaker for item in items}, key=speaker_order)
     asked = test | validation
     missing = sorted(asked - set(present), key=str)
     if missing:
-        raise CorpusError(
+        suggestion = ""
+        if len(present) >= 3:
+            tests, validations = held_out_speakers(present)
+            suggestion = f", e.g. --test-speakers {_listing(tests, ',')} --val-speakers {_listing(validations, ',')}"
+        raise CorpusUsageError(
             f"speakers {_listing(missing)} are not in the dataset, which holds speakers {_listing(present)}; "
-            "choose test and validation speakers among those"
+            f"choose --test-speakers and --val-speakers among those{suggestion}"
         )
     both = sorted(test & validation, key=str)
     if both:
-        raise CorpusError(f"speakers {_listing(both)} are asked for both test and validation")
+        raise CorpusUsageError(f"speakers {_listing(both)} are asked for both test and validation")
     if not set(present) - asked:
-        raise CorpusError(f"no speaker is left for training: all of {_listing(present)} are test or validation")
+        raise CorpusUsageError(f"no speaker is left for training: all of {_listing(present)} are test or validation")
     return SpeakerSplit(
         train=[item for item in items if item.speaker not in asked],
         validation=[item for item in items if item.speaker in validation],
@@ -346,7 +378,7 @@ def speaker_folds(
     groups = [group(item) for item in items]
     distinct = sorted(set(groups), key=str)
     if not 3 <= k <= len(distinct):
-        raise CorpusError(
+        raise CorpusUsageError(
             f"--folds must be between 3 and the number of speaker groups ({len(distinct)}: {_listing(distinct)}), got {k}"
         )
     test_groups = [
@@ -359,8 +391,8 @@ def speaker_folds(
     ]
 
 
-def _listing(speakers: Sequence[Hashable]) -> str:
-    return ", ".join(str(speaker) for speaker in speakers)
+def _listing(speakers: Sequence[Hashable], separator: str = ", ") -> str:
+    return separator.join(str(speaker) for speaker in speakers)
 
 
 # ---------------------------------------------------------------- the registry
@@ -391,15 +423,15 @@ def get_corpus(name: str, *, speaker_pattern: str | None = None) -> Corpus:
     ``speaker_pattern`` (a regular expression on file names) applies to ``folders`` only.
     """
     if name not in CORPORA:
-        raise CorpusError(f"unknown corpus {name!r}; choose --corpus among {', '.join([AUTO, *CORPORA])}")
+        raise CorpusUsageError(f"unknown corpus {name!r}; choose --corpus among {', '.join([AUTO, *CORPORA])}")
     corpus = CORPORA[name]
     if speaker_pattern is not None:
         if corpus is not folders.CLASS_FOLDERS:
-            raise CorpusError(f"--speaker-pattern applies to --corpus {folders.CLASS_FOLDERS.name}, not {name}")
+            raise CorpusUsageError(f"--speaker-pattern applies to --corpus {folders.CLASS_FOLDERS.name}, not {name}")
         try:
             re.compile(speaker_pattern)
         except re.error as error:
-            raise CorpusError(f"--speaker-pattern {speaker_pattern!r} is not a regular expression: {error}") from None
+            raise CorpusUsageError(f"--speaker-pattern {speaker_pattern!r} is not a regular expression: {error}") from None
         corpus = dataclasses.replace(corpus, read=functools.partial(folders.read_class_folders, speaker_pattern=speaker_pattern))
     return corpus
 
@@ -441,17 +473,10 @@ def detect_corpus(dataset: PathLike) -> Corpus:
 
 
 def default_speakers(corpus: Corpus, utterances: Sequence[Utterance]) -> tuple[list, list]:
-    """Test and validation speakers: the corpus's own, or for one that names none, a fifth and a tenth of those present.
-
-    The picked speakers are the last ones in sorted order (at least one each), so the
-    choice is the same on every run.
-    """
+    """Test and validation speakers: the corpus's own, or for one that names none, `held_out_speakers` of those present."""
     if corpus.test_speakers:
         return list(corpus.test_speakers), list(corpus.validation_speakers)
-    speakers = sorted({u.speaker for u in utterances}, key=str)
-    tests = max(1, len(speakers) // 5)
-    validations = max(1, len(speakers) // 10)
-    return speakers[-tests:], speakers[-tests - validations : -tests]
+    return held_out_speakers({u.speaker for u in utterances})
 
 
 def validation_from_training(split: SpeakerSplit, seed: int, fraction: float = 0.1) -> SpeakerSplit:

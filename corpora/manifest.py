@@ -13,7 +13,7 @@ import csv
 import logging
 from pathlib import Path
 
-from corpora import MISNAMED_LISTED, Corpus, CorpusError, Utterance, canonical_label
+from corpora import MISNAMED_LISTED, Corpus, CorpusError, CorpusUsageError, Utterance, canonical_label
 from utils import AUDIO_EXTENSIONS, PathLike
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ def manifest_file(dataset: PathLike) -> Path:
     found = sorted(dataset.glob("*.csv")) if dataset.is_dir() else []
     if len(found) != 1:
         what = "does not exist" if not dataset.exists() else f"holds {len(found)} .csv files, not one"
-        raise CorpusError(f"{dataset} {what}; set --dataset to the manifest (a CSV with columns path,label[,speaker])")
+        raise CorpusUsageError(f"{dataset} {what}; set --dataset to the manifest (a CSV with columns path,label[,speaker])")
     return found[0]
 
 

@@ -58,12 +58,12 @@ def test_cache_files_are_plain_numpy(clips, tmp_path):
 
 def test_a_changed_parameter_misses_the_cache(clips, tmp_path):
     cache = tmp_path / "cache"
-    extract_features(clips, cache_dir=cache)
-    changed = extract_features(clips, cache_dir=cache, config=DEFAULT_FEATURES.replace(n_mels=40))
+    extract_features(clips, cache_dir=cache, workers=1)
+    changed = extract_features(clips, cache_dir=cache, workers=1, config=DEFAULT_FEATURES.replace(n_mels=40))
     assert changed.cache_hits == 0
     assert all(segments.shape[2] == 40 for segments in changed.segments.values())
-    assert extract_features(clips, cache_dir=cache, config=DEFAULT_FEATURES.replace(fmin=50.0)).cache_hits == 0
-    assert extract_features(clips, cache_dir=cache).cache_hits == len(clips)
+    assert extract_features(clips, cache_dir=cache, workers=1, config=DEFAULT_FEATURES.replace(fmin=50.0)).cache_hits == 0
+    assert extract_features(clips, cache_dir=cache, workers=1).cache_hits == len(clips)
 
 
 def test_a_changed_file_misses_the_cache(clips, tmp_path, write_audio):
@@ -116,7 +116,7 @@ def test_without_a_cache_nothing_is_written(clips, tmp_path):
 
 def test_returned_arrays_are_read_only(clips, tmp_path):
     for cache in (None, tmp_path / "cache", tmp_path / "cache"):
-        result = extract_features(clips[:2], cache_dir=cache)
+        result = extract_features(clips[:2], cache_dir=cache, workers=1)
         assert not any(segments.flags.writeable for segments in result.segments.values())
 
 

@@ -165,22 +165,22 @@ def test_computed_windows_are_not_kept_by_the_job_list(write_audio):
     assert all(job.segments is None for job in jobs)  # only the consumer holds segments
 
 
-def test_the_newest_complete_run_is_the_default(run_dir, clips, tmp_path, monkeypatch, capsys):
+def test_the_newest_usable_run_is_the_default(run_dir, clips, tmp_path, monkeypatch, capsys):
     root = tmp_path / "saved_model"
     root.mkdir()
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli([clips[1]], capsys)
-    assert code == 1 and "no trained run in saved_model" in err and "python train.py" in err
+    assert code == 1 and "no usable trained run in saved_model" in err and "python train.py" in err
 
     shutil.copytree(run_dir, root / "20260101-old")
     (root / ".partial-20270101-unfinished").mkdir()
     (root / "20270101-cv5").mkdir()  # cross-validation runs hold no model
     (root / "20270101-cv5" / "metrics.json").write_text("{}")
-    assert runs.newest_run(root) == root / "20260101-old"
+    assert runs.newest_runs(root) == [root / "20260101-old"]
     newer = root / "20260202-new"
     shutil.copytree(run_dir, newer)
     (newer / "labels.json").touch()
-    assert runs.newest_run(root) == newer
+    assert runs.newest_runs(root) == [newer, root / "20260101-old"]
     code, out, _ = run_cli([clips[1]], capsys)
     assert code == 0 and out.startswith(str(clips[1]))
 
@@ -189,16 +189,16 @@ def test_a_folder_that_is_not_a_run_says_what_it_lacks(clips, tmp_path, capsys):
     (tmp_path / "not-a-run").mkdir()
     (tmp_path / "not-a-run" / "labels.json").write_text("[]")
     code, _, err = run_cli([clips[1], "--model", tmp_path / "not-a-run"], capsys)
-    assert code == 1
+    assert code == 2
     assert "is not a training run: it lacks features.json, saved_model.pb or model.keras" in err
 
 
 def test_missing_paths_and_folders_without_audio_are_one_sentence(run_dir, tmp_path, capsys):
     code, _, err = run_cli([tmp_path / "nothing.wav", "--model", run_dir], capsys)
-    assert code == 1 and err.strip() == f"error: {tmp_path / 'nothing.wav'}: no such file or folder"
+    assert code == 2 and err.strip() == f"error: {tmp_path / 'nothing.wav'}: no such file or folder"
     (tmp_path / "empty").mkdir()
     code, _, err = run_cli([tmp_path / "empty", "--model", run_dir], capsys)
-    assert code == 1 and "holds no audio files" in err and "Traceback" not in err
+    assert code == 2 and "holds no audio files" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("argv", [[], ["a.wav", "--format", "xml"], ["a.wav", "--top-k", "0"], ["a.wav", "--window", "-1"]])

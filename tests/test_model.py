@@ -181,8 +181,9 @@ def test_imagenet_download_failure_names_the_ways_out(monkeypatch):
         SpeechModel.create_model(weights="imagenet")
     message = str(error.value)
     assert "could not download the ImageNet weights of resnet50v2" in message
-    assert "weights=PATH with resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
-    assert "weights=None" in message
+    assert "resnet50v2_weights_tf_dim_ordering_tf_kernels_notop.h5" in message
+    assert "--weights PATH (weights=PATH in Python)" in message and "--backbone efficientnet_lite0" in message
+    assert "--weights none (weights=None)" in message
 
 
 def test_a_whole_saved_model_is_refused_as_weights(tmp_path):

@@ -79,11 +79,12 @@ def test_an_empty_dataset_without_download_is_one_sentence_and_leaves_nothing(tm
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-def test_absent_speakers_are_named_with_the_present_ones(corpus, tmp_path, capsys):
+def test_absent_speakers_are_named_with_the_present_ones_and_a_split_that_works(corpus, tmp_path, capsys):
     code = train.main(["3", "--dataset", str(corpus), "--output", str(tmp_path / "runs"), "--weights", "none"])
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2  # a usage mistake
     assert "21, 22, 23, 24" in err and "holds speakers 1, 2, 3, 4" in err
+    assert "e.g. --test-speakers 4 --val-speakers 3" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
@@ -103,7 +104,7 @@ def test_unreachable_imagenet_weights_stop_the_run_before_it_starts(corpus, tmp_
 
 def test_a_missing_weights_file_is_refused(corpus, tmp_path, capsys):
     code = train.main(["3", "--dataset", str(corpus), "--weights", str(tmp_path / "nope.h5")])
-    assert code == 1
+    assert code == 2
     assert "nope.h5: no such file" in capsys.readouterr().err
 
 

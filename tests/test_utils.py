@@ -9,7 +9,7 @@ from conftest import tone
 
 import utils
 from utils import (
-    DEFAULT_FEATURES, AudioError, FeatureConfig, add_deltas, audio_duration, get_framed_log_melspectrogram, load_wav,
+    DEFAULT_FEATURES, AudioError, FeatureConfig, add_deltas, audio_info, get_framed_log_melspectrogram, load_wav,
     log_mel_spectrogram,
 )
 
@@ -172,10 +172,15 @@ def test_truncated_header_raises_audio_error(write_audio):
         load_wav(path)
 
 
-def test_truncated_data_reads_what_is_there(write_audio):
+def test_a_wav_cut_mid_data_is_an_error_naming_both_lengths(write_audio):
     path = write_audio("cut.wav", tone(440, 1.0), subtype="PCM_16")
     path.write_bytes(path.read_bytes()[: 44 + 2 * 8000])
-    assert len(load_wav(path)) == 8000
+    with pytest.raises(AudioError, match=rf"{path}: truncated: its header declares 16000 samples, the file holds 8000"):
+        load_wav(path)
+    with pytest.raises(AudioError, match="truncated"):
+        audio_info(path)
+    whole = write_audio("whole.wav", tone(440, 1.0), subtype="PCM_24")  # an intact file of another width reads
+    assert len(load_wav(whole)) == 16000
 
 
 def test_zero_length_audio_raises_audio_error(write_audio):
@@ -263,14 +268,15 @@ def test_a_span_past_the_end_holds_no_samples(write_audio):
         load_wav(path, offset=5.0)
 
 
-def test_audio_duration_reads_the_header_and_refuses_bad_files(write_audio, tmp_path):
-    assert audio_duration(write_audio("a.flac", tone(440, 2.5, sr=48000), 48000)) == pytest.approx(2.5)
+def test_audio_info_reads_the_header_and_refuses_bad_files(write_audio, tmp_path):
+    info = audio_info(write_audio("a.flac", tone(440, 2.5, sr=48000), 48000))
+    assert info.duration == pytest.approx(2.5) and info.sample_rate == 48000 and info.subtype == "PCM_16"
     bad = tmp_path / "bad.wav"
     bad.write_bytes(b"not audio at all")
     with pytest.raises(AudioError, match=rf"{bad}: not readable as audio"):
-        audio_duration(bad)
+        audio_info(bad)
     with pytest.raises(AudioError, match="file not found"):
-        audio_duration(tmp_path / "missing.wav")
+        audio_info(tmp_path / "missing.wav")
 
 
 def test_resample_keeps_equal_rates_and_changes_others():
