@@ -144,6 +144,12 @@ class SegmentEncoder(layers.Layer):
         self.resize = layers.Resizing(image_size, image_size) if image_size else None
         self.supports_masking = True
 
+    def build(self, input_shape) -> None:
+        # The backbone arrives built; the resize layer (no weights) is built here, so a
+        # model loaded from a .keras file finds every sublayer built.
+        if self.resize is not None:
+            self.resize.build((None, *input_shape[2:]))
+
     def call(self, segments):
         shape = ops.shape(segments)
         images = ops.reshape(segments, (-1, *segments.shape[2:]))
@@ -250,6 +256,7 @@ class SpeechModel:
         backbone: str | keras.Model = "resnet50v2",
         segment_shape: Sequence[int] = DEFAULT_FEATURES.segment_shape,
         image_size: int | None = None,
+        stages: str = "last",
         input_range: Sequence[float] | None = None,
         head: HeadConfig = HeadConfig(),
         learning_rate: float = LEARNING_RATE,
@@ -272,6 +279,9 @@ class SpeechModel:
                 Defaults to `utils.DEFAULT_FEATURES.segment_shape`, (64, 64, 3).
             image_size: int or None. Resize segments to image_size x image_size inside the
                 model (the paper resized to 227; about 12x the compute at 224). Defaults to None.
+            stages: "last" or "all". A named backbone's top stage alone makes a segment's
+                embedding, or the pooled outputs of all its stages concatenated (see
+                `backbones.build_backbone`). Defaults to "last".
             input_range: tuple of 2 floats or None. Range the backbone expects; None takes
                 the named backbone's own, or (-1, 1) for a keras.Model. Defaults to None.
             head: HeadConfig. BLSTM, attention and dense layers. Defaults to HeadConfig().
@@ -292,7 +302,7 @@ class SpeechModel:
         if len(segment_shape) != 3:
             raise ValueError(f"segment_shape must be (frames, mel_bands, channels), got {segment_shape!r}")
         image_shape = (image_size, image_size, segment_shape[2]) if image_size else segment_shape
-        backbone_model, default_range = _backbone_model(backbone, weights, image_shape)
+        backbone_model, default_range = _backbone_model(backbone, weights, image_shape, stages)
 
         segments = keras.Input(shape=(None, *segment_shape), name="segments")
         x = SegmentScaling(input_range or default_range, name="scaling")(segments)
@@ -497,10 +507,12 @@ def _compile(model: keras.Model, learning_rate: float) -> None:
 
 
 def _backbone_model(
-    backbone: str | keras.Model, weights: str | os.PathLike | None, image_shape: tuple[int, int, int]
+    backbone: str | keras.Model, weights: str | os.PathLike | None, image_shape: tuple[int, int, int], stages: str
 ) -> tuple[keras.Model, tuple[float, float]]:
     """The backbone model with its weights loaded, and the input range it expects."""
     if isinstance(backbone, keras.Model):
+        if stages != "last":
+            raise ValueError("stages='all' applies to named backbones; a keras.Model backbone is used as it is")
         if weights == "imagenet":
             raise BackboneWeightsError(
                 "weights='imagenet' applies to named backbones; pass weights=None to keep your backbone's own "
@@ -511,7 +523,7 @@ def _backbone_model(
         return backbone, (-1.0, 1.0)
     if not isinstance(backbone, str):
         raise ValueError(f"backbone must be a name or a keras.Model, got {backbone!r}")
-    return build_backbone(backbone, weights, image_shape), get_backbone(backbone).input_range
+    return build_backbone(backbone, weights, image_shape, stages), get_backbone(backbone).input_range
 
 
 def _vector_size(backbone: keras.Model) -> int:

@@ -34,6 +34,8 @@ class Backbone:
         embedding_size: int. Length of one segment's vector with average pooling.
         imagenet_weights: callable. () -> the local file of its headless ImageNet weights,
             fetched or converted once; raises `BackboneWeightsError` when they cannot be had.
+        stage_outputs: tuple of (layer name, channels). The last layer of each stage before
+            the top one, whose pooled outputs ``stages="all"`` adds to the top's.
     """
 
     name: str
@@ -41,6 +43,11 @@ class Backbone:
     input_range: tuple[float, float]
     embedding_size: int
     imagenet_weights: Callable[[], str | Path]
+    stage_outputs: tuple[tuple[str, int], ...]
+
+    def size(self, stages: str) -> int:
+        """Length of one segment's embedding with ``stages`` ("last" or "all")."""
+        return self.embedding_size + (sum(channels for _, channels in self.stage_outputs) if stages == "all" else 0)
 
 
 def _resnet50v2(**kwargs: Any):
@@ -81,12 +88,20 @@ def _efficientnet_lite0_imagenet() -> Path:
         raise BackboneWeightsError(f"{error}; or use --weights none (weights=None) for random weights") from None
 
 
+STAGES = ("last", "all")  # which stages' pooled outputs make a segment's embedding
+
 BACKBONES = {
     backbone.name: backbone
     for backbone in (
-        Backbone("resnet50v2", _resnet50v2, (-1.0, 1.0), 2048, _resnet50v2_imagenet),
+        Backbone(
+            "resnet50v2", _resnet50v2, (-1.0, 1.0), 2048, _resnet50v2_imagenet,
+            (("conv2_block3_out", 256), ("conv3_block4_out", 512), ("conv4_block6_out", 1024)),
+        ),
         # (pixel - 127) / 128 for pixels 0..255, as the original Lite models were trained.
-        Backbone("efficientnet_lite0", _efficientnet_lite0, (-127.0 / 128.0, 1.0), 1280, _efficientnet_lite0_imagenet),
+        Backbone(
+            "efficientnet_lite0", _efficientnet_lite0, (-127.0 / 128.0, 1.0), 1280, _efficientnet_lite0_imagenet,
+            (("block4_add", 40), ("block7_add", 80), ("block10_add", 112), ("block14_add", 192), ("block15_project_bn", 320)),
+        ),
     )
 }
 
@@ -98,24 +113,38 @@ def get_backbone(name: str) -> Backbone:
     return BACKBONES[name]
 
 
-def build_backbone(name: str, weights: str | os.PathLike | None, image_shape: tuple[int, int, int]):
+def build_backbone(name: str, weights: str | os.PathLike | None, image_shape: tuple[int, int, int], stages: str = "last"):
     """The named backbone without its top, average-pooled, with ``weights`` loaded.
 
     Args:
         name: str. A key of `BACKBONES`.
         weights: "imagenet", None (random) or a path to a weights file.
         image_shape: tuple of 3 ints. (height, width, channels) of its input.
+        stages: "last" or "all". The top stage's pooled output alone, or the pooled
+            outputs of every stage (`Backbone.stage_outputs`, then the top) concatenated:
+            earlier stages describe finer, less ImageNet-specific patterns.
 
     Raises:
         BackboneWeightsError: if the weights cannot be had or do not fit.
     """
+    if stages not in STAGES:
+        raise ValueError(f"stages must be one of {STAGES}, got {stages!r}")
     backbone = get_backbone(name)
     if weights == "imagenet":
         weights = backbone.imagenet_weights()
     model = backbone.build(include_top=False, weights=None, input_shape=image_shape, pooling="avg")
     if weights is not None:
         load_weights_file(model, weights)
-    return model
+    if stages == "last":
+        return model
+    import keras
+
+    pooled = [
+        keras.layers.GlobalAveragePooling2D(name=f"{layer}_pool")(model.get_layer(layer).output)
+        for layer, _ in backbone.stage_outputs
+    ]
+    every_stage = keras.layers.Concatenate(name="stages")([*pooled, model.output])
+    return keras.Model(model.input, every_stage, name=f"{model.name}_all_stages")
 
 
 def load_weights_file(model, path: str | os.PathLike) -> None:

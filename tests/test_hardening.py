@@ -22,9 +22,11 @@ import pytest
 import soundfile as sf
 from conftest import folder_state, tone, write_ravdess
 
+import cli
 import infer
 import runs
 import train
+from cli import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -243,3 +245,22 @@ def test_the_command_lines_are_quiet_by_default(shared_run, clip):
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert done.returncode == 0 and done.stdout.startswith(str(clip))
     assert done.stderr == ""
+
+
+@pytest.mark.parametrize(
+    "raised, code, line",
+    [
+        (None, 0, ""),
+        (UsageError("--folds 99 is too many"), 2, "error: --folds 99 is too many"),
+        (runs.RunError("run x: labels.json is damaged"), 1, "error: run x: labels.json is damaged"),
+        (KeyboardInterrupt(), 130, "interrupted; nothing was written"),
+    ],
+)
+def test_one_helper_maps_what_stops_a_command_to_its_exit_code_and_one_line(raised, code, line, capsys):
+    def work() -> int:
+        if raised is not None:
+            raise raised
+        return 0
+
+    assert cli.run_command(work, failures=(runs.RunError,), interrupted="nothing was written") == code
+    assert capsys.readouterr().err.strip() == line
