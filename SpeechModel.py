@@ -37,23 +37,32 @@ ATTENTION_LAYER = "attention"
 OUTPUT_LAYER = "emotion"  # the softmax over emotions; float32 under any policy
 
 
+HEADS = ("blstm-attention", "stats")  # the paper's head, and statistics pooling
+
+
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
     """The classifier after the backbone: one description for `create_model` and `create_head`.
 
     Attributes:
+        kind: str. "blstm-attention" (the paper's: BLSTM, additive attention, dense layers) or
+            "stats" (the mean and standard deviation of the segment embeddings, dense layers).
+            Defaults to "blstm-attention".
         lstm_units: int. LSTM units in each direction. Defaults to 128.
         attention_units: int. Hidden size of the additive attention. Defaults to 128.
         dense_units: tuple of ints. Hidden Dense layers. Defaults to (256, 128).
         dropout: float in [0, 1). Dropout after each hidden Dense layer. Defaults to 0.25.
     """
 
+    kind: str = "blstm-attention"
     lstm_units: int = 128
     attention_units: int = 128
     dense_units: tuple[int, ...] = (256, 128)
     dropout: float = 0.25
 
     def __post_init__(self) -> None:
+        if self.kind not in HEADS:
+            raise ValueError(f"kind must be one of {HEADS}, got {self.kind!r}")
         object.__setattr__(self, "dense_units", tuple(int(units) for units in self.dense_units))
         if min(self.lstm_units, self.attention_units, *self.dense_units) < 1:
             raise ValueError(f"units must be >= 1, got {self!r}")
@@ -239,6 +248,38 @@ class AttentionPooling(layers.Layer):
         return config
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class StatisticsPooling(layers.Layer):
+    """Mean and standard deviation over time of the real steps: an utterance-level vector.
+
+    Masking: consumes the mask (True = a real step); masked steps count for nothing. A row
+    of pure padding gives zeros. The output carries no mask.
+
+    Example:
+    >>> StatisticsPooling()(np.random.normal(size=(2, 7, 32)).astype("float32")).shape
+    (2, 64)
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def call(self, sequence, mask=None):
+        values = ops.cast(sequence, "float32")
+        weights = ops.ones_like(values[..., :1]) if mask is None else ops.expand_dims(ops.cast(mask, "float32"), -1)
+        count = ops.maximum(ops.sum(weights, axis=1), 1.0)
+        mean = ops.sum(values * weights, axis=1) / count
+        variance = ops.sum(ops.square(values - ops.expand_dims(mean, 1)) * weights, axis=1) / count
+        pooled = ops.concatenate([mean, ops.sqrt(variance + 1e-6)], axis=-1)
+        return ops.cast(pooled, sequence.dtype)
+
+    def compute_mask(self, sequence, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], 2 * input_shape[-1])
+
+
 class SpeechModel:
     """Build, inspect and export DCNN-BLSTMwA models.
 
@@ -413,6 +454,8 @@ class SpeechModel:
         they sum to 1 over an utterance's real segments and are 0 on padding. The
         new model shares the layers (and weights) of ``model``.
         """
+        if ATTENTION_LAYER not in [layer.name for layer in model.layers]:
+            raise ValueError("the model has no attention layer (its head pools statistics); attention_model needs the blstm-attention head")
         _, weights = model.get_layer(ATTENTION_LAYER).output
         return keras.Model(model.inputs, [model.outputs[0], weights], name=f"{model.name}_with_attention")
 
@@ -469,8 +512,11 @@ def _classifier_head(x, num_classes: int, head: HeadConfig):
     # Identity until adapted (see `SpeechModel.adapt_normalization`): backbones differ in
     # the scale of their features by orders of magnitude, the BLSTM wants them standardised.
     x = layers.Normalization(axis=-1, name=NORMALIZATION_LAYER)(x)
-    x = layers.Bidirectional(layers.LSTM(head.lstm_units, return_sequences=True), name="blstm")(x)
-    x, _ = AttentionPooling(head.attention_units, name=ATTENTION_LAYER)(x)
+    if head.kind == "stats":
+        x = StatisticsPooling(name="statistics")(x)
+    else:
+        x = layers.Bidirectional(layers.LSTM(head.lstm_units, return_sequences=True), name="blstm")(x)
+        x, _ = AttentionPooling(head.attention_units, name=ATTENTION_LAYER)(x)
     for index, units in enumerate(head.dense_units, start=1):
         x = layers.Dense(units, activation="relu", name=f"dense_{index}")(x)
         x = layers.Dropout(head.dropout, name=f"dropout_{index}")(x)

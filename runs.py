@@ -13,7 +13,8 @@
 A run is written under a temporary name (`PARTIAL_PREFIX`) and renamed when complete,
 so a crash never leaves a half model and never touches earlier runs; `--resume`
 continues the newest interrupted one. A usable run holds `REQUIRED` and one of the
-two models; `load_run` reads it, `newest_run` finds the most recent usable one.
+two models; `load_run` reads it (naming the file when one is damaged), `load_newest_run` loads the
+most recent one that loads, skipping damaged ones with a warning.
 """
 
 from __future__ import annotations

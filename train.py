@@ -141,6 +141,8 @@ def _listed(speakers: Sequence) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from SpeechModel import HEADS  # the model's own list of heads (loads Keras)
+
     defaults = Options(epochs=1)
     ravdess = corpora.get_corpus("ravdess")
     parser = argparse.ArgumentParser(
@@ -160,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights", default=defaults.weights, help="backbone weights: imagenet, none, or a path to a weights file")
     parser.add_argument("--image-size", type=positive_int, default=None, help="resize each 64x64 segment to this square size inside the model (the paper: 227; about 12x the compute at 224; default: as cut)")
     parser.add_argument("--stages", choices=STAGES, default=defaults.stages, help="the backbone's top stage alone makes a segment's embedding, or the pooled outputs of all its stages")
+    parser.add_argument("--head", choices=HEADS, default=defaults.head, help="the paper's BLSTM with attention, or statistics pooling (mean and standard deviation of the segment embeddings)")
+    parser.add_argument("--speaker-norm", action="store_true", help="standardise each speaker's embeddings with their own statistics (transductive: test speakers' too); --folds evaluation with --backbone-mode frozen only, as infer.py cannot apply it yet")
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="utterances per batch")
     parser.add_argument("--learning-rate", type=positive_float, default=defaults.learning_rate, help="Adam learning rate")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for enhancement, shuffling and initialisation")
@@ -182,6 +186,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         if options.weights not in ("imagenet", "none") and not Path(options.weights).is_file():
             raise UsageError(f"--weights {options.weights}: no such file (use imagenet, none or a weights file)")
+        if options.speaker_norm and not (options.folds and options.backbone_mode in (None, "frozen")):
+            raise UsageError("--speaker-norm works with --folds and --backbone-mode frozen for now: an exported model "
+                             "would need infer.py to apply it, which it cannot yet")
         run(options, resume=args.resume)
         return 0
 

@@ -60,6 +60,8 @@ class Options:
     weights: str = "imagenet"
     image_size: int | None = None
     stages: str = "last"
+    head: str = "blstm-attention"
+    speaker_norm: bool = False
     batch_size: int = 32
     learning_rate: float = 1e-4
     seed: int = 0
@@ -149,6 +151,24 @@ def training_sources(
     return sources
 
 
+def standardize_per_speaker(embeddings: dict, speaker_of: dict) -> dict:
+    """Every speaker's segment embeddings standardised with that speaker's own mean and standard deviation.
+
+    The statistics come from the speaker's original files (not their enhanced copies) and
+    use no label: for test speakers too, which makes scores with it transductive (each test
+    speaker's unlabelled recordings are seen as a whole before any is classified).
+    """
+    statistics = {}
+    for speaker in set(speaker_of.values()):
+        originals = [embeddings[s] for s, who in speaker_of.items() if who == speaker and isinstance(s, str) and s in embeddings]
+        stacked = np.concatenate(originals or [embeddings[s] for s, who in speaker_of.items() if who == speaker and s in embeddings])
+        statistics[speaker] = (stacked.mean(axis=0), stacked.std(axis=0) + 1e-6)
+    return {
+        source: (array - statistics[speaker_of[source]][0]) / statistics[speaker_of[source]][1]
+        for source, array in embeddings.items()
+    }
+
+
 def validation_uar_callback(forward: Callable[[np.ndarray], np.ndarray], inputs: list[np.ndarray], labels: list[int], batch_size: int):
     """A Keras callback that adds ``val_uar`` (macro recall of ``forward`` on ``inputs``) to each epoch's logs.
 
@@ -181,9 +201,10 @@ def train_split(
     """
     import keras
 
-    from SpeechModel import SpeechModel
+    from SpeechModel import HeadConfig, SpeechModel
 
     index_of = {label: index for index, label in enumerate(labels)}
+    head = HeadConfig(kind=options.head)
     cache_dir = Path(options.cache_dir)
     train_sources = training_sources(
         split.train,
@@ -219,7 +240,7 @@ def train_split(
     model = SpeechModel.create_model(
         len(labels), weights=weights, backbone=options.backbone if backbone is None else backbone(),
         segment_shape=options.features.segment_shape, image_size=options.image_size, stages=options.stages,
-        learning_rate=options.learning_rate,
+        head=head, learning_rate=options.learning_rate,
     )
     class_weight = augment.class_weights([e.label for e in train]) if options.balance == "class-weight" else None
 
@@ -228,9 +249,13 @@ def train_split(
         embeddings = features.extract_embeddings(
             embedder, extracted.segments, config=options.features, cache_dir=cache_dir / "embeddings"
         )
+        if options.speaker_norm:
+            speaker_of = {features.source_key(source): u.speaker for source, u in train_sources + evaluation}
+            embeddings = standardize_per_speaker(embeddings, speaker_of)
         inputs = embeddings
         trainee = SpeechModel.create_head(
-            len(labels), embedding_size=next(iter(embeddings.values())).shape[-1], learning_rate=options.learning_rate
+            len(labels), embedding_size=next(iter(embeddings.values())).shape[-1], head=head,
+            learning_rate=options.learning_rate,
         )
     else:
         # The starting backbone's embeddings, used once for the normalisation: not cached.

@@ -294,3 +294,18 @@ def test_the_inference_function_gives_predict_for_any_batch_and_length():
     for lengths in ([2, 5], [1], [3, 3, 7]):
         batch = padded_batch(lengths)
         np.testing.assert_allclose(forward(batch), model.predict(batch, verbose=0), atol=1e-5)
+
+
+def test_the_statistics_head_masks_padding_exactly_and_round_trips(tmp_path):
+    model = tiny_model(head=HeadConfig(kind="stats", dense_units=(16,)), compile=False)
+    assert "blstm" not in [layer.name for layer in model.layers]
+    batch = padded_batch([2, 5, 1])
+    together = model.predict(batch, verbose=0)
+    for row, length in enumerate([2, 5, 1]):
+        np.testing.assert_allclose(model.predict(batch[row : row + 1, :length], verbose=0)[0], together[row], atol=1e-5)
+    model.save(tmp_path / "stats.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "stats.keras").predict(batch, verbose=0), together, atol=1e-5)
+    with pytest.raises(ValueError, match="no attention layer"):
+        SpeechModel.attention_model(model)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        HeadConfig(kind="transformer")

@@ -298,3 +298,31 @@ def test_finetuning_runs_on_jax_through_its_own_input_pipeline(corpus, tmp_path)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["backend"] == "jax" and metrics["files"]["test"] == 6
     assert (run / "model.keras").is_file() and (run / "saved_model.pb").is_file()
+
+
+def test_per_speaker_standardisation_uses_each_speakers_own_original_files():
+    rng = np.random.default_rng(0)
+    embeddings = {
+        "a1.wav": rng.normal(5, 2, (4, 3)), "a2.wav": rng.normal(5, 2, (6, 3)),
+        ("a1.wav", "enhanced"): rng.normal(50, 9, (4, 3)),  # an enhanced copy: standardised, not counted
+        "b1.wav": rng.normal(-3, 0.5, (5, 3)),
+    }
+    speaker_of = {"a1.wav": "A", "a2.wav": "A", ("a1.wav", "enhanced"): "A", "b1.wav": "B"}
+    standardised = trainer.standardize_per_speaker(embeddings, speaker_of)
+    speaker_a = np.concatenate([standardised["a1.wav"], standardised["a2.wav"]])
+    np.testing.assert_allclose(speaker_a.mean(axis=0), 0, atol=1e-6)
+    np.testing.assert_allclose(speaker_a.std(axis=0), 1, atol=1e-3)
+    np.testing.assert_allclose(standardised["b1.wav"].mean(axis=0), 0, atol=1e-6)
+    assert standardised[("a1.wav", "enhanced")].mean() > 10  # scaled with A's statistics
+
+
+def test_speaker_norm_is_refused_where_inference_could_not_apply_it(corpus, tmp_path, capsys):
+    code = train.main(["3", "--dataset", str(corpus), "--speaker-norm", "--weights", "none", "--output", str(tmp_path / "runs")])
+    assert code == 2 and "--speaker-norm works with --folds" in capsys.readouterr().err
+
+
+def test_a_cross_validation_with_the_stats_head_and_speaker_norm_records_both(corpus, tmp_path):
+    run = train.run(options_for(corpus, tmp_path, epochs=1, folds=3, augment=False, head="stats", speaker_norm=True),
+                    backbone=small_backbone)
+    options = json.loads((run / "metrics.json").read_text())["options"]
+    assert (options["head"], options["speaker_norm"]) == ("stats", True)
