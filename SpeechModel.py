@@ -52,6 +52,8 @@ class HeadConfig:
         attention_units: int. Hidden size of the additive attention. Defaults to 128.
         dense_units: tuple of ints. Hidden Dense layers. Defaults to (256, 128).
         dropout: float in [0, 1). Dropout after each hidden Dense layer. Defaults to 0.25.
+        embedding_dropout: float in [0, 1). Dropout on the normalised segment embeddings, in
+            training only: a regulariser for small corpora. Defaults to 0.
     """
 
     kind: str = "blstm-attention"
@@ -59,6 +61,7 @@ class HeadConfig:
     attention_units: int = 128
     dense_units: tuple[int, ...] = (256, 128)
     dropout: float = 0.25
+    embedding_dropout: float = 0.0
 
     def __post_init__(self) -> None:
         if self.kind not in HEADS:
@@ -66,8 +69,8 @@ class HeadConfig:
         object.__setattr__(self, "dense_units", tuple(int(units) for units in self.dense_units))
         if min(self.lstm_units, self.attention_units, *self.dense_units) < 1:
             raise ValueError(f"units must be >= 1, got {self!r}")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not (0 <= self.dropout < 1 and 0 <= self.embedding_dropout < 1):
+            raise ValueError(f"dropout and embedding_dropout must be in [0, 1), got {self.dropout!r}, {self.embedding_dropout!r}")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -512,6 +515,8 @@ def _classifier_head(x, num_classes: int, head: HeadConfig):
     # Identity until adapted (see `SpeechModel.adapt_normalization`): backbones differ in
     # the scale of their features by orders of magnitude, the BLSTM wants them standardised.
     x = layers.Normalization(axis=-1, name=NORMALIZATION_LAYER)(x)
+    if head.embedding_dropout:
+        x = layers.Dropout(head.embedding_dropout, name="embedding_dropout")(x)
     if head.kind == "stats":
         x = StatisticsPooling(name="statistics")(x)
     else:

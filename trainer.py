@@ -61,6 +61,7 @@ class Options:
     image_size: int | None = None
     stages: str = "last"
     head: str = "blstm-attention"
+    embedding_dropout: float = 0.0
     speaker_norm: bool = False
     batch_size: int = 32
     learning_rate: float = 1e-4
@@ -204,7 +205,7 @@ def train_split(
     from SpeechModel import HeadConfig, SpeechModel
 
     index_of = {label: index for index, label in enumerate(labels)}
-    head = HeadConfig(kind=options.head)
+    head = HeadConfig(kind=options.head, embedding_dropout=options.embedding_dropout)
     cache_dir = Path(options.cache_dir)
     train_sources = training_sources(
         split.train,

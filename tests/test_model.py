@@ -309,3 +309,11 @@ def test_the_statistics_head_masks_padding_exactly_and_round_trips(tmp_path):
         SpeechModel.attention_model(model)
     with pytest.raises(ValueError, match="kind must be one of"):
         HeadConfig(kind="transformer")
+
+
+def test_embedding_dropout_acts_in_training_only():
+    head = HeadConfig(lstm_units=8, attention_units=8, dense_units=(16,), dropout=0.0, embedding_dropout=0.5)
+    model = tiny_model(head=head, compile=False)  # no other dropout: a difference is the embeddings'
+    batch = padded_batch([3, 4])
+    np.testing.assert_allclose(model(batch, training=False), model.predict(batch, verbose=0), atol=1e-6)
+    assert not np.allclose(model(batch, training=True), model(batch, training=False), atol=1e-6)
