@@ -400,6 +400,27 @@ class SpeechModel:
         return keras.Model(model.inputs, model.get_layer(ENCODER_LAYER).output, name=f"{model.name}_embeddings")
 
     @staticmethod
+    def standardized_head(model: keras.Model) -> keras.Model:
+        """The head of ``model`` without its embedding normalisation, for embeddings standardised elsewhere.
+
+        For per-speaker normalisation at inference: embed with `embedding_model`, standardise
+        each speaker's embeddings with their own statistics, classify with this model. It
+        shares the layers (and weights) of ``model``.
+
+        Returns:
+            keras.Model: input "embeddings" float32 (batch, segments, features), rows of
+            `utils.PAD_VALUE` masked as padding; output class probabilities.
+        """
+        features = model.get_layer(ENCODER_LAYER).features
+        embeddings = keras.Input(shape=(None, features), name="embeddings")
+        x = layers.Masking(PAD_VALUE, name="padding_mask")(embeddings)
+        for layer in _head_layers(model)[1:]:  # after the normalisation, in the order they were built
+            x = layer(x)
+            if layer.name == ATTENTION_LAYER:
+                x = x[0]  # pooled; the attention weights are not needed here
+        return keras.Model(embeddings, x, name=f"{model.name}_standardized_head")
+
+    @staticmethod
     def adapt_normalization(model: keras.Model, embeddings) -> None:
         """Set the embedding normalisation of ``model`` (full or head) from training embeddings.
 

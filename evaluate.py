@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-import corpora
-import runs
 import cli
+import corpora
+import infer
+import runs
 from cli import positive_int
 from trainer import format_scores, score
 
@@ -36,7 +37,9 @@ class EvaluationError(Exception):
     """A run and a corpus that cannot be compared; reported as one sentence, exit code 1."""
 
 
-def evaluate(run: runs.Run, utterances: Sequence[corpora.Utterance], *, batch_size: int = 16) -> tuple[dict, list[dict]]:
+def evaluate(
+    run: runs.Run, utterances: Sequence[corpora.Utterance], *, batch_size: int = 16, speaker_norm: str = "none"
+) -> tuple[dict, list[dict]]:
     """Scores of ``run`` on ``utterances`` over the emotions both know, and one prediction per file.
 
     Returns
@@ -52,8 +55,6 @@ def evaluate(run: runs.Run, utterances: Sequence[corpora.Utterance], *, batch_si
     EvaluationError
         If fewer than two emotions are shared.
     """
-    import infer
-
     present = Counter(u.label for u in utterances)
     shared = [label for label in run.labels if label in present]
     if len(shared) < 2:
@@ -62,7 +63,7 @@ def evaluate(run: runs.Run, utterances: Sequence[corpora.Utterance], *, batch_si
             f"{'only ' + shared[0] if shared else 'no emotion'} in common, too few to score"
         )
     kept = [u for u in utterances if u.label in shared]
-    results = infer.predict([u.path for u in kept], run, batch_size=batch_size)
+    results = infer.predict([u.path for u in kept], run, batch_size=batch_size, speaker_norm=speaker_norm)
     true, predicted, predictions, unreadable = [], [], [], {}
     for utterance, result in zip(kept, results):
         if result.error is not None:
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--speaker-pattern", default=None, help="--corpus folders: a regular expression that finds the speaker in a file name")
     parser.add_argument("--output", default=None, help=f"folder for metrics.json, predictions.csv and confusion_matrix.png (default: {EVALUATIONS_ROOT}/<run>-on-<corpus>)")
     parser.add_argument("--batch-size", type=positive_int, default=16, help="windows per model call")
+    parser.add_argument("--speaker-norm", choices=infer.SPEAKER_NORM_MODES, default="none", help="as infer.py --speaker-norm, for runs trained with it")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up logs")
     return parser
 
@@ -113,10 +115,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         run = runs.load_run(args.model)
         corpus = corpora.resolve_corpus(args.corpus, args.dataset, speaker_pattern=args.speaker_pattern)
         utterances = corpora.read_corpus(corpus, args.dataset, download=False, url=None, cache_dir=Path("."))
-        metrics, predictions = evaluate(run, utterances, batch_size=args.batch_size)
+        metrics, predictions = evaluate(run, utterances, batch_size=args.batch_size, speaker_norm=args.speaker_norm)
         output = Path(args.output) if args.output else EVALUATIONS_ROOT / f"{run.folder.name}-on-{corpus.name}"
         output.mkdir(parents=True, exist_ok=True)
-        metrics.update({"model": str(run.folder), "dataset": str(args.dataset), "corpus": corpus.name})
+        metrics.update({"model": str(run.folder), "dataset": str(args.dataset), "corpus": corpus.name, "speaker_norm": args.speaker_norm})
         runs.write_json(output / runs.METRICS, metrics)
         runs.write_predictions(output, predictions)
         runs.plot_confusion_matrix(output, np.array(metrics["confusion_matrix"]), metrics["labels"])

@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,6 +42,7 @@ PENDING_BATCHES = 4  # batches' worth of windows gathered before choosing one of
 PROGRESS_MIN_FILES = 20  # fewer files than this show no progress bar
 
 
+SPEAKER_NORM_MODES = ("none", "folder", "file")  # whose statistics standardise the embeddings: see predict
 SILENCE_PEAK = 1e-4  # a file whose samples never reach this (-80 dBFS) is called silent
 LOW_BIT_SUBTYPES = ("PCM_U8", "PCM_S8", "ULAW", "ALAW")  # 8-bit sample formats
 # Warnings a prediction may carry: it is still made, but on input unlike what models train on.
@@ -161,6 +162,7 @@ def predict(
     window: float = WINDOW_SECONDS,
     batch_size: int = BATCH_WINDOWS,
     precision: str = "float32",
+    speaker_norm: str = "none",
     progress: bool | None = None,
 ) -> list[Prediction]:
     """The emotion of every audio file in ``paths`` (files, and folders searched recursively).
@@ -181,6 +183,12 @@ def predict(
         Windows per model call.
     precision : "float32" or "bfloat16"
         How the model computes when ``model_dir`` is loaded here (see `runs.load_run`).
+    speaker_norm : "none", "folder" or "file"
+        For a run trained with ``--speaker-norm``: standardise the segment embeddings with
+        the statistics of all files in the same folder (one folder = one speaker), of the
+        file's own windows (one long recording = one speaker), or ("none") of the training
+        speakers, as the exported model does. The first two are what training did and
+        score best; they assume the grouping is right.
     progress : bool or None
         Progress bar on stderr; None shows it for many files when stderr is a terminal.
 
@@ -199,10 +207,14 @@ def predict(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     files = audio_files(paths)
+    if speaker_norm not in SPEAKER_NORM_MODES:
+        raise ValueError(f"speaker_norm must be one of {SPEAKER_NORM_MODES}, got {speaker_norm!r}")
     if isinstance(model_dir, Run):
         run = model_dir
     else:
         run = load_run(model_dir, precision=precision) if model_dir is not None else load_newest_run(precision=precision)
+    if speaker_norm != "none" and not run.speaker_norm:
+        raise UsageError(f"--speaker-norm {speaker_norm}: run {run.folder} was not trained with --speaker-norm; use none")
     durations: list[float] = []
     errors: dict[int, str] = {}
     warnings: dict[int, list[str]] = {index: [] for index in range(len(files))}
@@ -228,7 +240,12 @@ def predict(
         disable = not progress
     windows: dict[int, list[WindowPrediction]] = {index: [] for index in range(len(files))}
     with tqdm(total=len(jobs), unit="window", desc="inference", disable=disable) as bar:
-        for item, probabilities in _forward_windows(_computed(jobs, files, run.features), run, batch_size):
+        if speaker_norm == "none":
+            results = _forward_windows(_computed(jobs, files, run.features), run, batch_size)
+        else:
+            group = (lambda job: files[job.file].parent) if speaker_norm == "folder" else (lambda job: job.file)
+            results = _forward_standardized(jobs, files, run, group, batch_size)
+        for item, probabilities in results:
             if probabilities is None:
                 errors.setdefault(item.file, item.error)
             else:
@@ -293,6 +310,35 @@ def _forward_windows(
         if usable:
             yield from zip(usable, run.forward(batching.pad_batch([item.segments for item in usable])))
         yield from ((item, None) for item in batch if item.error is not None)
+
+
+def _forward_standardized(
+    jobs: list[_Window], files: list[Path], run: Run, group: Callable[[_Window], object], batch_size: int
+) -> Iterator[tuple[_Window, np.ndarray | None]]:
+    """Each window with its class probabilities, its embeddings standardised with its group's statistics.
+
+    A group (a folder, or a file) is embedded whole first: its statistics need every
+    window. The model comes from the run's model.keras (`SpeechModel.standardized_head`).
+    """
+    from SpeechModel import SpeechModel
+
+    model = runs.load_keras_model(run.folder)
+    embed = SpeechModel.inference_function(SpeechModel.embedding_model(model))
+    head = SpeechModel.inference_function(SpeechModel.standardized_head(model))
+    groups: dict[object, list[_Window]] = {}
+    for job in jobs:
+        groups.setdefault(group(job), []).append(job)
+    for members in groups.values():
+        computed = list(_computed(members, files, run.features))
+        usable = [item for item in computed if item.error is None]
+        yield from ((item, None) for item in computed if item.error is not None)
+        if not usable:
+            continue
+        embeddings = [embed(item.segments[np.newaxis])[0] for item in usable]
+        stacked = np.concatenate(embeddings)
+        mean, std = stacked.mean(axis=0), stacked.std(axis=0) + 1e-6
+        probabilities = batching.predict(head, [(e - mean) / std for e in embeddings], batch_size)
+        yield from zip(usable, probabilities)
 
 
 def _computed(jobs: list[_Window], files: list[Path], config: utils.FeatureConfig) -> Iterator[_Window]:
@@ -438,6 +484,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeline", action="store_true", help="also give every window's start, end and emotion")
     parser.add_argument("--batch-size", type=positive_int, default=BATCH_WINDOWS, help="windows per model call")
     parser.add_argument("--precision", choices=runs.PRECISIONS, default="float32", help="bfloat16: about 1.5x faster on CPUs with bf16 units, probabilities a little off float32's")
+    parser.add_argument("--speaker-norm", choices=SPEAKER_NORM_MODES, default="none", help="for runs trained with --speaker-norm: standardise with the statistics of each folder (one speaker per folder), of each file, or of the training speakers (none, as the exported model)")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up and progress logs")
     return parser
 
@@ -454,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         files = audio_files(args.paths)  # path mistakes are reported before the model loads
         run = load_run(args.model, precision=args.precision) if args.model is not None else load_newest_run(precision=args.precision)
-        predictions = predict(files, run, window=args.window, batch_size=args.batch_size)
+        predictions = predict(files, run, window=args.window, batch_size=args.batch_size, speaker_norm=args.speaker_norm)
         good = [p for p in predictions if p.error is None]
         for failed in predictions:
             if failed.error is not None:

@@ -143,6 +143,7 @@ class Run:
     labels: list[str]
     features: FeatureConfig
     forward: Callable[[np.ndarray], np.ndarray]  # segments (batch, segments, ...) -> probabilities (batch, classes)
+    speaker_norm: bool = False  # trained on per-speaker standardised embeddings (train.py --speaker-norm)
 
 
 def missing_files(folder: Path) -> list[str]:
@@ -207,7 +208,8 @@ def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
         features = FeatureConfig.from_dict(_read_json(folder, FEATURES))
     except (TypeError, ValueError) as error:
         raise RunError(f"run {folder}: {FEATURES} does not fit this version of utils.py: {error}") from None
-    return Run(folder, labels, features, _forward(folder, precision))
+    options = _read_json(folder, OPTIONS) if (folder / OPTIONS).is_file() else {}
+    return Run(folder, labels, features, _forward(folder, precision), bool(options.get("speaker_norm", False)))
 
 
 def _read_json(folder: Path, name: str):
@@ -223,6 +225,26 @@ def _first_line(error: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def load_keras_model(folder: Path):
+    """The run's ``model.keras``, for what the SavedModel cannot do (its parts, another precision).
+
+    Raises
+    ------
+    RunError
+        If the file is missing or damaged.
+    """
+    import keras
+
+    import SpeechModel  # noqa: F401  (registers the model's layers for loading)
+
+    if not (folder / MODEL_KERAS).is_file():
+        raise RunError(f"run {folder}: has no {MODEL_KERAS}")
+    try:
+        return keras.models.load_model(folder / MODEL_KERAS, compile=False)
+    except Exception as error:  # zip, h5 and config errors all mean a damaged file
+        raise RunError(f"run {folder}: {MODEL_KERAS} does not load: {_first_line(error)}") from None
+
+
 def _forward(folder: Path, precision: str) -> Callable[[np.ndarray], np.ndarray]:
     if precision == "float32" and (folder / SAVED_MODEL).is_file() and installed("tensorflow"):
         import tensorflow as tf
@@ -236,14 +258,9 @@ def _forward(folder: Path, precision: str) -> Callable[[np.ndarray], np.ndarray]
     if not (folder / MODEL_KERAS).is_file():
         needs = "--precision bfloat16 needs model.keras" if precision != "float32" else "a SavedModel needs TensorFlow"
         raise RunError(f"{folder} holds only a SavedModel, and {needs}")
-    import keras
+    from SpeechModel import SpeechModel
 
-    from SpeechModel import SpeechModel  # also registers the model's layers for loading
-
-    try:
-        model = keras.models.load_model(folder / MODEL_KERAS, compile=False)
-    except Exception as error:  # zip, h5 and config errors all mean a damaged file
-        raise RunError(f"run {folder}: {MODEL_KERAS} does not load: {_first_line(error)}") from None
+    model = load_keras_model(folder)
     if precision == "bfloat16":
         model = SpeechModel.mixed_precision_copy(model, "mixed_bfloat16")
     return SpeechModel.inference_function(model)

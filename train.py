@@ -175,7 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stages", choices=STAGES, default=defaults.stages, help="the backbone's top stage alone makes a segment's embedding, or the pooled outputs of all its stages")
     parser.add_argument("--head", choices=HEADS, default=defaults.head, help="the paper's BLSTM with attention, or statistics pooling (mean and standard deviation of the segment embeddings)")
     parser.add_argument("--embedding-dropout", type=_fraction, default=defaults.embedding_dropout, help="dropout on the segment embeddings in training, a regulariser for small corpora (0 to <1)")
-    parser.add_argument("--speaker-norm", action="store_true", help="standardise each speaker's embeddings with their own statistics (transductive: test speakers' too); --folds evaluation with --backbone-mode frozen only, as infer.py cannot apply it yet")
+    parser.add_argument("--speaker-norm", action="store_true", help="standardise each speaker's embeddings with their own statistics (transductive: test speakers' too; frozen mode); infer.py --speaker-norm applies the same")
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="utterances per batch")
     parser.add_argument("--learning-rate", type=positive_float, default=defaults.learning_rate, help="Adam learning rate")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for enhancement, shuffling and initialisation")
@@ -198,9 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         if options.weights not in ("imagenet", "none") and not Path(options.weights).is_file():
             raise UsageError(f"--weights {options.weights}: no such file (use imagenet, none or a weights file)")
-        if options.speaker_norm and not (options.folds and options.backbone_mode in (None, "frozen")):
-            raise UsageError("--speaker-norm works with --folds and --backbone-mode frozen for now: an exported model "
-                             "would need infer.py to apply it, which it cannot yet")
+        if options.speaker_norm and options.backbone_mode == "finetune":
+            raise UsageError("--speaker-norm works with --backbone-mode frozen (the embeddings it standardises are computed once)")
         run(options, resume=args.resume)
         return 0
 

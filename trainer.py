@@ -250,6 +250,7 @@ def train_split(
         embeddings = features.extract_embeddings(
             embedder, extracted.segments, config=options.features, cache_dir=cache_dir / "embeddings"
         )
+        raw_embeddings = embeddings
         if options.speaker_norm:
             speaker_of = {features.source_key(source): u.speaker for source, u in train_sources + evaluation}
             embeddings = standardize_per_speaker(embeddings, speaker_of)
@@ -292,6 +293,12 @@ def train_split(
         )
     if options.backbone_mode == "frozen":
         SpeechModel.load_head_weights(model, trainee)
+        if options.speaker_norm:
+            # The exported model standardises with the training speakers' pooled statistics
+            # (infer.py --speaker-norm none); infer.py's folder and file modes use the
+            # speaker's own instead, through SpeechModel.standardized_head.
+            originals = [raw_embeddings[e.source] for e in train if isinstance(e.source, str)]
+            SpeechModel.adapt_normalization(model, np.concatenate(originals))
         # A fresh optimizer state for every variable, so that model.keras loads without a
         # mismatch warning and can be fine-tuned from where the frozen run ended.
         model.optimizer.build(model.trainable_variables)

@@ -213,3 +213,54 @@ def test_output_goes_to_a_file_when_asked(run_dir, clips, tmp_path, capsys):
     code, out, _ = run_cli([clips[2], "--model", run_dir, "--format", "json", "--output", target], capsys)
     assert code == 0 and out == ""
     assert json.loads(target.read_text())[0]["path"] == str(clips[2])
+
+
+@pytest.fixture(scope="module")
+def speaker_norm_run(tmp_path_factory) -> Path:
+    """A tiny frozen run trained with --speaker-norm."""
+    import train
+    from conftest import write_ravdess
+    from tiny_model import tiny_backbone
+    from trainer import Options
+
+    root = tmp_path_factory.mktemp("speaker_norm_run")
+    write_ravdess(root / "dataset", actors=(1, 2, 3, 4), emotions=(1, 4, 5))
+    options = Options(
+        epochs=2, dataset=str(root / "dataset"), test_speakers=[4], val_speakers=[3], backbone_mode="frozen",
+        weights="none", batch_size=4, learning_rate=1e-3, output=str(root / "runs"), cache_dir=str(root / "cache"),
+        download=False, augment=False, speaker_norm=True,
+    )
+    return train.run(options, backbone=lambda: tiny_backbone((64, 64, 3)))
+
+
+def test_speaker_norm_standardises_with_each_folders_or_files_own_statistics(speaker_norm_run, write_audio):
+    from SpeechModel import SpeechModel
+
+    speaker = [write_audio(f"speaker_a/clip{index}.wav", tone(180 + 90 * index, 1.0 + 0.4 * index)) for index in range(3)]
+    run = runs.load_run(speaker_norm_run)
+    assert run.speaker_norm
+    model = keras.models.load_model(speaker_norm_run / "model.keras")
+    embed, head = SpeechModel.embedding_model(model), SpeechModel.standardized_head(model)
+    embeddings = [embed.predict(utils.get_framed_log_melspectrogram(path, run.features)[np.newaxis], verbose=0)[0] for path in speaker]
+
+    def expected(groups):
+        rows = []
+        for group in groups:
+            stacked = np.concatenate(group)
+            rows += [head.predict(((e - stacked.mean(0)) / (stacked.std(0) + 1e-6))[np.newaxis], verbose=0)[0] for e in group]
+        return np.array(rows)
+
+    by_folder = infer.predict(speaker, run, speaker_norm="folder")
+    by_file = infer.predict(speaker, run, speaker_norm="file")
+    global_stats = infer.predict(speaker, run, speaker_norm="none")
+    as_list = lambda predictions: np.array([list(p.probabilities.values()) for p in predictions])  # noqa: E731
+    np.testing.assert_allclose(as_list(by_folder), expected([embeddings]), atol=1e-4)
+    np.testing.assert_allclose(as_list(by_file), expected([[e] for e in embeddings]), atol=1e-4)
+    direct = model.predict(utils.get_framed_log_melspectrogram(speaker[0], run.features)[np.newaxis], verbose=0)[0]
+    np.testing.assert_allclose(list(global_stats[0].probabilities.values()), direct, atol=1e-5)  # the exported model
+    assert not np.allclose(as_list(by_folder), as_list(global_stats), atol=1e-3)
+
+
+def test_speaker_norm_needs_a_run_trained_with_it(run_dir, clips, capsys):
+    code, _, err = run_cli([clips[0], "--model", run_dir, "--speaker-norm", "folder"], capsys)
+    assert code == 2 and "was not trained with --speaker-norm; use none" in err

@@ -317,3 +317,13 @@ def test_embedding_dropout_acts_in_training_only():
     batch = padded_batch([3, 4])
     np.testing.assert_allclose(model(batch, training=False), model.predict(batch, verbose=0), atol=1e-6)
     assert not np.allclose(model(batch, training=True), model(batch, training=False), atol=1e-6)
+
+
+def test_the_standardized_head_is_the_model_after_its_normalisation():
+    model = tiny_model(compile=False)
+    SpeechModel.adapt_normalization(model, np.random.default_rng(1).normal(0.3, 2.0, (40, 4)).astype("float32"))
+    batch = padded_batch([3, 5])
+    embeddings = SpeechModel.embedding_model(model).predict(batch, verbose=0)
+    normalised = np.array(model.get_layer("embedding_normalization")(embeddings))
+    normalised[0, 3:] = 0  # padding rows, masked
+    np.testing.assert_allclose(SpeechModel.standardized_head(model).predict(normalised, verbose=0), model.predict(batch, verbose=0), atol=1e-5)

@@ -316,9 +316,10 @@ def test_per_speaker_standardisation_uses_each_speakers_own_original_files():
     assert standardised[("a1.wav", "enhanced")].mean() > 10  # scaled with A's statistics
 
 
-def test_speaker_norm_is_refused_where_inference_could_not_apply_it(corpus, tmp_path, capsys):
-    code = train.main(["3", "--dataset", str(corpus), "--speaker-norm", "--weights", "none", "--output", str(tmp_path / "runs")])
-    assert code == 2 and "--speaker-norm works with --folds" in capsys.readouterr().err
+def test_speaker_norm_is_refused_with_fine_tuning(corpus, tmp_path, capsys):
+    code = train.main(["3", "--dataset", str(corpus), "--speaker-norm", "--backbone-mode", "finetune", "--weights", "none",
+                       "--output", str(tmp_path / "runs")])
+    assert code == 2 and "--speaker-norm works with --backbone-mode frozen" in capsys.readouterr().err
 
 
 def test_a_cross_validation_with_the_stats_head_and_speaker_norm_records_both(corpus, tmp_path):
