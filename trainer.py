@@ -264,7 +264,8 @@ def train_split(
         embeddings = features.extract_embeddings(embedder, {e.source: extracted.segments[e.source] for e in train})
         inputs = extracted.segments
         trainee = model
-    SpeechModel.adapt_normalization(trainee, np.concatenate([embeddings[e.source] for e in train]))
+    if not options.speaker_norm:  # standardised per speaker already: the head's normalisation stays the identity
+        SpeechModel.adapt_normalization(trainee, np.concatenate([embeddings[e.source] for e in train]))
 
     forward = SpeechModel.inference_function(trainee)
     train_batches = batching.PaddedBatches(

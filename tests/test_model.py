@@ -139,12 +139,21 @@ def test_segment_scaling_maps_each_segment_channel_to_the_input_range():
     assert SegmentScaling.from_config(SegmentScaling((0.0, 255.0)).get_config()).input_range == (0.0, 255.0)
 
 
-def test_image_size_resizes_segments_inside_the_model():
+def test_image_size_resizes_segments_inside_the_model_and_the_export_agrees(tmp_path):
     model = SpeechModel.create_model(
         3, weights=None, backbone=tiny_backbone((16, 16, 3)), segment_shape=SEGMENT_SHAPE, image_size=16,
-        head=HeadConfig(lstm_units=4, attention_units=4, dense_units=(8,)),
+        head=HeadConfig(lstm_units=4, attention_units=4, dense_units=(8,)), compile=False,
     )
-    assert model.predict(padded_batch([2, 3]), verbose=0).shape == (2, 3)
+    batch = padded_batch([2, 3])
+    expected = model.predict(batch, verbose=0)
+    assert expected.shape == (2, 3)
+    import tensorflow as tf
+
+    SpeechModel.export(model, tmp_path / "exported")
+    exported = tf.saved_model.load(str(tmp_path / "exported"))  # held: serve() needs it alive
+    np.testing.assert_allclose(exported.serve(tf.constant(batch)).numpy(), expected, atol=1e-5)
+    model.save(tmp_path / "model.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "model.keras").predict(batch, verbose=0), expected, atol=1e-5)
 
 
 def test_real_resnet50v2_shapes():
