@@ -198,10 +198,12 @@ def test_finetuning_trains_end_to_end_and_exports(corpus, tmp_path):
 
 def test_folds_test_every_speaker_once_and_report_mean_and_spread(corpus, tmp_path):
     # backbone_mode=None, as a Python caller may leave it: the machine's default, named in the run.
-    options = options_for(corpus, tmp_path, epochs=1, folds=3, augment=False, backbone_mode=None)
+    # The statistics head and per-speaker normalisation ride along: recorded in the run's options.
+    options = options_for(corpus, tmp_path, epochs=1, folds=3, augment=False, backbone_mode=None, head="stats", speaker_norm=True)
     run = train.run(options, backbone=small_backbone)
     assert "-frozen-" in run.name and run.name.endswith("-1ep-cv3")  # this machine has no GPU
     metrics = json.loads((run / "metrics.json").read_text())
+    assert (metrics["options"]["head"], metrics["options"]["speaker_norm"]) == ("stats", True)
     assert len(metrics["folds"]) == 3
     tested = sorted(speaker for fold in metrics["folds"] for speaker in fold["speakers"]["test"])
     assert tested == [1, 2, 3, 4]
@@ -320,10 +322,3 @@ def test_speaker_norm_is_refused_with_fine_tuning(corpus, tmp_path, capsys):
     code = train.main(["3", "--dataset", str(corpus), "--speaker-norm", "--backbone-mode", "finetune", "--weights", "none",
                        "--output", str(tmp_path / "runs")])
     assert code == 2 and "--speaker-norm works with --backbone-mode frozen" in capsys.readouterr().err
-
-
-def test_a_cross_validation_with_the_stats_head_and_speaker_norm_records_both(corpus, tmp_path):
-    run = train.run(options_for(corpus, tmp_path, epochs=1, folds=3, augment=False, head="stats", speaker_norm=True),
-                    backbone=small_backbone)
-    options = json.loads((run / "metrics.json").read_text())["options"]
-    assert (options["head"], options["speaker_norm"]) == ("stats", True)
