@@ -96,6 +96,20 @@ def filter_library_noise(verbose: bool) -> None:
     atexit.register(drain)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``-h`` with each option's default, where one says something.
+
+    Left out: switches (``--resume``: their default is "off", and ``--no-download`` would
+    read "default: True"), options whose default is None (their help says what happens
+    then), and help that already names its default.
+    """
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.nargs == 0 or action.default is None or "default:" in (action.help or ""):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def positive_int(text: str) -> int:
     """argparse type: a whole number >= 1."""
     try:

@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evaluate.py",
         description="Score a trained DCNN-BLSTMwA run on a labelled corpus (cross-corpus evaluation).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
     )
     parser.add_argument("--model", required=True, help="run folder of train.py")
     parser.add_argument("--dataset", required=True, help="folder (or CSV manifest) of the corpus to score on; only read")

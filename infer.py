@@ -473,7 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="infer.py",
         description="Predict the emotion of audio files with a trained DCNN-BLSTMwA run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
     )
     parser.add_argument("paths", metavar="PATH", nargs="+", help="audio files and folders (searched recursively)")
     parser.add_argument("--model", default=None, help=f"run folder of train.py (default: the newest usable run in {runs.MODEL_ROOT}/; damaged ones are skipped with a warning)")

@@ -159,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="train.py",
         description="Train DCNN-BLSTMwA with speaker-independent evaluation, and export the model.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=cli.HelpFormatter,
     )
     parser.add_argument("epochs", metavar="EPOCHS", type=positive_int, help="most epochs to train (early stopping may end sooner)")
     parser.add_argument("--dataset", default=defaults.dataset, help="folder holding the corpus as distributed; only read (an empty or missing folder gets the corpus downloaded into it, where the distributor offers an archive)")
