@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Protocol, Union
@@ -260,6 +260,23 @@ def encoder_fingerprint(embedding_model) -> str:
     for weight in embedding_model.weights:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
     return digest.hexdigest()
+
+
+def embedding_statistics(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Per-feature mean and standard deviation over every row of ``arrays``: one speaker's statistics.
+
+    Parameters
+    ----------
+    arrays : sequence of np.ndarray [shape=(steps_i, features)]
+        Segment embeddings, e.g. of all of one speaker's files.
+
+    Returns
+    -------
+    mean, std : np.ndarray [shape=(features,)]
+        ``std`` has 1e-6 added, so a feature constant over the speaker standardises to 0, not NaN.
+    """
+    stacked = np.concatenate(arrays)
+    return stacked.mean(axis=0), stacked.std(axis=0) + 1e-6
 
 
 def extract_embeddings(

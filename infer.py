@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import batching
+import features
 import runs
 import utils
 import cli
@@ -335,8 +336,7 @@ def _forward_standardized(
         if not usable:
             continue
         embeddings = [embed(item.segments[np.newaxis])[0] for item in usable]
-        stacked = np.concatenate(embeddings)
-        mean, std = stacked.mean(axis=0), stacked.std(axis=0) + 1e-6
+        mean, std = features.embedding_statistics(embeddings)
         probabilities = batching.predict(head, [(e - mean) / std for e in embeddings], batch_size)
         yield from zip(usable, probabilities)
 

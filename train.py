@@ -30,7 +30,7 @@ import corpora
 import runs
 from backbones import BACKBONES, STAGES, BackboneWeightsError, get_backbone
 import cli
-from cli import UsageError, positive_float, positive_int
+from cli import UsageError, fraction, positive_float, positive_int
 from trainer import BACKBONE_MODES, BALANCING, Options, TrainingError, format_scores, summarize, train_split
 
 logger = logging.getLogger("train")
@@ -136,17 +136,6 @@ def _speakers(text: str) -> list:
     return [int(part) if part.strip().isdigit() else part.strip() for part in text.split(",") if part.strip()]
 
 
-def _fraction(text: str) -> float:
-    """argparse type: a number in [0, 1)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} must be at least 0 and below 1")
-    return value
-
-
 def _listed(speakers: Sequence) -> str:
     return ",".join(map(str, speakers))
 
@@ -174,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=positive_int, default=None, help="resize each 64x64 segment to this square size inside the model (the paper: 227; about 12x the compute at 224; default: as cut)")
     parser.add_argument("--stages", choices=STAGES, default=defaults.stages, help="the backbone's top stage alone makes a segment's embedding, or the pooled outputs of all its stages")
     parser.add_argument("--head", choices=HEADS, default=defaults.head, help="the paper's BLSTM with attention, or statistics pooling (mean and standard deviation of the segment embeddings)")
-    parser.add_argument("--embedding-dropout", type=_fraction, default=defaults.embedding_dropout, help="dropout on the segment embeddings in training, a regulariser for small corpora (0 to <1)")
+    parser.add_argument("--embedding-dropout", type=fraction, default=defaults.embedding_dropout, help="dropout on the segment embeddings in training, a regulariser for small corpora (0 to <1)")
     parser.add_argument("--speaker-norm", action="store_true", help="standardise each speaker's embeddings with their own statistics (transductive: test speakers' too; frozen mode); infer.py --speaker-norm applies the same")
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="utterances per batch")
     parser.add_argument("--learning-rate", type=positive_float, default=defaults.learning_rate, help="Adam learning rate")

@@ -162,8 +162,9 @@ def standardize_per_speaker(embeddings: dict, speaker_of: dict) -> dict:
     statistics = {}
     for speaker in set(speaker_of.values()):
         originals = [embeddings[s] for s, who in speaker_of.items() if who == speaker and isinstance(s, str) and s in embeddings]
-        stacked = np.concatenate(originals or [embeddings[s] for s, who in speaker_of.items() if who == speaker and s in embeddings])
-        statistics[speaker] = (stacked.mean(axis=0), stacked.std(axis=0) + 1e-6)
+        statistics[speaker] = features.embedding_statistics(
+            originals or [embeddings[s] for s, who in speaker_of.items() if who == speaker and s in embeddings]
+        )
     return {
         source: (array - statistics[speaker_of[source]][0]) / statistics[speaker_of[source]][1]
         for source, array in embeddings.items()

@@ -53,7 +53,7 @@ def options_for(corpus: Path, tmp_path: Path, **changes) -> trainer.Options:
 # ---------------------------------------------------------------- command line
 
 
-@pytest.mark.parametrize("argv", [["0"], ["three"], ["3", "--no-such-option"], ["3", "--balance", "sometimes"], []])
+@pytest.mark.parametrize("argv", [["0"], ["three"], ["3", "--no-such-option"], ["3", "--balance", "sometimes"], ["3", "--embedding-dropout", "1"], []])
 def test_bad_usage_exits_2(argv, capsys):
     with pytest.raises(SystemExit) as stop:
         train.main(argv)
