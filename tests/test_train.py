@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import json
 import os
@@ -16,8 +17,9 @@ import keras
 import numpy as np
 import pytest
 from conftest import SHARED_RUN_FEATURES, SHARED_RUN_LABELS, folder_state, write_ravdess
-from tiny_model import tiny_backbone
+from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
 
+import corpora
 import runs
 import train
 import trainer
@@ -45,6 +47,7 @@ def options_for(corpus: Path, tmp_path: Path, **changes) -> trainer.Options:
         epochs=2, dataset=str(corpus), test_speakers=[4], val_speakers=[3], backbone_mode="frozen",
         weights="none", batch_size=4, learning_rate=1e-3, output=str(tmp_path / "runs"),
         cache_dir=str(tmp_path / "cache"), download=False,
+        **TINY_BACKBONE_OPTIONS,
     )
     settings.update(changes)
     return trainer.Options(**settings)
@@ -93,7 +96,7 @@ def test_unreachable_imagenet_weights_stop_the_run_before_it_starts(corpus, tmp_
         raise Exception("URL fetch failure: no network")
 
     monkeypatch.setattr(keras.utils, "get_file", offline)
-    code = train.main(["3", "--dataset", str(corpus), "--test-speakers", "4", "--val-speakers", "3",
+    code = train.main(["3", "--dataset", str(corpus), "--backbone", "resnet50v2", "--test-speakers", "4", "--val-speakers", "3",
                        "--output", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")])
     err = capsys.readouterr().err
     assert code == 1
@@ -275,11 +278,11 @@ ON_ANOTHER_BACKEND = """
 import sys
 sys.path[:0] = [{root!r}, {tests!r}]
 import train
-from tiny_model import tiny_backbone
+from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
 from trainer import Options
 options = Options(
     epochs=1, dataset={dataset!r}, test_speakers=[4], val_speakers=[3], backbone_mode="finetune", weights="none",
-    batch_size=4, learning_rate=1e-3, output={output!r}, cache_dir={cache!r}, download=False,
+    batch_size=4, learning_rate=1e-3, output={output!r}, cache_dir={cache!r}, download=False, **TINY_BACKBONE_OPTIONS,
 )
 print(train.run(options, backbone=lambda: tiny_backbone((64, 64, 3))))
 """
@@ -322,3 +325,24 @@ def test_speaker_norm_is_refused_with_fine_tuning(corpus, tmp_path, capsys):
     code = train.main(["3", "--dataset", str(corpus), "--speaker-norm", "--backbone-mode", "finetune", "--weights", "none",
                        "--output", str(tmp_path / "runs")])
     assert code == 2 and "--speaker-norm works with --backbone-mode frozen" in capsys.readouterr().err
+
+
+def test_the_recipe_defaults_follow_the_mode_and_the_head(tmp_path):
+    corpus = corpora.get_corpus("ravdess")
+    frozen = trainer.Options(epochs=1, folds=2, backbone_mode="frozen").resolved(corpus, [])
+    assert (frozen.head, frozen.speaker_norm, frozen.early_stopping, frozen.learning_rate) == ("stats", True, False, 1e-3)
+    assert (frozen.backbone, frozen.image_size, frozen.stages, frozen.augment) == ("efficientnet_lite0", 224, "all", False)
+    finetune = trainer.Options(epochs=1, folds=2, backbone_mode="finetune").resolved(corpus, [])
+    assert (finetune.speaker_norm, finetune.early_stopping, finetune.learning_rate) == (False, True, 1e-4)
+    paper = trainer.Options(epochs=1, folds=2, backbone_mode="frozen", head="blstm-attention").resolved(corpus, [])
+    assert (paper.speaker_norm, paper.early_stopping, paper.learning_rate) == (True, True, 1e-4)
+    chosen = trainer.Options(epochs=1, folds=2, backbone_mode="frozen", speaker_norm=False, early_stopping=True, learning_rate=0.5)
+    assert chosen.resolved(corpus, []) == dataclasses.replace(chosen, corpus="ravdess")  # what is given is kept
+
+
+@pytest.mark.parametrize("early_stopping", [True, False])
+def test_early_stopping_is_a_choice_of_callbacks(early_stopping, tmp_path):
+    callbacks = trainer.training_callbacks(keras.callbacks.Callback(), early_stopping=early_stopping, run_dir=tmp_path)
+    kinds = {type(callback) for callback in callbacks}
+    assert (keras.callbacks.EarlyStopping in kinds) == (keras.callbacks.ReduceLROnPlateau in kinds) == early_stopping
+    assert keras.callbacks.BackupAndRestore in kinds and keras.callbacks.CSVLogger in kinds  # --resume needs both either way

@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 
 SEGMENT_SHAPE = (8, 8, 3)
+# What a train.run on tiny_backbone needs besides the recipe's defaults: the segments as
+# cut, and the backbone's one output (it has no named stages).
+TINY_BACKBONE_OPTIONS = {"image_size": None, "stages": "last"}
 
 
 def tiny_backbone(image_shape=SEGMENT_SHAPE):
