@@ -6,10 +6,16 @@
     length batched together, features computed in threads ahead of the model.
 (c) ours as (b) with the .keras model instead of the SavedModel.
 (d) ours as (c) with --precision bfloat16 (CPUs with bf16 units gain).
+(e) ours as (b), train.py's default recipe: EfficientNet-Lite0 at 224x224, every
+    stage's output, the statistics head.
+(f) ours as (e) with --speaker-norm folder (each folder's embeddings standardised with
+    its own statistics, through model.keras).
+(g) ours as (b), the fast recipe: EfficientNet-Lite0 at 64x64, every stage, statistics head.
 
-Both analyse every file from audio to emotion; (b) reads all of each file where (a)
-stops at 8 segments (2.9 s). The run is an exported ResNet50V2 model at 64x64 with
-random weights (the speed is the same as a trained one's); loading it is not timed.
+All analyse every file from audio to emotion; (b)-(g) read all of each file where (a)
+stops at 8 segments (2.9 s). (a)-(d) run an exported ResNet50V2 model at 64x64 (the
+earlier default); every model has random weights (the speed is the same as a trained
+one's); loading is not timed.
 
     python bench/infer.py [--data ../shared/data/ravdess-mini] [--plain-files 40]
 """
@@ -17,6 +23,7 @@ random weights (the speed is the same as a trained one's); loading it is not tim
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -35,14 +42,15 @@ import runs  # noqa: E402
 import utils  # noqa: E402
 from bench.model import fixed_length  # noqa: E402
 from corpora.ravdess import RAVDESS  # noqa: E402
-from SpeechModel import SpeechModel  # noqa: E402
+from SpeechModel import HeadConfig, SpeechModel  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
 
 
-def export_run(folder: Path) -> Path:
+def export_run(folder: Path, **recipe) -> Path:
+    """A run folder of ``SpeechModel.create_model(weights=None, **recipe)``."""
     folder.mkdir()
-    runs.write_model(folder, SpeechModel.create_model(weights=None), list(RAVDESS.labels), utils.DEFAULT_FEATURES)
+    runs.write_model(folder, SpeechModel.create_model(weights=None, **recipe), list(RAVDESS.labels), utils.DEFAULT_FEATURES)
     return folder
 
 
@@ -55,10 +63,10 @@ def time_plain(run: Path, files: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def time_ours(run: runs.Run, files: list[Path]) -> float:
-    infer.predict(files[:2], run, progress=False)  # warm up, not timed
+def time_ours(run: runs.Run, files: list[Path], speaker_norm: str = "none") -> float:
+    infer.predict(files[:2], run, progress=False, speaker_norm=speaker_norm)  # warm up, not timed
     start = time.perf_counter()
-    predictions = infer.predict(files, run, progress=False)
+    predictions = infer.predict(files, run, progress=False, speaker_norm=speaker_norm)
     seconds = time.perf_counter() - start
     assert all(p.error is None for p in predictions), [p.error for p in predictions if p.error]
     return seconds
@@ -81,21 +89,31 @@ def main() -> None:
         shutil.move(run_dir / "saved_model.pb", folder / "saved_model.pb")  # leaves the .keras model
         keras_model = len(files) / time_ours(runs.load_run(run_dir), files)
         bfloat16 = len(files) / time_ours(runs.load_run(run_dir, precision="bfloat16"), files)
+        lite0 = {"backbone": "efficientnet_lite0", "stages": "all", "head": HeadConfig(kind="stats")}
+        default_dir = export_run(folder / "default", image_size=224, **lite0)
+        default = len(files) / time_ours(runs.load_run(default_dir), files)
+        # A run trained with --speaker-norm: the same model, its options saying so.
+        trained_with_norm = dataclasses.replace(runs.load_run(default_dir), speaker_norm=True)
+        default_folder_norm = len(files) / time_ours(trained_with_norm, files, speaker_norm="folder")
+        fast = len(files) / time_ours(runs.load_run(export_run(folder / "fast", **lite0)), files)
     finally:
         shutil.rmtree(folder)
     cores = len(os.sched_getaffinity(0))
     print(
-        f"inference: ResNet50V2 64x64, {len(files)} files ({args.data}), {cores} cores, "
+        f"inference: {len(files)} files ({args.data}), {cores} cores, "
         f"Keras {keras.__version__} on {keras.backend.backend()}"
     )
-    print(f"{'approach':<60}{'files/s':>9}{'vs (a)':>8}")
+    print(f"{'approach':<66}{'files/s':>9}{'vs (a)':>8}")
     for name, rate in [
         ("(a) plain: per file features, fixed 8 segments, model.predict", plain),
         (f"(b) ours: infer.predict, SavedModel, {infer.BATCH_WINDOWS} windows/batch", saved_model),
         ("(c) ours as (b), model.keras", keras_model),
         ("(d) ours as (c), --precision bfloat16", bfloat16),
+        ("(e) ours as (b), default recipe: Lite0 224x224, all stages, stats", default),
+        ("(f) ours as (e), --speaker-norm folder", default_folder_norm),
+        ("(g) ours as (b), fast recipe: Lite0 64x64, all stages, stats", fast),
     ]:
-        print(f"{name:<60}{rate:>9.1f}{rate / plain:>7.1f}x")
+        print(f"{name:<66}{rate:>9.1f}{rate / plain:>7.1f}x")
 
 
 if __name__ == "__main__":

@@ -7,9 +7,12 @@
 (c) ours, frozen: the backbone embeds every segment once (features.extract_embeddings, timed on its
     own, against a bare forward pass over the same segments), then only BLSTM,
     attention and head train on the embeddings.
+(d) ours, frozen, train.py's default recipe: EfficientNet-Lite0 at 224x224, every stage's
+    output, the statistics head: the embedding pass and a head epoch.
+(e) ours, frozen, the fast recipe: as (d) at 64x64.
 
-All use the project's model (ResNet50V2 at 64x64 with random weights: the speed is the
-same as ImageNet's; the original's TimeDistributed wrapper would make (a) slower still),
+(a)-(c) use ResNet50V2 at 64x64 (the earlier default); all have random weights (the speed
+is the same as ImageNet's; the original's TimeDistributed wrapper would make (a) slower still),
 batch 32 utterances, Adam, no validation inside the timed epochs. An epoch's time is that
 of a later epoch (the first one traces the graphs); segments/s counts the real segments
 an epoch trains on (padding is not counted).
@@ -37,7 +40,7 @@ import features  # noqa: E402
 from batching import PaddedBatches  # noqa: E402
 from bench.model import FIXED_SEGMENTS, fixed_length  # noqa: E402
 from corpora.ravdess import read_ravdess  # noqa: E402
-from SpeechModel import SpeechModel  # noqa: E402
+from SpeechModel import HeadConfig, SpeechModel  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
 BATCH_UTTERANCES = 32  # train.py's default --batch-size
@@ -84,9 +87,12 @@ def time_finetune(utterances: list[np.ndarray], labels: np.ndarray, epochs: int)
     return seconds, sum(len(segments) for segments in utterances)
 
 
-def time_embedding(segments: dict, cache_dir: Path) -> tuple[float, float, dict]:
-    """Seconds of features.extract_embeddings (empty cache) and of a bare forward pass over the same segments."""
-    embedder = SpeechModel.embedding_model(SpeechModel.create_model(weights=None))
+def time_embedding(segments: dict, cache_dir: Path, **recipe) -> tuple[float, float, dict]:
+    """Seconds of features.extract_embeddings (empty cache) and of a bare forward pass over the same segments.
+
+    The backbone is that of ``SpeechModel.create_model(weights=None, **recipe)``.
+    """
+    embedder = SpeechModel.embedding_model(SpeechModel.create_model(weights=None, **recipe))
     stacked = np.concatenate(list(segments.values()))
     budget = features.EMBEDDING_BATCH_SEGMENTS
     chunks = [stacked[start : start + budget] for start in range(0, len(stacked), budget)]
@@ -101,8 +107,8 @@ def time_embedding(segments: dict, cache_dir: Path) -> tuple[float, float, dict]
     return time.perf_counter() - start, bare, embeddings
 
 
-def time_frozen_head(embeddings: list[np.ndarray], labels: np.ndarray, epochs: int) -> float:
-    head = SpeechModel.create_head(embedding_size=embeddings[0].shape[-1])
+def time_frozen_head(embeddings: list[np.ndarray], labels: np.ndarray, epochs: int, head: HeadConfig = HeadConfig()) -> float:
+    head = SpeechModel.create_head(embedding_size=embeddings[0].shape[-1], head=head)
     batches = PaddedBatches(embeddings, labels, BATCH_UTTERANCES, seed=0)
     return later_epoch(
         lambda n, callbacks: head.fit(batches.as_keras_data(), epochs=n, callbacks=callbacks, shuffle=False, verbose=0),
@@ -133,10 +139,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache_dir:
         embed_seconds, bare_seconds, embeddings = time_embedding(segments, Path(cache_dir))
     frozen_epoch = time_frozen_head([embeddings[name] for name in segments], labels, max(args.epochs, 3))
+    recipes = {}  # name: (embedding pass seconds, head epoch seconds)
+    for name, image_size in (("default", 224), ("fast", None)):
+        lite0 = {"backbone": "efficientnet_lite0", "stages": "all", "image_size": image_size}
+        with tempfile.TemporaryDirectory() as cache_dir:
+            recipe_seconds, _, recipe_embeddings = time_embedding(segments, Path(cache_dir), **lite0)
+        recipe_epoch = time_frozen_head(
+            [recipe_embeddings[key] for key in segments], labels, max(args.epochs, 3), HeadConfig(kind="stats")
+        )
+        recipes[name] = (recipe_seconds, recipe_epoch)
 
     cores = len(os.sched_getaffinity(0))
     print(
-        f"training: ResNet50V2 64x64, {len(utterances)} files, {all_segments} segments ({args.data}), batch "
+        f"training: {len(utterances)} files, {all_segments} segments ({args.data}), batch "
         f"{BATCH_UTTERANCES}, {cores} cores, Keras {keras.__version__} on {keras.backend.backend()}"
     )
     print(f"{'approach':<56}{'s/epoch':>9}{'segments/s':>12}{'epoch vs (a)':>14}")
@@ -152,6 +167,12 @@ def main() -> None:
         f"({all_segments / embed_seconds:.0f} segments/s), bare forward pass {bare_seconds:.2f} s: "
         f"{embed_seconds / bare_seconds:.2f}x of it"
     )
+    for label, (name, size) in zip("de", (("default", "224x224"), ("fast", "64x64"))):
+        seconds, epoch = recipes[name]
+        print(
+            f"({label}) {name} recipe, Lite0 {size}, all stages, stats head: one-time embedding pass {seconds:.2f} s "
+            f"({all_segments / seconds:.0f} segments/s), then {epoch:.3f} s per head epoch"
+        )
 
 
 if __name__ == "__main__":
