@@ -61,7 +61,10 @@ def run_uars(run: Path, splits: list[corpora.SpeakerSplit]) -> tuple[str, list[f
     if [fold["speakers"]["test"] for fold in metrics["folds"]] != [split.speakers()["test"] for split in splits]:
         raise SystemExit(f"error: {run} tested other speakers per fold than --data and --folds give")
     options = metrics["options"]
-    name = f"{run.name}: {options.get('backbone', 'resnet50v2')} {options['backbone_mode']}, weights {options['weights']}, " + (
+    name = (
+        f"{run.name}: {options.get('backbone', 'resnet50v2')} {options['backbone_mode']} {options.get('image_size') or 64}px "
+        f"{options.get('stages', 'last')} stages, {options.get('head', 'blstm-attention')} head, "
+        f"speaker norm {'on' if options.get('speaker_norm') else 'off'}, weights {options['weights']}, "
         f"enhancement {'on' if options['augment'] else 'off'}, balance {options['balance']}"
     )
     return name, [fold["uar"] for fold in metrics["folds"]]
