@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import keras
@@ -303,6 +303,41 @@ class StatisticsPooling(layers.Layer):
         return (input_shape[0], 2 * input_shape[-1])
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class BackboneScaledAdam(keras.optimizers.Adam):
+    """Adam whose steps on the backbone's variables use ``backbone_scale`` times the learning rate.
+
+    For fine-tuning: the pretrained backbone moves more slowly than the freshly initialised
+    head. Variables are the backbone's when their path starts with one of ``backbone_prefixes``
+    (the backbone model's name and a slash), which keeps the choice in the optimizer's config.
+
+    Example:
+    >>> optimizer = BackboneScaledAdam(1e-4, backbone_scale=0.1, backbone_prefixes=["efficientnet_lite0/"])
+    """
+
+    def __init__(self, learning_rate=1e-3, *, backbone_scale: float = 1.0, backbone_prefixes: Sequence[str] = (), **kwargs: Any) -> None:
+        super().__init__(learning_rate, **kwargs)
+        if backbone_scale < 0:
+            raise ValueError(f"backbone_scale must be >= 0, got {backbone_scale!r}")
+        self.backbone_scale = float(backbone_scale)
+        self.backbone_prefixes = tuple(backbone_prefixes)
+
+    def build(self, variables) -> None:
+        super().build(variables)
+        # By index, as Adam finds its own slots: update_step may see the backend's variable.
+        self._backbone_indices = {
+            self._get_variable_index(variable) for variable in variables if variable.path.startswith(self.backbone_prefixes)
+        }
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self._get_variable_index(variable) in self._backbone_indices:
+            learning_rate = ops.multiply(learning_rate, self.backbone_scale)
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self) -> dict[str, Any]:
+        return {**super().get_config(), "backbone_scale": self.backbone_scale, "backbone_prefixes": list(self.backbone_prefixes)}
+
+
 class SpeechModel:
     """Build, inspect and export DCNN-BLSTMwA models.
 
@@ -324,6 +359,8 @@ class SpeechModel:
         input_range: Sequence[float] | None = None,
         head: HeadConfig = HeadConfig(),
         learning_rate: float = LEARNING_RATE,
+        backbone_learning_rate_scale: float = 1.0,
+        freeze_batch_normalization: bool = False,
         compile: bool = True,
     ) -> keras.Model:
         """The DCNN-BLSTMwA model, compiled and ready for ``fit``.
@@ -351,6 +388,11 @@ class SpeechModel:
                 the named backbone's own, or (-1, 1) for a keras.Model. Defaults to None.
             head: HeadConfig. BLSTM, attention and dense layers. Defaults to HeadConfig().
             learning_rate: float. Adam learning rate. Defaults to 1e-4.
+            backbone_learning_rate_scale: float >= 0. The backbone trains at this times
+                ``learning_rate`` (`BackboneScaledAdam`), for fine-tuning. Defaults to 1.
+            freeze_batch_normalization: bool. The backbone's BatchNormalization layers keep
+                their (ImageNet) statistics and scales: not trainable, so they normalise as
+                in inference even while the rest fine-tunes. Defaults to False.
             compile: bool. Compile with Adam, sparse categorical cross-entropy and accuracy.
                 Defaults to True.
 
@@ -370,6 +412,10 @@ class SpeechModel:
             image_size = None  # the segments' own size: nothing to resize
         image_shape = (image_size, image_size, segment_shape[2]) if image_size else segment_shape
         backbone_model, default_range = _backbone_model(backbone, weights, image_shape, stages)
+        if freeze_batch_normalization:
+            for layer in _nested_layers(backbone_model):
+                if isinstance(layer, layers.BatchNormalization):
+                    layer.trainable = False
 
         segments = keras.Input(shape=(None, *segment_shape), name="segments")
         x = SegmentScaling(input_range or default_range, name="scaling")(segments)
@@ -377,7 +423,7 @@ class SpeechModel:
         probabilities = _classifier_head(x, num_classes, head)
         model = keras.Model(segments, probabilities, name="dcnn_blstmwa")
         if compile:
-            _compile(model, learning_rate)
+            _compile(model, learning_rate, backbone_learning_rate_scale, f"{backbone_model.name}/")
         return model
 
     @staticmethod
@@ -624,9 +670,21 @@ def _set_float32_policies(config: Any, policy: str, layer: str | None = None) ->
             _set_float32_policies(value, policy, layer)
 
 
-def _compile(model: keras.Model, learning_rate: float) -> None:
+def _nested_layers(model: keras.Model) -> Iterator[layers.Layer]:
+    """Every layer of ``model``, those of the models inside it included."""
+    for layer in model.layers:
+        yield layer
+        if isinstance(layer, keras.Model):
+            yield from _nested_layers(layer)
+
+
+def _compile(model: keras.Model, learning_rate: float, backbone_scale: float = 1.0, backbone_prefix: str = "") -> None:
+    optimizer = (
+        keras.optimizers.Adam(learning_rate) if backbone_scale == 1.0
+        else BackboneScaledAdam(learning_rate, backbone_scale=backbone_scale, backbone_prefixes=[backbone_prefix])
+    )
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
+        optimizer=optimizer,
         loss="sparse_categorical_crossentropy",
         metrics=["accuracy"],
     )

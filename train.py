@@ -168,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None, help="stop when validation UAR has not improved for 10 epochs and keep the best epoch's weights (default: off for the stats head on frozen embeddings, on otherwise)")
     parser.add_argument("--batch-size", type=positive_int, default=defaults.batch_size, help="utterances per batch")
     parser.add_argument("--learning-rate", type=positive_float, default=None, help="Adam learning rate (default: 1e-3 for the stats head on frozen embeddings, 1e-4 otherwise)")
+    parser.add_argument("--backbone-lr-scale", type=positive_float, default=defaults.backbone_lr_scale, help="finetune: the backbone trains at this times --learning-rate (the new head at --learning-rate itself)")
+    parser.add_argument("--freeze-batchnorm", action=argparse.BooleanOptionalAction, default=defaults.freeze_batchnorm, help="finetune: the backbone's BatchNorm layers keep their ImageNet statistics and scales")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for enhancement, shuffling and initialisation")
     parser.add_argument("--output", default=defaults.output, help="folder for run folders")
     parser.add_argument("--cache-dir", default=defaults.cache_dir, help="folder for cached features, embeddings and downloads")

@@ -74,6 +74,8 @@ class Options:
     early_stopping: bool | None = None
     batch_size: int = 32
     learning_rate: float | None = None
+    backbone_lr_scale: float = 0.1
+    freeze_batchnorm: bool = True
     seed: int = 0
     output: str = str(runs.MODEL_ROOT)
     cache_dir: str = str(features.default_cache_dir())
@@ -284,6 +286,9 @@ def train_split(
         len(labels), weights=weights, backbone=options.backbone if backbone is None else backbone(),
         segment_shape=options.features.segment_shape, image_size=options.image_size, stages=options.stages,
         head=head, learning_rate=options.learning_rate,
+        # Fine-tuning settings: a pretrained backbone moves slower than the new head, and keeps its BatchNorm.
+        backbone_learning_rate_scale=options.backbone_lr_scale if options.backbone_mode == "finetune" else 1.0,
+        freeze_batch_normalization=options.freeze_batchnorm and options.backbone_mode == "finetune",
     )
     class_weight = augment.class_weights([e.label for e in train]) if options.balance == "class-weight" else None
 

@@ -378,3 +378,26 @@ def test_an_image_size_equal_to_the_segments_resizes_nothing():
     model = tiny_model(image_size=SEGMENT_SHAPE[0], compile=False)
     assert model.get_layer("segment_encoder").get_config()["image_size"] is None
     assert tiny_model(image_size=SEGMENT_SHAPE[0] + 1, compile=False).get_layer("segment_encoder").get_config()["image_size"] == SEGMENT_SHAPE[0] + 1
+
+
+def test_fine_tuning_settings_slow_the_backbone_and_keep_its_batchnorm(tmp_path):
+    batch, labels = padded_batch([3, 4]), np.array([0, 2])
+
+    def one_step(**settings):
+        model = tiny_model(**settings)
+        backbone = model.get_layer("segment_encoder").backbone
+        conv, norm = backbone.layers[0], backbone.layers[1]
+        before = [np.array(conv.kernel), np.array(norm.moving_mean), np.array(model.get_layer("emotion").kernel)]
+        model.train_on_batch(batch, labels)
+        after = [np.array(conv.kernel), np.array(norm.moving_mean), np.array(model.get_layer("emotion").kernel)]
+        return model, [not np.allclose(b, a) for b, a in zip(before, after)]
+
+    model, (conv_moved, statistics_moved, head_moved) = one_step(backbone_learning_rate_scale=0.0, freeze_batch_normalization=True)
+    assert (conv_moved, statistics_moved, head_moved) == (False, False, True)
+    assert (model.optimizer.backbone_scale, model.optimizer.backbone_prefixes) == (0.0, ("tiny_backbone/",))
+    model.save(tmp_path / "finetune.keras")
+    loaded = keras.models.load_model(tmp_path / "finetune.keras")
+    assert isinstance(loaded.optimizer, speech_model_module.BackboneScaledAdam) and loaded.optimizer.backbone_scale == 0.0
+    _, moved = one_step()
+    assert moved == [True, True, True]
+    assert type(tiny_model().optimizer) is keras.optimizers.Adam  # scale 1: Keras' own Adam
