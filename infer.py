@@ -48,6 +48,9 @@ SILENCE_PEAK = 1e-4  # a file whose samples never reach this (-80 dBFS) is calle
 LOW_BIT_SUBTYPES = ("PCM_U8", "PCM_S8", "ULAW", "ALAW")  # 8-bit sample formats
 # Warnings a prediction may carry: it is still made, but on input unlike what models train on.
 SILENT, TOO_SHORT, LOW_SAMPLE_RATE, EIGHT_BIT = "silent", "too short", "low sample rate", "8-bit"
+# --speaker-norm file on a file of one window: standardised by its own statistics, the
+# file loses what tells it apart (measured: chance with the statistics head).
+SELF_NORMALISED = "one window normalised by itself"
 
 
 class InferenceError(UsageError):
@@ -85,7 +88,8 @@ class Prediction:
     warnings : tuple of str
         Why the prediction deserves less trust: `SILENT` (no signal above -80 dBFS),
         `TOO_SHORT` (shorter than one segment, so padded), `LOW_SAMPLE_RATE` (recorded
-        below the rate the run's features use), `EIGHT_BIT` (8-bit samples).
+        below the rate the run's features use), `EIGHT_BIT` (8-bit samples),
+        `SELF_NORMALISED` (``speaker_norm="file"`` on a file of one window).
     """
 
     path: str
@@ -231,7 +235,10 @@ def predict(
         warnings[index] += _recording_warnings(info.duration, info.sample_rate, run.features)
         if info.subtype in LOW_BIT_SUBTYPES:
             warnings[index].append(EIGHT_BIT)
-        jobs += [_Window(index, start, end) for start, end in window_spans(info.duration, window)]
+        spans = window_spans(info.duration, window)
+        if speaker_norm == "file" and len(spans) == 1:
+            warnings[index].append(SELF_NORMALISED)
+        jobs += [_Window(index, start, end) for start, end in spans]
 
     from tqdm import tqdm
 

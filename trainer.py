@@ -3,8 +3,8 @@
 `train_split` is one fold of work: enhance and balance the training files, compute
 features (all cores, cached), build the model, train it (`frozen`: the backbone
 embeds every segment once and only the head trains; `finetune`: end to end), watch
-validation UAR (and stop early on it, for the BLSTM head), and score the test speakers. `train.py` runs it once per
-split and writes the run folder.
+validation UAR (and stop early on it, see `Options`), and score the test speakers.
+`train.py` runs it once per split and writes the run folder.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class TrainingError(Exception):
 class Options:
     """Everything a run depends on; saved with the run (``options.json``).
 
-    The defaults are the recipe measured best on held-out speakers (README, "Accuracy"):
+    The defaults are the recipe measured best on held-out speakers (README, "What the recipe reaches"):
     EfficientNet-Lite0 frozen, segments resized to 224, every stage's pooled output,
     per-speaker normalisation, and the statistics head trained to convergence; no
     enhanced copies (their added noise moves the embeddings far from any clean recording's).

@@ -259,6 +259,8 @@ def test_speaker_norm_standardises_with_each_folders_or_files_own_statistics(spe
     direct = model.predict(utils.get_framed_log_melspectrogram(speaker[0], run.features)[np.newaxis], verbose=0)[0]
     np.testing.assert_allclose(list(global_stats[0].probabilities.values()), direct, atol=1e-5)  # the exported model
     assert not np.allclose(as_list(by_folder), as_list(global_stats), atol=1e-3)
+    assert [p.warnings for p in by_file] == [(infer.SELF_NORMALISED,)] * 3  # short files: one window each
+    assert all(not p.warnings for p in by_folder + global_stats)
 
 
 def test_speaker_norm_needs_a_run_trained_with_it(run_dir, clips, capsys):
