@@ -99,12 +99,15 @@ def filter_library_noise(verbose: bool) -> None:
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """``-h`` with each option's default, where one says something.
 
-    Left out: switches (``--resume``: their default is "off", and ``--no-download`` would
-    read "default: True"), options whose default is None (their help says what happens
-    then), and help that already names its default.
+    Left out: plain switches (``--resume``: their default is "off", and ``--no-download``
+    would read "default: True"), options whose default is None (their help says what
+    happens then), and help that already names its default. A ``--x/--no-x`` pair says
+    "default: on" or "default: off".
     """
 
     def _get_help_string(self, action: argparse.Action) -> str:
+        if isinstance(action, argparse.BooleanOptionalAction) and isinstance(action.default, bool):
+            return f"{action.help} (default: {'on' if action.default else 'off'})"
         if action.nargs == 0 or action.default is None or "default:" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)

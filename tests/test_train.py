@@ -70,6 +70,8 @@ def test_help_shows_the_defaults(capsys):
     assert stop.value.code == 0
     text = capsys.readouterr().out
     assert "--test-speakers" in text and "21,22,23,24" in text and "oversample" in text
+    flat = " ".join(text.split())
+    assert "(default: on)" in flat and "(default: off)" in flat  # --freeze-batchnorm, --augment
 
 
 def test_an_empty_dataset_without_download_is_one_sentence_and_leaves_nothing(tmp_path, capsys):
