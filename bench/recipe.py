@@ -7,7 +7,7 @@ each fold's training speakers only, the same speakers train.py trains on (train.
 validation speakers are used there for early stopping only), and is scored on the same
 test speakers: `corpora.speaker_folds` gives the same folds for the same files and K.
 
-    python train.py 60 --dataset DATA --folds 5 --weights none            # one or more runs
+    python train.py 30 --dataset DATA --folds 5                           # one or more runs
     python bench/recipe.py --data DATA --folds 5 saved_model/<run> ...      # baseline beside them
 """
 
