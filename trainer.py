@@ -103,6 +103,20 @@ class Options:
             learning_rate=(1e-3 if linear_on_embeddings else 1e-4) if self.learning_rate is None else self.learning_rate,
         )
 
+    def architecture(self) -> dict[str, Any]:
+        """The `SpeechModel.create_model` arguments that say what the model is: backbone, resolution, stages, head.
+
+        Training, and the benchmarks that time a recipe, build their models from these.
+        """
+        from SpeechModel import HeadConfig
+
+        return {
+            "backbone": self.backbone,
+            "image_size": self.image_size,
+            "stages": self.stages,
+            "head": HeadConfig(kind=self.head, embedding_dropout=self.embedding_dropout),
+        }
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -246,10 +260,11 @@ def train_split(
     model instead of ``options.backbone``. Returns the full model (segments ->
     probabilities), the test metrics and the per-file test predictions.
     """
-    from SpeechModel import HeadConfig, SpeechModel
+    from SpeechModel import SpeechModel
 
     index_of = {label: index for index, label in enumerate(labels)}
-    head = HeadConfig(kind=options.head, embedding_dropout=options.embedding_dropout)
+    architecture = options.architecture() if backbone is None else {**options.architecture(), "backbone": backbone()}
+    head = architecture["head"]
     cache_dir = Path(options.cache_dir)
     train_sources = training_sources(
         split.train,
@@ -283,9 +298,8 @@ def train_split(
 
     weights = None if options.weights == "none" else options.weights
     model = SpeechModel.create_model(
-        len(labels), weights=weights, backbone=options.backbone if backbone is None else backbone(),
-        segment_shape=options.features.segment_shape, image_size=options.image_size, stages=options.stages,
-        head=head, learning_rate=options.learning_rate,
+        len(labels), weights=weights, segment_shape=options.features.segment_shape, **architecture,
+        learning_rate=options.learning_rate,
         # Fine-tuning settings: a pretrained backbone moves slower than the new head, and keeps its BatchNorm.
         backbone_learning_rate_scale=options.backbone_lr_scale if options.backbone_mode == "finetune" else 1.0,
         freeze_batch_normalization=options.freeze_batchnorm and options.backbone_mode == "finetune",

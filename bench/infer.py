@@ -40,9 +40,9 @@ import keras  # noqa: E402
 import infer  # noqa: E402
 import runs  # noqa: E402
 import utils  # noqa: E402
-from bench.model import fixed_length  # noqa: E402
+from bench.model import RECIPES, describe, fixed_length  # noqa: E402
 from corpora.ravdess import RAVDESS  # noqa: E402
-from SpeechModel import HeadConfig, SpeechModel  # noqa: E402
+from SpeechModel import SpeechModel  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
 
@@ -89,13 +89,12 @@ def main() -> None:
         shutil.move(run_dir / "saved_model.pb", folder / "saved_model.pb")  # leaves the .keras model
         keras_model = len(files) / time_ours(runs.load_run(run_dir), files)
         bfloat16 = len(files) / time_ours(runs.load_run(run_dir, precision="bfloat16"), files)
-        lite0 = {"backbone": "efficientnet_lite0", "stages": "all", "head": HeadConfig(kind="stats")}
-        default_dir = export_run(folder / "default", image_size=224, **lite0)
+        default_dir = export_run(folder / "default", **RECIPES["default"].architecture())
         default = len(files) / time_ours(runs.load_run(default_dir), files)
         # A run trained with --speaker-norm: the same model, its options saying so.
         trained_with_norm = dataclasses.replace(runs.load_run(default_dir), speaker_norm=True)
         default_folder_norm = len(files) / time_ours(trained_with_norm, files, speaker_norm="folder")
-        fast = len(files) / time_ours(runs.load_run(export_run(folder / "fast", **lite0)), files)
+        fast = len(files) / time_ours(runs.load_run(export_run(folder / "fast", **RECIPES["fast"].architecture())), files)
     finally:
         shutil.rmtree(folder)
     cores = len(os.sched_getaffinity(0))
@@ -103,17 +102,17 @@ def main() -> None:
         f"inference: {len(files)} files ({args.data}), {cores} cores, "
         f"Keras {keras.__version__} on {keras.backend.backend()}"
     )
-    print(f"{'approach':<66}{'files/s':>9}{'vs (a)':>8}")
+    print(f"{'approach':<84}{'files/s':>9}{'vs (a)':>8}")
     for name, rate in [
         ("(a) plain: per file features, fixed 8 segments, model.predict", plain),
         (f"(b) ours: infer.predict, SavedModel, {infer.BATCH_WINDOWS} windows/batch", saved_model),
         ("(c) ours as (b), model.keras", keras_model),
         ("(d) ours as (c), --precision bfloat16", bfloat16),
-        ("(e) ours as (b), default recipe: Lite0 224x224, all stages, stats", default),
+        (f"(e) ours as (b), default recipe: {describe(RECIPES['default'])}", default),
         ("(f) ours as (e), --speaker-norm folder", default_folder_norm),
-        ("(g) ours as (b), fast recipe: Lite0 64x64, all stages, stats", fast),
+        (f"(g) ours as (b), fast recipe: {describe(RECIPES['fast'])}", fast),
     ]:
-        print(f"{name:<66}{rate:>9.1f}{rate / plain:>7.1f}x")
+        print(f"{name:<84}{rate:>9.1f}{rate / plain:>7.1f}x")
 
 
 if __name__ == "__main__":

@@ -34,10 +34,19 @@ import numpy as np  # noqa: E402
 from features import default_cache_dir, extract_features  # noqa: E402
 from SpeechModel import SpeechModel  # noqa: E402
 from batching import pad_batch, similar_length_batches  # noqa: E402
-from utils import find_audio_files  # noqa: E402
+from trainer import Options  # noqa: E402
+from utils import DEFAULT_FEATURES, find_audio_files  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
 FIXED_SEGMENTS = 8  # the original repository's input: 3 s of audio
+# The recipes bench/train.py and bench/infer.py time: train.py's default, and the same on the segments as cut.
+RECIPES = {"default": Options(epochs=1), "fast": Options(epochs=1, image_size=None)}
+
+
+def describe(recipe: Options) -> str:
+    """A recipe's model in a few words, e.g. "efficientnet_lite0 224x224, all stages, stats head"."""
+    size = recipe.image_size or DEFAULT_FEATURES.segment_shape[0]
+    return f"{recipe.backbone} {size}x{size}, {recipe.stages} stages, {recipe.head} head"
 
 
 def fixed_length(segments: np.ndarray) -> np.ndarray:

@@ -38,7 +38,7 @@ import numpy as np  # noqa: E402
 
 import features  # noqa: E402
 from batching import PaddedBatches  # noqa: E402
-from bench.model import FIXED_SEGMENTS, fixed_length  # noqa: E402
+from bench.model import FIXED_SEGMENTS, RECIPES, describe, fixed_length  # noqa: E402
 from corpora.ravdess import read_ravdess  # noqa: E402
 from SpeechModel import HeadConfig, SpeechModel  # noqa: E402
 
@@ -139,15 +139,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as cache_dir:
         embed_seconds, bare_seconds, embeddings = time_embedding(segments, Path(cache_dir))
     frozen_epoch = time_frozen_head([embeddings[name] for name in segments], labels, max(args.epochs, 3))
-    recipes = {}  # name: (embedding pass seconds, head epoch seconds)
-    for name, image_size in (("default", 224), ("fast", None)):
-        lite0 = {"backbone": "efficientnet_lite0", "stages": "all", "image_size": image_size}
+    timings = {}  # recipe name: (embedding pass seconds, head epoch seconds)
+    for name, recipe in RECIPES.items():
+        architecture = recipe.architecture()
         with tempfile.TemporaryDirectory() as cache_dir:
-            recipe_seconds, _, recipe_embeddings = time_embedding(segments, Path(cache_dir), **lite0)
+            recipe_seconds, _, recipe_embeddings = time_embedding(segments, Path(cache_dir), **architecture)
         recipe_epoch = time_frozen_head(
-            [recipe_embeddings[key] for key in segments], labels, max(args.epochs, 3), HeadConfig(kind="stats")
+            [recipe_embeddings[key] for key in segments], labels, max(args.epochs, 3), architecture["head"]
         )
-        recipes[name] = (recipe_seconds, recipe_epoch)
+        timings[name] = (recipe_seconds, recipe_epoch)
 
     cores = len(os.sched_getaffinity(0))
     print(
@@ -167,10 +167,9 @@ def main() -> None:
         f"({all_segments / embed_seconds:.0f} segments/s), bare forward pass {bare_seconds:.2f} s: "
         f"{embed_seconds / bare_seconds:.2f}x of it"
     )
-    for label, (name, size) in zip("de", (("default", "224x224"), ("fast", "64x64"))):
-        seconds, epoch = recipes[name]
+    for label, (name, (seconds, epoch)) in zip("de", timings.items()):
         print(
-            f"({label}) {name} recipe, Lite0 {size}, all stages, stats head: one-time embedding pass {seconds:.2f} s "
+            f"({label}) {name} recipe, {describe(RECIPES[name])}: one-time embedding pass {seconds:.2f} s "
             f"({all_segments / seconds:.0f} segments/s), then {epoch:.3f} s per head epoch"
         )
 
