@@ -491,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeline", action="store_true", help="also give every window's start, end and emotion")
     parser.add_argument("--batch-size", type=positive_int, default=BATCH_WINDOWS, help="windows per model call")
     parser.add_argument("--precision", choices=runs.PRECISIONS, default="float32", help="bfloat16: about 1.5x faster on CPUs with bf16 units, probabilities a little off float32's")
-    parser.add_argument("--speaker-norm", choices=SPEAKER_NORM_MODES, default="none", help="for runs trained with --speaker-norm: standardise with the statistics of each folder (one speaker per folder), of each file, or of the training speakers (none, as the exported model)")
+    parser.add_argument("--speaker-norm", choices=SPEAKER_NORM_MODES, default="none", help="for runs trained with speaker normalisation (train.py's default in frozen mode): standardise with the statistics of each folder (one speaker per folder), of each file, or of the training speakers (none, as the exported model)")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up and progress logs")
     return parser
 
