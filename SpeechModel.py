@@ -19,6 +19,7 @@ entry point: `create_model`, `attention_model` and `export`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +30,7 @@ import numpy as np
 from keras import layers, ops
 
 from backbones import BackboneWeightsError, build_backbone, get_backbone, load_weights_file
+from devices import dtype_policy
 from utils import DEFAULT_FEATURES, PAD_VALUE
 
 PACKAGE = "dcnn_blstmwa"
@@ -361,6 +363,7 @@ class SpeechModel:
         learning_rate: float = LEARNING_RATE,
         backbone_learning_rate_scale: float = 1.0,
         freeze_batch_normalization: bool = False,
+        precision: str = "float32",
         compile: bool = True,
     ) -> keras.Model:
         """The DCNN-BLSTMwA model, compiled and ready for ``fit``.
@@ -393,6 +396,10 @@ class SpeechModel:
             freeze_batch_normalization: bool. The backbone's BatchNormalization layers keep
                 their (ImageNet) statistics and scales: not trainable, so they normalise as
                 in inference even while the rest fine-tunes. Defaults to False.
+            precision: "float32", "bfloat16" or "float16" (`devices.PRECISIONS`). Mixed
+                precision computes in 16 bits on float32 variables (float16 with loss
+                scaling, which ``compile`` adds); the attention softmax and the output
+                probabilities stay float32. Defaults to "float32".
             compile: bool. Compile with Adam, sparse categorical cross-entropy and accuracy.
                 Defaults to True.
 
@@ -411,17 +418,18 @@ class SpeechModel:
         if image_size == segment_shape[0] == segment_shape[1]:
             image_size = None  # the segments' own size: nothing to resize
         image_shape = (image_size, image_size, segment_shape[2]) if image_size else segment_shape
-        backbone_model, default_range = _backbone_model(backbone, weights, image_shape, stages)
-        if freeze_batch_normalization:
-            for layer in _nested_layers(backbone_model):
-                if isinstance(layer, layers.BatchNormalization):
-                    layer.trainable = False
+        with _dtype_policy(precision):
+            backbone_model, default_range = _backbone_model(backbone, weights, image_shape, stages)
+            if freeze_batch_normalization:
+                for layer in _nested_layers(backbone_model):
+                    if isinstance(layer, layers.BatchNormalization):
+                        layer.trainable = False
 
-        segments = keras.Input(shape=(None, *segment_shape), name="segments")
-        x = SegmentScaling(input_range or default_range, name="scaling")(segments)
-        x = SegmentEncoder(backbone_model, image_size=image_size, name=ENCODER_LAYER)(x)
-        probabilities = _classifier_head(x, num_classes, head)
-        model = keras.Model(segments, probabilities, name="dcnn_blstmwa")
+            segments = keras.Input(shape=(None, *segment_shape), name="segments")
+            x = SegmentScaling(input_range or default_range, name="scaling")(segments)
+            x = SegmentEncoder(backbone_model, image_size=image_size, name=ENCODER_LAYER)(x)
+            probabilities = _classifier_head(x, num_classes, head)
+            model = keras.Model(segments, probabilities, name="dcnn_blstmwa")
         if compile:
             _compile(model, learning_rate, backbone_learning_rate_scale, f"{backbone_model.name}/")
         return model
@@ -433,6 +441,7 @@ class SpeechModel:
         embedding_size: int,
         head: HeadConfig = HeadConfig(),
         learning_rate: float = LEARNING_RATE,
+        precision: str = "float32",
         compile: bool = True,
     ) -> keras.Model:
         """The part of the model after the backbone, on precomputed segment embeddings.
@@ -450,10 +459,11 @@ class SpeechModel:
             keras.Model: input "embeddings" float32 (batch, segments, embedding_size),
             rows of `utils.PAD_VALUE` masked as padding; output class probabilities.
         """
-        embeddings = keras.Input(shape=(None, embedding_size), name="embeddings")
-        x = layers.Masking(PAD_VALUE, name="padding_mask")(embeddings)
-        probabilities = _classifier_head(x, num_classes, head)
-        model = keras.Model(embeddings, probabilities, name="dcnn_blstmwa_head")
+        with _dtype_policy(precision):
+            embeddings = keras.Input(shape=(None, embedding_size), name="embeddings")
+            x = layers.Masking(PAD_VALUE, name="padding_mask")(embeddings)
+            probabilities = _classifier_head(x, num_classes, head)
+            model = keras.Model(embeddings, probabilities, name="dcnn_blstmwa_head")
         if compile:
             _compile(model, learning_rate)
         return model
@@ -541,17 +551,18 @@ class SpeechModel:
         _finalize_normalizations(model)
 
     @staticmethod
-    def mixed_precision_copy(model: keras.Model, policy: str = "mixed_bfloat16") -> keras.Model:
-        """A copy of ``model`` (same weights) that computes under a mixed-precision policy.
+    def precision_copy(model: keras.Model, precision: str = "bfloat16") -> keras.Model:
+        """A copy of ``model`` (same weights, no optimizer) that computes in another precision.
 
-        Every layer, the backbone's included, takes ``policy``; the output layer stays
-        float32 and the attention softmax runs in float32 as always. For inference:
-        bfloat16 is about 1.5x faster on CPUs with bf16 units (and on GPUs), with
-        probabilities a little off those of float32. A model loaded from a ``.keras``
-        file keeps the policies it was saved with, hence a copy.
+        Every layer, the backbone's included, takes the precision (`devices.PRECISIONS`);
+        the output layer stays float32 and the attention softmax runs in float32 as always.
+        For inference, bfloat16 is about 1.5x faster on CPUs with bf16 units (and on GPUs),
+        with probabilities a little off those of float32; a model trained in mixed precision
+        is exported as a float32 copy. A model loaded from a ``.keras`` file keeps the
+        policies it was saved with, hence a copy.
         """
         config = model.get_config()
-        _set_float32_policies(config, policy)
+        _set_dtype_policies(config, dtype_policy(precision))
         copy = keras.Model.from_config(config)
         copy.set_weights(model.get_weights())
         _finalize_normalizations(copy)
@@ -576,7 +587,9 @@ class SpeechModel:
 
         On TensorFlow, one graph traced once for every batch size and step count
         (``predict_on_batch`` would trace again for each new shape); on JAX and
-        PyTorch, ``predict_on_batch``. Works for full models and heads alike.
+        PyTorch, ``predict_on_batch``. Works for full models and heads alike, and for a
+        model built under a JAX ``keras.distribution`` (each process passes the same
+        batch; its rows are filled up to split evenly over the devices).
         """
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
@@ -584,6 +597,17 @@ class SpeechModel:
             signature = [tf.TensorSpec((None, None, *model.inputs[0].shape[2:]), tf.float32)]
             forward = tf.function(lambda inputs: model(inputs, training=False), input_signature=signature)
             return lambda inputs: forward(tf.constant(inputs)).numpy()
+        if keras.backend.backend() == "jax" and keras.distribution.distribution() is not None:
+            import jax
+            from jax.experimental import multihost_utils
+
+            def distributed(inputs: np.ndarray) -> np.ndarray:
+                rows = len(inputs)
+                filled = np.concatenate([inputs, np.repeat(inputs[:1], -rows % jax.local_device_count(), axis=0)])
+                # Every process passed the same rows: the global output holds them once per process.
+                return np.asarray(multihost_utils.process_allgather(model.predict_on_batch(filled), tiled=True))[:rows]
+
+            return distributed
         return lambda inputs: np.asarray(model.predict_on_batch(inputs))
 
     @staticmethod
@@ -655,19 +679,30 @@ def _head_layers(model: keras.Model) -> list:
     return model.layers[names.index(ENCODER_LAYER) + 1 :]
 
 
-def _set_float32_policies(config: Any, policy: str, layer: str | None = None) -> None:
-    """Replace, in place, the float32 dtype policies of a model config by ``policy``, the output layer's aside."""
+def _set_dtype_policies(config: Any, policy: str, layer: str | None = None) -> None:
+    """Replace, in place, every layer's dtype policy in a model config by ``policy``, the output layer's aside."""
     if isinstance(config, dict):
-        if config.get("class_name") == "DTypePolicy" and config.get("config", {}).get("name") == "float32":
+        if config.get("class_name") == "DTypePolicy":
             if layer != OUTPUT_LAYER:
                 config["config"]["name"] = policy
             return
         layer = config["name"] if isinstance(config.get("name"), str) else layer
         for value in config.values():
-            _set_float32_policies(value, policy, layer)
+            _set_dtype_policies(value, policy, layer)
     elif isinstance(config, list):
         for value in config:
-            _set_float32_policies(value, policy, layer)
+            _set_dtype_policies(value, policy, layer)
+
+
+@contextlib.contextmanager
+def _dtype_policy(precision: str) -> Iterator[None]:
+    """Layers made inside take the policy of ``precision``: the backbones' builders make layers of their own."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype_policy(precision))
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def _nested_layers(model: keras.Model) -> Iterator[layers.Layer]:

@@ -5,7 +5,8 @@ is small everywhere and a model sees the same kind of input in each:
 
     similar_length_batches(items, batch_size)   groups of items of close lengths
     pad_batch(arrays)                           one zero-padded (batch, steps, ...) array
-    PaddedBatches(arrays, labels, batch_size)   an epoch of (inputs, labels, weights) for model.fit
+    bucket_lengths(lengths)                     the few step counts training batches are padded to
+    PaddedBatches(arrays, labels, batch_size)   an epoch of fixed-shape (inputs, labels, weights) for model.fit
     predict(forward, arrays, batch_size)        a forward function over many utterances, in their order
 
 An item is one utterance as an array (steps, ...): segments (steps, 64, 64, 3) or
@@ -24,20 +25,25 @@ from utils import PAD_VALUE
 Item = TypeVar("Item")
 
 
-def pad_batch(arrays: Sequence[np.ndarray]) -> np.ndarray:
+def pad_batch(arrays: Sequence[np.ndarray], steps: int | None = None) -> np.ndarray:
     """Stack utterances of different lengths into one batch, padded with `utils.PAD_VALUE`.
 
     Parameters
     ----------
     arrays : sequence of np.ndarray [shape=(n_i, ...)]
         Non-empty; every item has the same shape after its first axis.
+    steps : int >= max(n_i) or None
+        Pad to this many steps; None pads to the longest item.
 
     Returns
     -------
-    batch : np.ndarray [shape=(len(arrays), max(n_i), ...), dtype=float32]
+    batch : np.ndarray [shape=(len(arrays), steps or max(n_i), ...), dtype=float32]
         Item ``i`` in ``batch[i, :n_i]``, padding after it (the model masks padded steps).
     """
-    batch = np.full((len(arrays), max(len(item) for item in arrays), *arrays[0].shape[1:]), PAD_VALUE, np.float32)
+    longest = max(len(item) for item in arrays)
+    if steps is not None and steps < longest:
+        raise ValueError(f"steps={steps} is shorter than the longest item ({longest})")
+    batch = np.full((len(arrays), steps or longest, *arrays[0].shape[1:]), PAD_VALUE, np.float32)
     for row, item in enumerate(arrays):
         batch[row, : len(item)] = item
     return batch
@@ -89,13 +95,45 @@ def similar_length_batches(
         yield held[start : start + batch_size]
 
 
-class PaddedBatches:
-    """An epoch of length-grouped, padded batches of labelled utterances, for training and scoring.
+BUCKETS = 4  # step counts a training epoch's batches are padded to: one compiled step per bucket under XLA
+PREFETCH = 4  # batches assembled ahead of the training step
 
-    With a seed, every epoch shuffles utterances within equal lengths and the order
-    of the batches; without one, batches come in ascending length, the same every time.
-    Yields ``(inputs, labels, sample_weights)`` of shapes (batch, steps, *item_shape),
-    (batch,) and (batch,).
+
+def bucket_lengths(lengths: Sequence[int], count: int = BUCKETS) -> tuple[int, ...]:
+    """A few step counts to pad batches up to: the ``count`` quantiles of ``lengths``, rounded up.
+
+    Parameters
+    ----------
+    lengths : sequence of int > 0
+        The step count of every utterance of an epoch.
+    count : int > 0
+        Buckets at most (fewer when lengths repeat).
+
+    Returns
+    -------
+    buckets : tuple of int
+        Ascending; the last is ``max(lengths)``, so every batch fits one.
+    """
+    quantiles = np.quantile(np.asarray(lengths), np.arange(1, count + 1) / count, method="higher")
+    return tuple(sorted({int(q) for q in quantiles}))
+
+
+class PaddedBatches:
+    """An epoch of labelled utterances in a few fixed batch shapes, for ``model.fit``.
+
+    Utterances are grouped by length into batches of exactly ``batch_size`` (the last is
+    filled up with utterances drawn again from the epoch), each padded to the shortest of a
+    few bucket lengths (`bucket_lengths`) that holds it: XLA (JAX, and TensorFlow's
+    distribution) compiles one step per bucket, not per batch, and every device of a
+    data-parallel step gets an equal share. With a seed, every epoch shuffles utterances
+    within equal lengths and the order of the batches; without one, batches come in
+    ascending length, the same every time. Yields ``(inputs, labels, sample_weights)`` of
+    shapes (rows, bucket, *item_shape), (rows,) and (rows,).
+
+    ``shard=(index, count)``: this process of ``count`` (several hosts under JAX, where each
+    process feeds its own part of the global batch) takes rows ``index * rows`` to
+    ``(index + 1) * rows`` of every batch, ``rows = batch_size // count``. Every process
+    makes the same batches (same seed), so the shards are disjoint and the buckets agree.
     """
 
     def __init__(
@@ -106,34 +144,50 @@ class PaddedBatches:
         *,
         weights: dict[int, float] | None = None,
         seed: int | None = None,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        index, count = shard
+        if batch_size % count:
+            raise ValueError(f"batch_size={batch_size} does not split into {count} equal shards")
         self.arrays = list(arrays)
         self.labels = np.asarray(labels, dtype=np.int32)
         self.batch_size = batch_size
+        self.rows = slice(index * batch_size // count, (index + 1) * batch_size // count)
         self.weights = weights
-        self.rng = None if seed is None else np.random.default_rng(seed)
+        self.rng = np.random.default_rng(0 if seed is None else seed)
+        self.shuffle = seed is not None
         self.lengths = [len(array) for array in self.arrays]
+        self.buckets = bucket_lengths(self.lengths)
         self.item_shape = self.arrays[0].shape[1:]
         self.order = self._batches()
 
     def __len__(self) -> int:
         return len(self.order)
 
-    def _batches(self) -> list[list[int]]:
-        indices = range(len(self.arrays)) if self.rng is None else self.rng.permutation(len(self.arrays)).tolist()
+    def _batches(self) -> list[np.ndarray]:
+        count = len(self.arrays)
+        indices = self.rng.permutation(count).tolist() if self.shuffle else range(count)
         batches = list(similar_length_batches(indices, self.batch_size, length=self.lengths.__getitem__))
-        if self.rng is not None:
+        short = self.batch_size - len(batches[-1])
+        if short:  # the same draw on every process: a seeded generator, used in the same order
+            batches[-1] = batches[-1] + self.rng.choice(count, short, replace=count < short).tolist()
+        if self.shuffle:
             self.rng.shuffle(batches)
-        return batches
+        return [np.array(batch) for batch in batches]
 
-    def batch(self, number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        indices = self.order[number]
-        inputs = pad_batch([self.arrays[index] for index in indices])
-        labels = self.labels[indices]
-        weights = np.ones(len(indices), np.float32) if self.weights is None else np.array(
+    def assemble(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The padded inputs, labels and sample weights of one batch, this process's rows of it."""
+        steps = next(bucket for bucket in self.buckets if bucket >= max(self.lengths[i] for i in indices))
+        local = indices[self.rows]
+        inputs = pad_batch([self.arrays[i] for i in local], steps=steps)
+        labels = self.labels[local]
+        weights = np.ones(len(local), np.float32) if self.weights is None else np.array(
             [self.weights[int(label)] for label in labels], np.float32
         )
         return inputs, labels, weights
+
+    def batch(self, number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.assemble(self.order[number])
 
     def epoch(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         for number in range(len(self)):
@@ -142,32 +196,44 @@ class PaddedBatches:
 
     def reshuffle(self) -> None:
         """A new batch order for the next epoch (no-op without a seed)."""
-        if self.rng is not None:
+        if self.shuffle:
             self.order = self._batches()
 
-    def as_keras_data(self):
-        """What ``model.fit`` takes on the current backend.
+    def as_keras_data(self, workers: int = 2):
+        """What ``model.fit`` takes on the current backend: batches assembled by ``workers`` threads, prefetched.
 
-        TensorFlow gets a tf.data pipeline with a dynamic step axis (Keras' own
-        adapters fix the shape from the first batches); JAX and PyTorch a PyDataset.
+        TensorFlow gets a tf.data pipeline (a parallel map over each epoch's batch plan,
+        with a dynamic step axis: one trace); JAX and PyTorch a ``keras.utils.PyDataset``
+        run by Keras' own worker threads.
         """
         import keras
 
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
-            signature = (
-                tf.TensorSpec((None, None, *self.item_shape), tf.float32),
-                tf.TensorSpec((None,), tf.int32),
-                tf.TensorSpec((None,), tf.float32),
-            )
-            batches = tf.data.Dataset.from_generator(self.epoch, output_signature=signature)
+            def plan() -> Iterator[np.ndarray]:  # each epoch's index lists, so workers never see a reshuffle
+                order = self.order
+                self.reshuffle()
+                yield from order
+
+            rows = self.rows.stop - self.rows.start
+            shapes = ((rows, None, *self.item_shape), (rows,), (rows,))
+
+            def assemble(indices):
+                batch = tf.numpy_function(self.assemble, [indices], (tf.float32, tf.int32, tf.float32), stateful=False)
+                return tuple(tf.ensure_shape(tensor, shape) for tensor, shape in zip(batch, shapes))
+
+            batches = tf.data.Dataset.from_generator(plan, output_signature=tf.TensorSpec((self.batch_size,), tf.int64))
+            batches = batches.map(assemble, num_parallel_calls=workers, deterministic=True)
             # A known length lets Keras end each epoch cleanly instead of running out of data.
-            return batches.apply(tf.data.experimental.assert_cardinality(len(self))).prefetch(2)
+            return batches.apply(tf.data.experimental.assert_cardinality(len(self))).prefetch(PREFETCH)
 
         batches = self
 
         class PaddedBatchSequence(keras.utils.PyDataset):
+            def __init__(self) -> None:
+                super().__init__(workers=workers, use_multiprocessing=False, max_queue_size=PREFETCH)
+
             def __len__(self) -> int:
                 return len(batches)
 
@@ -181,7 +247,7 @@ class PaddedBatches:
 
 
 def predict(
-    forward: Callable[[np.ndarray], np.ndarray], arrays: Sequence[np.ndarray], batch_size: int
+    forward: Callable[[np.ndarray], np.ndarray], arrays: Sequence[np.ndarray], batch_size: int, *, rows_multiple: int = 1
 ) -> np.ndarray:
     """``forward`` over many utterances in length-grouped padded batches.
 
@@ -192,6 +258,10 @@ def predict(
         `SpeechModel.inference_function` of a model.
     arrays : sequence of np.ndarray [shape=(n_i, ...)]
     batch_size : int > 0
+    rows_multiple : int > 0
+        Every batch ``forward`` sees has a multiple of this many rows (the first item
+        repeated, its extra outputs dropped): a data-parallel model splits rows evenly over
+        its devices.
 
     Returns
     -------
@@ -201,6 +271,7 @@ def predict(
     lengths = [len(array) for array in arrays]
     outputs: list[np.ndarray | None] = [None] * len(arrays)
     for indices in similar_length_batches(range(len(arrays)), batch_size, length=lengths.__getitem__):
-        for index, row in zip(indices, np.asarray(forward(pad_batch([arrays[i] for i in indices])))):
+        filled = indices + indices[:1] * (-len(indices) % rows_multiple)
+        for index, row in zip(indices, np.asarray(forward(pad_batch([arrays[i] for i in filled])))):
             outputs[index] = row
     return np.stack(outputs)

@@ -328,10 +328,13 @@ def extract_embeddings(
         if chunks[-1] and sum(len(segments[item]) for item in chunks[-1]) + len(segments[source]) > EMBEDDING_BATCH_SEGMENTS:
             chunks.append([])
         chunks[-1].append(source)
+    from SpeechModel import SpeechModel
+
+    embed = SpeechModel.inference_function(embedding_model)
     with tqdm(total=len(missing), unit="file", desc="embeddings", disable=None if progress is None else not progress) as bar:
         for chunk in filter(None, chunks):
             stacked = np.concatenate([segments[item] for item in chunk])[np.newaxis]
-            output = np.asarray(embedding_model.predict_on_batch(stacked))[0].astype(np.float32)
+            output = embed(stacked)[0].astype(np.float32)
             for item, part in zip(chunk, np.split(output, np.cumsum([len(segments[i]) for i in chunk])[:-1])):
                 embeddings[item] = part
                 if keys[item] is not None:

@@ -33,6 +33,7 @@ import runs
 import utils
 import cli
 from cli import UsageError, positive_float, positive_int
+from devices import PRECISIONS
 from runs import Run, load_newest_run, load_run
 
 logger = logging.getLogger("infer")
@@ -186,7 +187,7 @@ def predict(
         probabilities are the windows' weighted by their duration.
     batch_size : int > 0
         Windows per model call.
-    precision : "float32" or "bfloat16"
+    precision : "float32", "bfloat16" or "float16"
         How the model computes when ``model_dir`` is loaded here (see `runs.load_run`).
     speaker_norm : "none", "folder" or "file"
         For a run trained with ``--speaker-norm``: standardise the segment embeddings with
@@ -490,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--window", type=positive_float, default=WINDOW_SECONDS, help="seconds per window for long files")
     parser.add_argument("--timeline", action="store_true", help="also give every window's start, end and emotion")
     parser.add_argument("--batch-size", type=positive_int, default=BATCH_WINDOWS, help="windows per model call")
-    parser.add_argument("--precision", choices=runs.PRECISIONS, default="float32", help="bfloat16: about 1.5x faster on CPUs with bf16 units, probabilities a little off float32's")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="mixed precision from model.keras: bfloat16 is about 1.5x faster on CPUs with bf16 units (float16: for GPUs), probabilities a little off float32's")
     parser.add_argument("--speaker-norm", choices=SPEAKER_NORM_MODES, default="none", help="for runs trained with speaker normalisation (train.py's default in frozen mode): standardise with the statistics of each folder (one speaker per folder), of each file, or of the training speakers (none, as the exported model)")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up and progress logs")
     return parser

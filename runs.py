@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from cli import UsageError, installed
+from devices import PRECISIONS
 from utils import FeatureConfig, PathLike
 
 logger = logging.getLogger("runs")
@@ -49,7 +50,6 @@ BACKUP = "backup"  # Keras' BackupAndRestore state while an epoch loop runs
 LOGS = "logs"  # TensorBoard
 REQUIRED = (LABELS, FEATURES)  # what every usable run holds beside a model
 PREDICTION_FIELDS = ("path", "speaker", "true", "predicted", "confidence")
-PRECISIONS = ("float32", "bfloat16")  # how a loaded model computes
 
 
 class RunError(Exception):
@@ -181,9 +181,9 @@ def load_newest_run(root: Path = MODEL_ROOT, *, precision: str = "float32") -> R
 def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
     """Load a run folder: the SavedModel with TensorFlow alone, else model.keras with Keras.
 
-    ``precision="bfloat16"`` runs a mixed-bfloat16 copy of model.keras instead
-    (`SpeechModel.mixed_precision_copy`): about 1.5x faster on CPUs with bf16 units,
-    with probabilities a little off the float32 ones.
+    ``precision="bfloat16"`` (or ``"float16"``, for GPUs) runs a mixed-precision copy of
+    model.keras instead (`SpeechModel.precision_copy`): about 1.5x faster on CPUs with bf16
+    units, with probabilities a little off the float32 ones.
 
     Raises
     ------
@@ -256,11 +256,11 @@ def _forward(folder: Path, precision: str) -> Callable[[np.ndarray], np.ndarray]
         # The closure holds `exported`: its functions need the loaded object alive.
         return lambda segments: exported.serve(tf.constant(segments)).numpy()
     if not (folder / MODEL_KERAS).is_file():
-        needs = "--precision bfloat16 needs model.keras" if precision != "float32" else "a SavedModel needs TensorFlow"
+        needs = f"--precision {precision} needs model.keras" if precision != "float32" else "a SavedModel needs TensorFlow"
         raise RunError(f"{folder} holds only a SavedModel, and {needs}")
     from SpeechModel import SpeechModel
 
     model = load_keras_model(folder)
-    if precision == "bfloat16":
-        model = SpeechModel.mixed_precision_copy(model, "mixed_bfloat16")
+    if precision != "float32":
+        model = SpeechModel.precision_copy(model, precision)
     return SpeechModel.inference_function(model)

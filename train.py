@@ -19,6 +19,7 @@ import logging
 import platform
 import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 
 import corpora
+import devices
 import runs
 from backbones import BACKBONES, STAGES, BackboneWeightsError, get_backbone
 import cli
@@ -36,11 +38,13 @@ from trainer import BACKBONE_MODES, BALANCING, Options, TrainingError, format_sc
 logger = logging.getLogger("train")
 
 
-def run(options: Options, *, resume: bool = False, backbone: Callable[[], Any] | None = None) -> Path:
+def run(options: Options, *, resume: bool = False, backbone: Callable[[], Any] | None = None) -> Path | None:
     """Train and evaluate as ``options`` say; returns the completed run folder.
 
     ``backbone`` builds a custom backbone model (a keras.Model per segment) for every
-    split instead of the named ``options.backbone``.
+    split instead of the named ``options.backbone``. In a job of several processes
+    (`devices`), every process trains and only the first writes the run folder; the
+    others return None.
     """
     output = Path(options.output)
     partial = runs.newest_partial_run(output) if resume else None
@@ -57,6 +61,8 @@ def run(options: Options, *, resume: bool = False, backbone: Callable[[], Any] |
         corpus, options.dataset, download=options.download, url=options.download_url, cache_dir=Path(options.cache_dir)
     )
     options = options.resolved(corpus, utterances)
+    placement = devices.place(options.devices, options.batch_size) if options.backbone_mode == "finetune" else devices.Placement()
+    options = dataclasses.replace(options, devices=placement.devices)
     logger.info("options: %s", json.dumps(options.to_dict()))
     keras.utils.set_random_seed(options.seed)
     present = {u.label for u in utterances}
@@ -68,6 +74,14 @@ def run(options: Options, *, resume: bool = False, backbone: Callable[[], Any] |
         splits = [split if options.val_speakers else corpora.validation_from_training(split, options.seed)]
     if options.weights == "imagenet" and backbone is None:
         get_backbone(options.backbone).imagenet_weights()  # fetched now, not after the features
+    if resume and placement.process_count > 1:
+        raise UsageError("--resume works in a one-process run; restart a job of several processes without it")
+    if not placement.writes:
+        # The job's other processes train alongside the first, in a scratch folder of their own.
+        with tempfile.TemporaryDirectory(prefix=f"train-process-{placement.process_index}-") as scratch:
+            for split in splits:
+                train_split(split, options, labels, Path(scratch), backbone=backbone, placement=placement)
+        return None
     if partial is None:
         partial = runs.new_partial_run(output, run_name(options))
         runs.write_json(partial / runs.OPTIONS, options.to_dict())
@@ -83,7 +97,7 @@ def run(options: Options, *, resume: bool = False, backbone: Callable[[], Any] |
         fold_dir.mkdir(exist_ok=True)
         if options.folds:
             logger.info("fold %d of %d: test speakers %s", number, len(splits), split.speakers()["test"])
-        model, metrics, predictions = train_split(split, options, labels, fold_dir, backbone=backbone)
+        model, metrics, predictions = train_split(split, options, labels, fold_dir, backbone=backbone, placement=placement)
         runs.write_predictions(fold_dir, predictions)
         if not options.folds:
             runs.write_model(fold_dir, model, labels, options.features)
@@ -170,6 +184,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--learning-rate", type=positive_float, default=None, help="Adam learning rate (default: 1e-3 for the stats head on frozen embeddings, 1e-4 otherwise)")
     parser.add_argument("--backbone-lr-scale", type=positive_float, default=defaults.backbone_lr_scale, help="finetune: the backbone trains at this times --learning-rate (the new head at --learning-rate itself)")
     parser.add_argument("--freeze-batchnorm", action=argparse.BooleanOptionalAction, default=defaults.freeze_batchnorm, help="finetune: the backbone's BatchNorm layers keep their ImageNet statistics and scales")
+    parser.add_argument("--precision", choices=devices.PRECISIONS, default=None, help="finetune: mixed precision computes in 16 bits on float32 variables; the exported model is float32 either way (default: bfloat16 on GPUs with bf16 units, float16 with loss scaling on older GPUs, float32 on a CPU)")
+    parser.add_argument("--devices", type=positive_int, default=None, help="finetune: data-parallel over this many devices, --batch-size split evenly over them (default: every GPU the backend sees, one device without)")
+    parser.add_argument("--coordinator", default=None, help="several hosts, KERAS_BACKEND=jax: HOST:PORT of process 0, given to every process (default: $KERAS_DISTRIBUTION_JOB_ADDRESSES; TensorFlow reads TF_CONFIG instead)")
+    parser.add_argument("--num-processes", type=positive_int, default=None, help="several hosts, KERAS_BACKEND=jax: processes in the job (default: $KERAS_DISTRIBUTION_NUM_PROCESSES)")
+    parser.add_argument("--process-id", type=int, default=None, help="several hosts, KERAS_BACKEND=jax: this process's index, 0 writes the run (default: $KERAS_DISTRIBUTION_PROCESS_ID)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for enhancement, shuffling and initialisation")
     parser.add_argument("--output", default=defaults.output, help="folder for run folders")
     parser.add_argument("--cache-dir", default=defaults.cache_dir, help="folder for cached features, embeddings and downloads")
@@ -190,6 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         if options.weights not in ("imagenet", "none") and not Path(options.weights).is_file():
             raise UsageError(f"--weights {options.weights}: no such file (use imagenet, none or a weights file)")
+        devices.join_hosts(args.coordinator, args.num_processes, args.process_id)
         run(options, resume=args.resume)
         return 0
 

@@ -20,10 +20,12 @@ import numpy as np
 import augment
 import batching
 import corpora
+import devices
 import features
 import runs
 import utils
 from cli import UsageError, installed
+from devices import Placement
 
 logger = logging.getLogger("train")
 
@@ -50,7 +52,8 @@ class Options:
     ``corpus="auto"``, and the options left at None, take what the dataset, the
     machine and the other options say; `resolved` fills them in before a run starts:
     the detected corpus and its default speakers; finetune with a GPU and frozen
-    without; speaker normalisation in frozen mode (it standardises embeddings computed
+    without; in finetune mode, mixed precision on a GPU (`devices.default_precision`);
+    speaker normalisation in frozen mode (it standardises embeddings computed
     once); for the statistics head on frozen embeddings (a convex problem, where picking
     the best epoch on a few validation speakers costs accuracy) no early stopping and
     Adam's learning rate 1e-3, for the BLSTM head or fine-tuning early stopping and 1e-4.
@@ -76,6 +79,8 @@ class Options:
     learning_rate: float | None = None
     backbone_lr_scale: float = 0.1
     freeze_batchnorm: bool = True
+    precision: str | None = None
+    devices: int | None = None
     seed: int = 0
     output: str = str(runs.MODEL_ROOT)
     cache_dir: str = str(features.default_cache_dir())
@@ -88,9 +93,11 @@ class Options:
     def resolved(self, corpus: corpora.Corpus, utterances: Sequence[corpora.Utterance]) -> Options:
         """A copy with every default that depends on the corpus, its speakers or the machine filled in."""
         test, validation = (None, None) if self.folds else corpora.default_speakers(corpus, utterances)  # folds pick their own
-        mode = self.backbone_mode or ("finetune" if gpu_available() else "frozen")
+        mode = self.backbone_mode or ("finetune" if devices.accelerators() else "frozen")
         if self.speaker_norm and mode == "finetune":
             raise UsageError("--speaker-norm works with --backbone-mode frozen (the embeddings it standardises are computed once)")
+        if mode == "frozen" and (self.devices or 1) > 1:
+            raise UsageError("--devices above 1 works with --backbone-mode finetune (frozen mode trains a small head on one device)")
         linear_on_embeddings = self.head == "stats" and mode == "frozen"
         return dataclasses.replace(
             self,
@@ -98,6 +105,8 @@ class Options:
             test_speakers=test if self.test_speakers is None else self.test_speakers,
             val_speakers=validation if self.val_speakers is None else self.val_speakers,
             backbone_mode=mode,
+            precision=(devices.default_precision() if mode == "finetune" else "float32") if self.precision is None else self.precision,
+            devices=1 if mode == "frozen" else self.devices,
             speaker_norm=mode == "frozen" if self.speaker_norm is None else self.speaker_norm,
             early_stopping=not linear_on_embeddings if self.early_stopping is None else self.early_stopping,
             learning_rate=(1e-3 if linear_on_embeddings else 1e-4) if self.learning_rate is None else self.learning_rate,
@@ -136,25 +145,6 @@ class Example:
     label: int
     path: str
     speaker: Any
-
-
-def gpu_available() -> bool:
-    import keras
-
-    backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return bool(tf.config.list_physical_devices("GPU"))
-    if backend == "jax":
-        import jax
-
-        return any(device.platform == "gpu" for device in jax.devices())
-    if backend == "torch":
-        import torch
-
-        return torch.cuda.is_available()
-    return False
 
 
 def training_sources(
@@ -253,18 +243,20 @@ def train_split(
     run_dir: Path,
     *,
     backbone: Callable[[], Any] | None = None,
+    placement: Placement = Placement(),
 ) -> tuple[Any, dict, list[dict]]:
     """Train on ``split.train``, watch (and with early stopping, stop on) ``split.validation``, score ``split.test``.
 
     ``options`` must be `Options.resolved`. ``backbone`` builds a custom backbone
-    model instead of ``options.backbone``. Returns the full model (segments ->
-    probabilities), the test metrics and the per-file test predictions.
+    model instead of ``options.backbone``. ``placement`` (`devices.place`) says where
+    fine-tuning runs. Returns the full model (segments -> probabilities, float32 on one
+    device, whatever the training precision and devices), the test metrics and the
+    per-file test predictions.
     """
     from SpeechModel import SpeechModel
 
     index_of = {label: index for index, label in enumerate(labels)}
-    architecture = options.architecture() if backbone is None else {**options.architecture(), "backbone": backbone()}
-    head = architecture["head"]
+    head = options.architecture()["head"]
     cache_dir = Path(options.cache_dir)
     train_sources = training_sources(
         split.train,
@@ -296,69 +288,74 @@ def train_split(
         len(validation), len(test), len(extracted.errors),
     )
 
-    weights = None if options.weights == "none" else options.weights
-    model = SpeechModel.create_model(
-        len(labels), weights=weights, segment_shape=options.features.segment_shape, **architecture,
-        learning_rate=options.learning_rate,
-        # Fine-tuning settings: a pretrained backbone moves slower than the new head, and keeps its BatchNorm.
-        backbone_learning_rate_scale=options.backbone_lr_scale if options.backbone_mode == "finetune" else 1.0,
-        freeze_batch_normalization=options.freeze_batchnorm and options.backbone_mode == "finetune",
-    )
-    class_weight = augment.class_weights([e.label for e in train]) if options.balance == "class-weight" else None
-
-    embedder = SpeechModel.embedding_model(model)
-    if options.backbone_mode == "frozen":
-        embeddings = features.extract_embeddings(
-            embedder, extracted.segments, config=options.features, cache_dir=cache_dir / "embeddings"
+    with placement.scope():  # one device, or every device of a data-parallel run holds the variables
+        weights = None if options.weights == "none" else options.weights
+        architecture = options.architecture() if backbone is None else {**options.architecture(), "backbone": backbone()}
+        model = SpeechModel.create_model(
+            len(labels), weights=weights, segment_shape=options.features.segment_shape, **architecture,
+            learning_rate=options.learning_rate, precision=options.precision,
+            # Fine-tuning settings: a pretrained backbone moves slower than the new head, and keeps its BatchNorm.
+            backbone_learning_rate_scale=options.backbone_lr_scale if options.backbone_mode == "finetune" else 1.0,
+            freeze_batch_normalization=options.freeze_batchnorm and options.backbone_mode == "finetune",
         )
-        raw_embeddings = embeddings
-        if options.speaker_norm:
-            speaker_of = {features.source_key(source): u.speaker for source, u in train_sources + evaluation}
-            embeddings = standardize_per_speaker(embeddings, speaker_of)
-        inputs = embeddings
-        trainee = SpeechModel.create_head(
-            len(labels), embedding_size=next(iter(embeddings.values())).shape[-1], head=head,
-            learning_rate=options.learning_rate,
-        )
-    else:
-        # The starting backbone's embeddings, used once for the normalisation: not cached.
-        embeddings = features.extract_embeddings(embedder, {e.source: extracted.segments[e.source] for e in train})
-        inputs = extracted.segments
-        trainee = model
-    if not options.speaker_norm:  # standardised per speaker already: the head's normalisation stays the identity
-        SpeechModel.adapt_normalization(trainee, np.concatenate([embeddings[e.source] for e in train]))
-    if head.kind == "stats":
-        SpeechModel.adapt_statistics_normalization(trainee, [embeddings[e.source] for e in train])
+        class_weight = augment.class_weights([e.label for e in train]) if options.balance == "class-weight" else None
 
-    forward = SpeechModel.inference_function(trainee)
-    train_batches = batching.PaddedBatches(
-        [inputs[e.source] for e in train], [e.label for e in train], options.batch_size,
-        weights=class_weight, seed=options.seed,
-    )
-    validation_uar = validation_uar_callback(
-        forward, [inputs[e.source] for e in validation], [e.label for e in validation], options.batch_size
-    )
-    callbacks = training_callbacks(validation_uar, early_stopping=options.early_stopping, run_dir=run_dir)
-    history = trainee.fit(train_batches.as_keras_data(), epochs=options.epochs, callbacks=callbacks, shuffle=False, verbose=2)
-    losses = history.history.get("loss", [])
-    if any(not np.isfinite(loss) for loss in losses):
-        raise TrainingError(
-            f"training stopped at epoch {len(losses)}: the loss became NaN; try a lower --learning-rate "
-            f"(now {options.learning_rate})"
-        )
-    if options.backbone_mode == "frozen":
-        SpeechModel.load_head_weights(model, trainee)
-        if options.speaker_norm:
-            # The exported model standardises with the training speakers' pooled statistics
-            # (infer.py --speaker-norm none); infer.py's folder and file modes use the
-            # speaker's own instead, through SpeechModel.standardized_head.
-            originals = [raw_embeddings[e.source] for e in train if isinstance(e.source, str)]
-            SpeechModel.adapt_normalization(model, np.concatenate(originals))
-        # A fresh optimizer state for every variable, so that model.keras loads without a
-        # mismatch warning and can be fine-tuned from where the frozen run ended.
-        model.optimizer.build(model.trainable_variables)
+        embedder = SpeechModel.embedding_model(model)
+        if options.backbone_mode == "frozen":
+            embeddings = features.extract_embeddings(
+                embedder, extracted.segments, config=options.features, cache_dir=cache_dir / "embeddings"
+            )
+            raw_embeddings = embeddings
+            if options.speaker_norm:
+                speaker_of = {features.source_key(source): u.speaker for source, u in train_sources + evaluation}
+                embeddings = standardize_per_speaker(embeddings, speaker_of)
+            inputs = embeddings
+            trainee = SpeechModel.create_head(
+                len(labels), embedding_size=next(iter(embeddings.values())).shape[-1], head=head,
+                learning_rate=options.learning_rate, precision=options.precision,
+            )
+        else:
+            # The starting backbone's embeddings, used once for the normalisation: not cached.
+            embeddings = features.extract_embeddings(embedder, {e.source: extracted.segments[e.source] for e in train})
+            inputs = extracted.segments
+            trainee = model
+        if not options.speaker_norm:  # standardised per speaker already: the head's normalisation stays the identity
+            SpeechModel.adapt_normalization(trainee, np.concatenate([embeddings[e.source] for e in train]))
+        if head.kind == "stats":
+            SpeechModel.adapt_statistics_normalization(trainee, [embeddings[e.source] for e in train])
 
-    probabilities = batching.predict(forward, [inputs[e.source] for e in test], options.batch_size)
+        forward = SpeechModel.inference_function(trainee)
+        train_batches = batching.PaddedBatches(
+            [inputs[e.source] for e in train], [e.label for e in train], options.batch_size,
+            weights=class_weight, seed=options.seed, shard=placement.shard,
+        )
+        validation_uar = validation_uar_callback(
+            forward, [inputs[e.source] for e in validation], [e.label for e in validation], options.batch_size
+        )
+        callbacks = training_callbacks(validation_uar, early_stopping=options.early_stopping, run_dir=run_dir)
+        history = trainee.fit(train_batches.as_keras_data(), epochs=options.epochs, callbacks=callbacks, shuffle=False, verbose=2)
+        losses = history.history.get("loss", [])
+        if any(not np.isfinite(loss) for loss in losses):
+            raise TrainingError(
+                f"training stopped at epoch {len(losses)}: the loss became NaN; try a lower --learning-rate "
+                f"(now {options.learning_rate})"
+            )
+        if options.backbone_mode == "frozen":
+            SpeechModel.load_head_weights(model, trainee)
+            if options.speaker_norm:
+                # The exported model standardises with the training speakers' pooled statistics
+                # (infer.py --speaker-norm none); infer.py's folder and file modes use the
+                # speaker's own instead, through SpeechModel.standardized_head.
+                originals = [raw_embeddings[e.source] for e in train if isinstance(e.source, str)]
+                SpeechModel.adapt_normalization(model, np.concatenate(originals))
+            # A fresh optimizer state for every variable, so that model.keras loads without a
+            # mismatch warning and can be fine-tuned from where the frozen run ended.
+            model.optimizer.build(model.trainable_variables)
+
+        probabilities = batching.predict(forward, [inputs[e.source] for e in test], options.batch_size)
+    if options.precision != "float32" or placement.devices > 1:
+        model = SpeechModel.precision_copy(model, "float32")  # what runs export: float32 on one device
+
     metrics = score([e.label for e in test], probabilities.argmax(axis=1), labels)
     predictions = [
         {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import keras
 import numpy as np
 import pytest
 
@@ -50,8 +51,9 @@ def test_bad_batch_sizes_are_refused():
 def test_padded_batches_group_by_length_and_weigh_classes():
     arrays = [np.full((length, 2), length, np.float32) for length in (3, 1, 4, 1, 3, 2)]
     batches = PaddedBatches(arrays, [0, 1, 0, 1, 0, 1], batch_size=2, weights={0: 2.0, 1: 0.5})
+    assert batches.buckets == (2, 3, 4)  # the quartiles of the lengths: a batch of 1s is padded to 2
     shapes = [batches.batch(number)[0].shape for number in range(len(batches))]
-    assert shapes == [(2, 1, 2), (2, 3, 2), (2, 4, 2)]
+    assert shapes == [(2, 2, 2), (2, 3, 2), (2, 4, 2)]
     inputs, labels, weights = batches.batch(2)
     assert inputs[0, :3].tolist() == [[3, 3]] * 3 and inputs[0, 3].tolist() == [PAD_VALUE] * 2
     assert labels.tolist() == [0, 0] and weights.tolist() == [2.0, 2.0]
@@ -64,7 +66,8 @@ def test_shuffled_batches_change_order_per_epoch_and_repeat_per_seed():
         batches = PaddedBatches(arrays, [0] * 30, batch_size=4, seed=7)
         epochs = [[batch[0][:, 0, 0].tolist() for batch in batches.epoch()] for _ in range(2)]
         assert epochs[0] != epochs[1]
-        assert sorted(sum(epochs[0], [])) == sorted(float(i) for i in range(30))
+        # Every utterance once, and the short last batch filled up to 4 with 2 drawn again.
+        assert len(sum(epochs[0], [])) == 32 and set(sum(epochs[0], [])) == {float(i) for i in range(30)}
         orders.append(epochs)
     assert orders[0] == orders[1]
 
@@ -82,3 +85,54 @@ def test_predict_returns_rows_in_the_order_of_the_inputs_and_pads_little():
     means = predict(forward, arrays, batch_size=3)
     np.testing.assert_allclose(means, np.stack([array.mean(axis=0) for array in arrays]), rtol=1e-5)
     assert shapes == [(3, 2, 3), (3, 6, 3), (1, 7, 3)]
+
+
+def test_an_epoch_has_few_fixed_shapes_and_every_batch_is_full():
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(3, 40, size=101)
+    arrays = [np.ones((length, 2), np.float32) for length in lengths]
+    batches = PaddedBatches(arrays, [0] * 101, batch_size=8, seed=0)
+    shapes = {inputs.shape for inputs, _, _ in batches.epoch()}
+    assert len(batches) == 13 and len(batches.buckets) <= 4 and batches.buckets[-1] == lengths.max()
+    assert shapes == {(8, bucket, 2) for bucket in batches.buckets}
+
+
+def test_shards_split_every_batch_into_disjoint_equal_parts():
+    arrays = [np.full((1 + index % 5, 1), index, np.float32) for index in range(20)]
+    whole = PaddedBatches(arrays, list(range(20)), batch_size=4, seed=3)
+    shards = [PaddedBatches(arrays, list(range(20)), batch_size=4, seed=3, shard=(index, 2)) for index in range(2)]
+    for epoch in range(2):
+        for (inputs, labels, _), *parts in zip(list(whole.epoch()), *(list(shard.epoch()) for shard in shards)):
+            assert [part[1].tolist() for part in parts] == [labels[:2].tolist(), labels[2:].tolist()]
+            assert all(part[0].shape == (2, *inputs.shape[1:]) for part in parts)  # the global batch's bucket
+    with pytest.raises(ValueError, match="equal shards"):
+        PaddedBatches(arrays, [0] * 20, batch_size=5, shard=(0, 2))
+
+
+def test_the_tensorflow_pipeline_delivers_the_same_batches_as_an_epoch():
+    import tensorflow as tf
+
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the tf.data pipeline is the TensorFlow backend's")
+    arrays = [np.full((1 + index % 6, 2), index, np.float32) for index in range(23)]
+    reference = PaddedBatches(arrays, list(range(23)), batch_size=4, seed=5)
+    pipeline = PaddedBatches(arrays, list(range(23)), batch_size=4, seed=5).as_keras_data(workers=3)
+    for _ in range(2):  # the second epoch reshuffled alike
+        expected = list(reference.epoch())
+        delivered = [tuple(tensor.numpy() for tensor in batch) for batch in pipeline]
+        assert len(delivered) == len(expected) == 6
+        for got, want in zip(delivered, expected):
+            assert all(np.array_equal(a, b) for a, b in zip(got, want))
+    assert isinstance(pipeline, tf.data.Dataset)
+
+
+def test_predict_can_fill_batches_to_a_multiple_of_the_devices():
+    arrays = [np.full((2, 1), index, np.float32) for index in range(5)]
+    rows = []
+
+    def forward(batch):
+        rows.append(len(batch))
+        return batch[:, 0, :]
+
+    outputs = predict(forward, arrays, batch_size=4, rows_multiple=2)
+    assert outputs[:, 0].tolist() == [0, 1, 2, 3, 4] and rows == [4, 2]

@@ -159,31 +159,45 @@ def test_enhanced_sources_are_computed_from_the_enhanced_audio_and_cached_apart(
 
 
 class FrameCounter:
-    """A stand-in embedding model: each segment's embedding is its mean, and calls are counted."""
+    """A stand-in embedding model, a real Keras model: each segment's embedding is its mean; forward calls are counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, monkeypatch) -> None:
+        import keras
+
+        from SpeechModel import SpeechModel
+
         self.calls = 0
-        self.layers, self.weights = [], []
+        self.model = keras.Sequential(
+            [keras.Input((None, *DEFAULT_FEATURES.segment_shape)), keras.layers.Lambda(lambda x: keras.ops.mean(x, axis=(2, 3)))]
+        )
+        make = SpeechModel.inference_function
 
-    def predict_on_batch(self, stacked):
-        self.calls += 1
-        return stacked.mean(axis=(2, 3))  # (1, steps, 3)
+        def counted(model):
+            forward = make(model)
+
+            def call(inputs):
+                self.calls += 1
+                return forward(inputs)
+
+            return call
+
+        monkeypatch.setattr(SpeechModel, "inference_function", staticmethod(counted))
 
 
-def test_embeddings_are_cached_and_a_damaged_one_is_computed_again(clips, tmp_path, caplog):
+def test_embeddings_are_cached_and_a_damaged_one_is_computed_again(clips, tmp_path, caplog, monkeypatch):
     segments = extract_features(clips, workers=1).segments
-    model = FrameCounter()
-    first = features.extract_embeddings(model, segments, cache_dir=tmp_path / "embeddings")
+    model = FrameCounter(monkeypatch)
+    first = features.extract_embeddings(model.model, segments, cache_dir=tmp_path / "embeddings")
     assert list(first) == list(segments) and model.calls >= 1
     for name, embedding in first.items():
         np.testing.assert_allclose(embedding, np.asarray(segments[name]).mean(axis=(1, 2)), rtol=1e-6)
     calls = model.calls
-    assert features.extract_embeddings(model, segments, cache_dir=tmp_path / "embeddings").keys() == first.keys()
+    assert features.extract_embeddings(model.model, segments, cache_dir=tmp_path / "embeddings").keys() == first.keys()
     assert model.calls == calls  # all from the cache
     damaged = sorted((tmp_path / "embeddings").rglob("*.npy"))[0]
     damaged.write_bytes(b"garbage")
     with caplog.at_level(logging.WARNING):
-        again = features.extract_embeddings(model, segments, cache_dir=tmp_path / "embeddings")
+        again = features.extract_embeddings(model.model, segments, cache_dir=tmp_path / "embeddings")
     assert "unreadable cache file" in caplog.text and model.calls == calls + 1
     for name in segments:
         np.testing.assert_array_equal(again[name], first[name])
@@ -192,12 +206,12 @@ def test_embeddings_are_cached_and_a_damaged_one_is_computed_again(clips, tmp_pa
 def test_many_utterances_share_a_backbone_call_up_to_the_segment_budget(clips, monkeypatch):
     segments = extract_features(clips, workers=1).segments
     total = sum(len(item) for item in segments.values())
-    model = FrameCounter()
-    features.extract_embeddings(model, segments)
+    model = FrameCounter(monkeypatch)
+    features.extract_embeddings(model.model, segments)
     assert model.calls == 1  # a few short clips: one call
     monkeypatch.setattr(features, "EMBEDDING_BATCH_SEGMENTS", max(len(item) for item in segments.values()))
-    model = FrameCounter()
-    features.extract_embeddings(model, segments)
+    model = FrameCounter(monkeypatch)
+    features.extract_embeddings(model.model, segments)
     assert 1 < model.calls <= total
 
 

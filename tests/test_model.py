@@ -266,7 +266,7 @@ def test_a_mixed_precision_copy_computes_in_bfloat16_with_the_same_weights_and_m
     features = model.get_layer("segment_encoder").features
     SpeechModel.adapt_normalization(model, np.random.default_rng(0).normal(0.5, 0.2, (40, features)).astype("float32"))
     batch = padded_batch([2, 5, 3])
-    copy = SpeechModel.mixed_precision_copy(model)
+    copy = SpeechModel.precision_copy(model)
     np.testing.assert_allclose(  # the adapted statistics (in bfloat16), not the identity
         np.asarray(copy.get_layer("embedding_normalization").mean, np.float32),
         np.asarray(model.get_layer("embedding_normalization").mean), atol=1e-2,
@@ -401,3 +401,28 @@ def test_fine_tuning_settings_slow_the_backbone_and_keep_its_batchnorm(tmp_path)
     _, moved = one_step()
     assert moved == [True, True, True]
     assert type(tiny_model().optimizer) is keras.optimizers.Adam  # scale 1: Keras' own Adam
+
+
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_mixed_precision_training_keeps_float32_variables_softmax_and_export(precision):
+    shape = (32, 32, 3)
+    model = SpeechModel.create_model(
+        3, weights=None, backbone="efficientnet_lite0", segment_shape=shape, head=tiny_head(), precision=precision,
+        learning_rate=1e-3,
+    )
+    policy = f"mixed_{precision}"
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored after building
+    assert model.get_layer("segment_encoder").backbone.layers[2].dtype_policy.name == policy  # the backbone's too
+    assert model.get_layer("blstm").dtype_policy.name == policy and model.get_layer("emotion").dtype_policy.name == "float32"
+    assert {variable.dtype for variable in model.trainable_variables} == {"float32"}
+    # float16 needs loss scaling against underflowing gradients; Keras adds it when compiling.
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "float16")
+    rng = np.random.default_rng(0)
+    batch = rng.normal(size=(4, 3, *shape)).astype("float32")
+    history = model.fit(batch, np.array([0, 1, 2, 1]), epochs=2, verbose=0)
+    assert np.isfinite(history.history["loss"]).all()
+    probabilities = model.predict(batch, verbose=0)
+    assert probabilities.dtype == np.float32
+    exported = SpeechModel.precision_copy(model, "float32")
+    assert {layer.dtype_policy.name for layer in exported.layers} == {"float32"}
+    np.testing.assert_allclose(exported.predict(batch, verbose=0), probabilities, atol=0.05)

@@ -329,6 +329,12 @@ def test_speaker_norm_is_refused_with_fine_tuning(corpus, tmp_path, capsys):
     assert code == 2 and "--speaker-norm works with --backbone-mode frozen" in capsys.readouterr().err
 
 
+def test_several_devices_are_refused_in_frozen_mode(corpus, tmp_path, capsys):
+    code = train.main(["3", "--dataset", str(corpus), "--devices", "2", "--backbone-mode", "frozen", "--weights", "none",
+                       "--output", str(tmp_path / "runs")])
+    assert code == 2 and "--devices above 1 works with --backbone-mode finetune" in capsys.readouterr().err
+
+
 def test_the_recipe_defaults_follow_the_mode_and_the_head(tmp_path):
     corpus = corpora.get_corpus("ravdess")
     frozen = trainer.Options(epochs=1, folds=2, backbone_mode="frozen").resolved(corpus, [])
@@ -336,9 +342,13 @@ def test_the_recipe_defaults_follow_the_mode_and_the_head(tmp_path):
     assert (frozen.backbone, frozen.image_size, frozen.stages, frozen.augment) == ("efficientnet_lite0", 224, "all", False)
     finetune = trainer.Options(epochs=1, folds=2, backbone_mode="finetune").resolved(corpus, [])
     assert (finetune.speaker_norm, finetune.early_stopping, finetune.learning_rate) == (False, True, 1e-4)
+    assert (frozen.precision, frozen.devices) == ("float32", 1) and finetune.precision == "float32"  # no GPU here
     paper = trainer.Options(epochs=1, folds=2, backbone_mode="frozen", head="blstm-attention").resolved(corpus, [])
     assert (paper.speaker_norm, paper.early_stopping, paper.learning_rate) == (True, True, 1e-4)
-    chosen = trainer.Options(epochs=1, folds=2, backbone_mode="frozen", speaker_norm=False, early_stopping=True, learning_rate=0.5)
+    chosen = trainer.Options(
+        epochs=1, folds=2, backbone_mode="frozen", speaker_norm=False, early_stopping=True, learning_rate=0.5,
+        precision="bfloat16", devices=1,
+    )
     assert chosen.resolved(corpus, []) == dataclasses.replace(chosen, corpus="ravdess")  # what is given is kept
 
 
