@@ -5,9 +5,10 @@ Only the engines Keras and TensorFlow ship:
 - JAX: ``keras.distribution.DataParallel`` over the chosen devices. Several hosts join
   through ``keras.distribution.initialize()`` (`join_hosts`), and every process feeds its
   own part of each global batch (``PaddedBatches(shard=...)``).
-- TensorFlow: ``tf.distribute.MirroredStrategy`` over this host's devices, or
-  ``MultiWorkerMirroredStrategy`` when the ``TF_CONFIG`` environment variable names several
-  workers; each worker makes the whole global batch and TensorFlow splits it.
+- TensorFlow: ``tf.distribute.MirroredStrategy`` over this host's devices; it splits each
+  global batch itself. Several hosts are refused: Keras 3's ``fit`` fails under
+  ``MultiWorkerMirroredStrategy`` (keras-team/keras#20585), so a ``TF_CONFIG`` of several
+  workers gets a message that points to JAX.
 - PyTorch: one device.
 
 ``--batch-size`` is the global batch, split evenly over the devices, so a step on N devices
@@ -118,7 +119,7 @@ def join_hosts(coordinator: str | None = None, num_processes: int | None = None,
     Every host runs the same command; ``coordinator`` (HOST:PORT of process 0),
     ``num_processes`` and ``process_id`` default to Keras' own ``KERAS_DISTRIBUTION_*``
     environment variables. Without either, nothing happens (one host). Must run before
-    anything else uses JAX. On TensorFlow, hosts are described by ``TF_CONFIG`` instead.
+    anything else uses JAX.
     """
     flags = (coordinator, num_processes, process_id)
     if all(value is None for value in flags) and not any(os.environ.get(name) for name in HOST_VARIABLES):
@@ -127,8 +128,8 @@ def join_hosts(coordinator: str | None = None, num_processes: int | None = None,
 
     if keras.backend.backend() != "jax":
         raise UsageError(
-            "--coordinator, --num-processes and --process-id join hosts under KERAS_BACKEND=jax; "
-            "under TensorFlow describe the hosts in TF_CONFIG"
+            "--coordinator, --num-processes and --process-id join hosts under KERAS_BACKEND=jax "
+            "(Keras 3 trains on one host under TensorFlow)"
         )
     keras.distribution.initialize(coordinator, num_processes, process_id)
 
@@ -141,26 +142,31 @@ def _tf_workers() -> int:
 def place(devices: int | None, batch_size: int) -> Placement:
     """The placement of a fine-tuning run on ``devices`` devices (None: every accelerator of the job, else one).
 
-    Raises `cli.UsageError` when ``devices`` exceeds what the backend sees, or
-    ``batch_size`` does not split evenly over them.
+    Raises `cli.UsageError` when ``devices`` exceeds what the backend sees (or, in a job of
+    several processes, is not all of the job's devices), when ``batch_size`` does not split
+    evenly over them, or when ``TF_CONFIG`` asks TensorFlow for several workers.
     """
     import keras
 
     backend = keras.backend.backend()
     if backend == "tensorflow" and _tf_workers() > 1:
-        import tensorflow as tf
-
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        resolver = strategy.cluster_resolver
-        chief = "chief" in resolver.cluster_spec().as_dict()
-        index = 0 if resolver.task_type == "chief" else resolver.task_id + chief
-        placement = Placement(strategy.num_replicas_in_sync, index, _tf_workers(), strategy)
+        # Reproduced with Keras 3.15 and TensorFlow 2.21 on two local workers, even for a one-layer model.
+        raise UsageError(
+            f"TF_CONFIG names {_tf_workers()} workers, but Keras 3's model.fit fails under "
+            "tf.distribute.MultiWorkerMirroredStrategy (keras-team/keras#20585); train on several hosts "
+            "with KERAS_BACKEND=jax and --coordinator, or unset TF_CONFIG"
+        )
+    available = _visible_devices(backend)
+    index, processes = _process(backend)
+    if processes > 1:  # a job of several hosts trains on all of its devices
+        count = devices or len(available)
+        if count != len(available):
+            raise UsageError(f"--devices {count}: a job of {processes} processes trains on all of its {len(available)} devices")
     else:
-        available = _visible_devices(backend)
         count = devices or max(1, min(accelerators(), len(available)))
         if count > len(available):
             raise UsageError(f"--devices {count}: the {backend} backend sees {len(available)} device(s) here ({', '.join(available)})")
-        placement = Placement(count, *_process(backend), _engine(backend, available[:count]) if count > 1 else None)
+    placement = Placement(count, index, processes, _engine(backend, available[:count]) if count > 1 else None)
     if batch_size % placement.devices:
         raise UsageError(
             f"--batch-size {batch_size} does not split evenly over {placement.devices} devices; use a multiple of {placement.devices}"
@@ -193,7 +199,8 @@ def _engine(backend: str, devices: list[str]) -> Any:
     if backend == "jax":
         import keras
 
-        return keras.distribution.DataParallel(devices=devices)
+        # Each process already feeds its own shard of every global batch (PaddedBatches(shard=...)).
+        return keras.distribution.DataParallel(devices=devices, auto_shard_dataset=False)
     if backend == "tensorflow":
         import tensorflow as tf
 

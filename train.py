@@ -186,7 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--freeze-batchnorm", action=argparse.BooleanOptionalAction, default=defaults.freeze_batchnorm, help="finetune: the backbone's BatchNorm layers keep their ImageNet statistics and scales")
     parser.add_argument("--precision", choices=devices.PRECISIONS, default=None, help="finetune: mixed precision computes in 16 bits on float32 variables; the exported model is float32 either way (default: bfloat16 on GPUs with bf16 units, float16 with loss scaling on older GPUs, float32 on a CPU)")
     parser.add_argument("--devices", type=positive_int, default=None, help="finetune: data-parallel over this many devices, --batch-size split evenly over them (default: every GPU the backend sees, one device without)")
-    parser.add_argument("--coordinator", default=None, help="several hosts, KERAS_BACKEND=jax: HOST:PORT of process 0, given to every process (default: $KERAS_DISTRIBUTION_JOB_ADDRESSES; TensorFlow reads TF_CONFIG instead)")
+    parser.add_argument("--coordinator", default=None, help="several hosts, KERAS_BACKEND=jax: HOST:PORT of process 0, given to every process (default: $KERAS_DISTRIBUTION_JOB_ADDRESSES)")
     parser.add_argument("--num-processes", type=positive_int, default=None, help="several hosts, KERAS_BACKEND=jax: processes in the job (default: $KERAS_DISTRIBUTION_NUM_PROCESSES)")
     parser.add_argument("--process-id", type=int, default=None, help="several hosts, KERAS_BACKEND=jax: this process's index, 0 writes the run (default: $KERAS_DISTRIBUTION_PROCESS_ID)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for enhancement, shuffling and initialisation")

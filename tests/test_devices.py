@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,26 @@ options = Options(
     **TINY_BACKBONE_OPTIONS,
 )
 print(train.run(options, backbone=lambda: tiny_backbone((64, 64, 3))))
+"""
+
+
+# One process of a two-process job; its index is the first argument. The __main__ guard keeps
+# the feature workers (spawned processes) from joining the job themselves.
+JOB_PROCESS = """
+import sys
+sys.path[:0] = [{root!r}, {tests!r}]
+if __name__ == "__main__":
+    import devices
+    devices.join_hosts({coordinator!r}, 2, int(sys.argv[1]))
+    import train
+    from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
+    from trainer import Options
+    options = Options(
+        epochs=2, dataset={dataset!r}, test_speakers=[4], val_speakers=[3], backbone_mode="finetune", weights="none",
+        batch_size=4, learning_rate=1e-3, output={output!r}, cache_dir={cache!r} + sys.argv[1], download=False,
+        **TINY_BACKBONE_OPTIONS,
+    )
+    print("RESULT", sys.argv[1], train.run(options, backbone=lambda: tiny_backbone((64, 64, 3))))
 """
 
 
@@ -139,10 +160,46 @@ def test_a_batch_that_does_not_split_over_the_devices_is_refused(monkeypatch):
     assert devices.place(2, batch_size=6).devices == 2
 
 
-def test_hosts_are_joined_under_jax_and_described_by_tf_config_under_tensorflow(monkeypatch):
+def test_several_hosts_are_joined_under_jax_and_refused_under_tensorflow(monkeypatch):
     for name in devices.HOST_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     devices.join_hosts()  # one host: nothing to do, on any backend
-    if keras.backend.backend() == "tensorflow":
-        with pytest.raises(UsageError, match="under TensorFlow describe the hosts in TF_CONFIG"):
-            devices.join_hosts("10.0.0.1:1234", 2, 0)
+    if keras.backend.backend() != "tensorflow":
+        pytest.skip("the refusals are the TensorFlow backend's")
+    with pytest.raises(UsageError, match="join hosts under KERAS_BACKEND=jax"):
+        devices.join_hosts("10.0.0.1:1234", 2, 0)
+    cluster = {"cluster": {"worker": ["10.0.0.1:2222", "10.0.0.2:2222"]}, "task": {"type": "worker", "index": 0}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(cluster))
+    with pytest.raises(UsageError, match=r"TF_CONFIG names 2 workers.*keras-team/keras#20585.*KERAS_BACKEND=jax"):
+        devices.place(None, batch_size=4)
+
+
+def test_a_job_of_two_jax_processes_trains_together_and_one_writes(tmp_path):
+    """Several hosts, played by two processes on this one, each with one CPU device (JAX's gloo collectives)."""
+    if importlib.util.find_spec("jax") is None:
+        pytest.skip("jax is not installed")
+    write_ravdess(tmp_path / "dataset", actors=(1, 2, 3, 4), emotions=(1, 4, 5))
+    with socket.socket() as probe:  # a free port for the coordinator
+        probe.bind(("localhost", 0))
+        coordinator = f"localhost:{probe.getsockname()[1]}"
+    code = JOB_PROCESS.format(
+        root=str(TESTS.parent), tests=str(TESTS), dataset=str(tmp_path / "dataset"), output=str(tmp_path / "runs"),
+        cache=str(tmp_path / "cache"), coordinator=coordinator,
+    )
+    environment = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+    environment.pop("XLA_FLAGS", None)
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code, str(index)], env=environment, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for index in (1, 0)
+    ]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    for process, (_, stderr) in zip(processes, outputs):
+        assert process.returncode == 0, stderr[-3000:]
+    results = {line.split()[1]: line.split()[2] for stdout, _ in outputs for line in stdout.splitlines() if line.startswith("RESULT")}
+    assert results["1"] == "None"  # process 1 trained alongside and wrote nothing
+    run = Path(results["0"])
+    assert [path.name for path in (tmp_path / "runs").iterdir()] == [run.name]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["options"]["devices"] == 2 and metrics["epochs_run"] == 2 and (run / "saved_model.pb").is_file()
+    losses = [[line.split("loss: ")[1].split()[0] for line in stdout.splitlines() if "loss: " in line] for stdout, _ in outputs]
+    assert losses[0] == losses[1] and len(losses[0]) == 2  # one global step sequence, seen by both
