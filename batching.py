@@ -15,6 +15,7 @@ segment embeddings (steps, features).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
 
@@ -97,6 +98,7 @@ def similar_length_batches(
 
 BUCKETS = 4  # step counts a training epoch's batches are padded to: one compiled step per bucket under XLA
 PREFETCH = 4  # batches assembled ahead of the training step
+WORKERS = min(8, os.cpu_count() or 1)  # threads assembling batches; padding copies release the GIL
 
 
 def bucket_lengths(lengths: Sequence[int], count: int = BUCKETS) -> tuple[int, ...]:
@@ -199,7 +201,7 @@ class PaddedBatches:
         if self.shuffle:
             self.order = self._batches()
 
-    def as_keras_data(self, workers: int = 2):
+    def as_keras_data(self, workers: int = WORKERS):
         """What ``model.fit`` takes on the current backend: batches assembled by ``workers`` threads, prefetched.
 
         TensorFlow gets a tf.data pipeline (a parallel map over each epoch's batch plan,
@@ -247,7 +249,7 @@ class PaddedBatches:
 
 
 def predict(
-    forward: Callable[[np.ndarray], np.ndarray], arrays: Sequence[np.ndarray], batch_size: int, *, rows_multiple: int = 1
+    forward: Callable[[np.ndarray], np.ndarray], arrays: Sequence[np.ndarray], batch_size: int, *, bucketed: bool = False
 ) -> np.ndarray:
     """``forward`` over many utterances in length-grouped padded batches.
 
@@ -258,10 +260,9 @@ def predict(
         `SpeechModel.inference_function` of a model.
     arrays : sequence of np.ndarray [shape=(n_i, ...)]
     batch_size : int > 0
-    rows_multiple : int > 0
-        Every batch ``forward`` sees has a multiple of this many rows (the first item
-        repeated, its extra outputs dropped): a data-parallel model splits rows evenly over
-        its devices.
+    bucketed : bool
+        Pad every batch to one of the `bucket_lengths` of ``arrays`` instead of its own
+        longest: a few shapes, for a forward function that XLA compiles per shape.
 
     Returns
     -------
@@ -269,9 +270,11 @@ def predict(
         Row ``i`` belongs to ``arrays[i]``, whatever the batching.
     """
     lengths = [len(array) for array in arrays]
+    buckets = bucket_lengths(lengths) if bucketed else None
     outputs: list[np.ndarray | None] = [None] * len(arrays)
     for indices in similar_length_batches(range(len(arrays)), batch_size, length=lengths.__getitem__):
-        filled = indices + indices[:1] * (-len(indices) % rows_multiple)
-        for index, row in zip(indices, np.asarray(forward(pad_batch([arrays[i] for i in filled])))):
+        longest = max(lengths[i] for i in indices)
+        steps = None if buckets is None else next(bucket for bucket in buckets if bucket >= longest)
+        for index, row in zip(indices, np.asarray(forward(pad_batch([arrays[i] for i in indices], steps=steps)))):
             outputs[index] = row
     return np.stack(outputs)

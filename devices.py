@@ -13,9 +13,9 @@ Only the engines Keras and TensorFlow ship:
 
 ``--batch-size`` is the global batch, split evenly over the devices, so a step on N devices
 is the step one device takes on the same batch: the learning rate and early stopping mean
-what they mean on one device. (Per-device exceptions: dropout draws its own masks on each
-device, and BatchNorm layers that train, ``--no-freeze-batchnorm``, normalise with each
-device's own part of the batch under TensorFlow.)
+what they mean on one device. (Two exceptions under TensorFlow: dropout draws its own masks
+on each device, and BatchNorm layers that train, ``--no-freeze-batchnorm``, normalise each
+device's own part of the batch.)
 """
 
 from __future__ import annotations
@@ -184,7 +184,9 @@ def _visible_devices(backend: str) -> list[str]:
         import tensorflow as tf
 
         return [device.name for device in tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")]
-    return ["one device"]
+    import torch
+
+    return [f"cuda:{index}" for index in range(torch.cuda.device_count())] or ["cpu"]
 
 
 def _process(backend: str) -> tuple[int, int]:

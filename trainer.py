@@ -193,8 +193,10 @@ def standardize_per_speaker(embeddings: dict, speaker_of: dict) -> dict:
     }
 
 
-def validation_uar_callback(forward: Callable[[np.ndarray], np.ndarray], inputs: list[np.ndarray], labels: list[int], batch_size: int):
-    """A Keras callback that adds ``val_uar`` (macro recall of ``forward`` on ``inputs``) to each epoch's logs.
+def validation_uar_callback(
+    forward: Callable[[np.ndarray], np.ndarray], inputs: list[np.ndarray], labels: list[int], batch_size: int, *, bucketed: bool = False
+):
+    """A Keras callback that adds ``val_uar`` (macro recall of ``forward`` on ``inputs``, `batching.predict`) to each epoch's logs.
 
     Listed before EarlyStopping and ReduceLROnPlateau, which read it from the same logs.
     """
@@ -203,7 +205,7 @@ def validation_uar_callback(forward: Callable[[np.ndarray], np.ndarray], inputs:
 
     class ValidationUAR(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            predicted = batching.predict(forward, inputs, batch_size).argmax(axis=1)
+            predicted = batching.predict(forward, inputs, batch_size, bucketed=bucketed).argmax(axis=1)
             logs["val_uar"] = float(recall_score(labels, predicted, average="macro"))
 
     return ValidationUAR()
@@ -329,8 +331,11 @@ def train_split(
             [inputs[e.source] for e in train], [e.label for e in train], options.batch_size,
             weights=class_weight, seed=options.seed, shard=placement.shard,
         )
+        # Fine-tuning compiles a forward pass per input shape under XLA: a few bucketed shapes, not one per batch.
+        bucketed = options.backbone_mode == "finetune"
         validation_uar = validation_uar_callback(
-            forward, [inputs[e.source] for e in validation], [e.label for e in validation], options.batch_size
+            forward, [inputs[e.source] for e in validation], [e.label for e in validation], options.batch_size,
+            bucketed=bucketed,
         )
         callbacks = training_callbacks(validation_uar, early_stopping=options.early_stopping, run_dir=run_dir)
         history = trainee.fit(train_batches.as_keras_data(), epochs=options.epochs, callbacks=callbacks, shuffle=False, verbose=2)
@@ -352,7 +357,7 @@ def train_split(
             # mismatch warning and can be fine-tuned from where the frozen run ended.
             model.optimizer.build(model.trainable_variables)
 
-        probabilities = batching.predict(forward, [inputs[e.source] for e in test], options.batch_size)
+        probabilities = batching.predict(forward, [inputs[e.source] for e in test], options.batch_size, bucketed=bucketed)
     if options.precision != "float32" or placement.devices > 1:
         model = SpeechModel.precision_copy(model, "float32")  # what runs export: float32 on one device
 

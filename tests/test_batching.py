@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from batching import PaddedBatches, pad_batch, predict, similar_length_batches
+from batching import PaddedBatches, bucket_lengths, pad_batch, predict, similar_length_batches
 from utils import PAD_VALUE
 
 
@@ -126,13 +126,14 @@ def test_the_tensorflow_pipeline_delivers_the_same_batches_as_an_epoch():
     assert isinstance(pipeline, tf.data.Dataset)
 
 
-def test_predict_can_fill_batches_to_a_multiple_of_the_devices():
-    arrays = [np.full((2, 1), index, np.float32) for index in range(5)]
-    rows = []
+def test_bucketed_prediction_pads_to_a_few_lengths_and_changes_no_output():
+    arrays = [np.full((length, 1), length, np.float32) for length in (1, 2, 3, 5, 6, 7, 9, 10)]
+    shapes = []
 
     def forward(batch):
-        rows.append(len(batch))
-        return batch[:, 0, :]
+        shapes.append(batch.shape)
+        return batch.max(axis=1)
 
-    outputs = predict(forward, arrays, batch_size=4, rows_multiple=2)
-    assert outputs[:, 0].tolist() == [0, 1, 2, 3, 4] and rows == [4, 2]
+    outputs = predict(forward, arrays, batch_size=2, bucketed=True)
+    assert outputs[:, 0].tolist() == [1, 2, 3, 5, 6, 7, 9, 10]
+    assert {steps for _, steps, _ in shapes} <= set(bucket_lengths([len(a) for a in arrays])) and len(shapes) == 4
