@@ -143,15 +143,16 @@ def main() -> None:
     print(f"{'backbone':<20}{'size':>6}{'(a) plain fp32':>16}{'(b) ours fp32':>15}{f'(b) ours {args.mixed}':>18}{'(b)/(a)':>9}{'(c)/(b)':>9}")
     for backbone in args.backbones:
         for size in args.sizes:
-            plain = np.nan if args.skip_plain else time_plain(backbone, size, utterances, labels, args.batch_size, args.epochs)
+            plain = None if args.skip_plain else time_plain(backbone, size, utterances, labels, args.batch_size, args.epochs)
             ours = {
                 precision: time_ours(finetune_model(backbone, size, precision, len(names)), utterances, labels, args.batch_size, args.epochs)
                 for precision in ("float32", args.mixed)
             }
             best = max(ours.values())
+            plain_text, ratio = ("-", "-") if plain is None else (f"{plain:.1f}", f"{best / plain:.1f}x")
             print(
-                f"{backbone:<20}{size:>6}{plain:>16.1f}{ours['float32']:>15.1f}{ours[args.mixed]:>18.1f}"
-                f"{best / plain:>8.1f}x{pipeline / best:>8.0f}x",
+                f"{backbone:<20}{size:>6}{plain_text:>16}{ours['float32']:>15.1f}{ours[args.mixed]:>18.1f}"
+                f"{ratio:>9}{pipeline / best:>8.0f}x",
                 flush=True,
             )
     print("segments/s; (b)/(a): ours (the faster precision) against plain; (c)/(b): pipeline headroom over the training step")
