@@ -225,8 +225,10 @@ def test_ctrl_c_during_feature_extraction_is_one_line_exit_130_and_keeps_the_par
     runs_folder, cache = tmp_path / "runs", tmp_path / "cache"
     command = [sys.executable, str(ROOT / "train.py"), "3", "--dataset", str(tmp_path / "dataset"), "--weights", "none",
                "--test-speakers", "4", "--val-speakers", "3", "--output", str(runs_folder), "--cache-dir", str(cache)]
+    # Its own process group with Ctrl-C at its default, as a terminal's job: a test run started in the
+    # background of a non-interactive shell inherits SIGINT ignored, and so would train.py.
     child = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             start_new_session=True)  # its own process group, as a terminal's job
+                             start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(cache.rglob("*.npy")) and child.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
