@@ -399,7 +399,8 @@ class SpeechModel:
             precision: "float32", "bfloat16" or "float16" (`devices.PRECISIONS`). Mixed
                 precision computes in 16 bits on float32 variables (float16 with loss
                 scaling, which ``compile`` adds); the attention softmax and the output
-                probabilities stay float32. Defaults to "float32".
+                probabilities stay float32. It applies whatever Keras' global dtype policy
+                is. Defaults to "float32".
             compile: bool. Compile with Adam, sparse categorical cross-entropy and accuracy.
                 Defaults to True.
 

@@ -106,8 +106,7 @@ def main() -> None:
     model = SpeechModel.create_model(weights=None)
     plain_seconds, plain_segments = time_plain(model, utterances[: args.plain_utterances])
     ours_seconds, ours_segments = time_batched(model, utterances, args.batch_utterances)
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    bf16_model = SpeechModel.create_model(weights=None)
+    bf16_model = SpeechModel.create_model(weights=None, precision="bfloat16")
     bf16_seconds, bf16_segments = time_batched(bf16_model, utterances, args.batch_utterances)
 
     plain_rate = plain_segments / plain_seconds
@@ -126,7 +125,6 @@ def main() -> None:
     for name, rate in rows:
         print(f"{name:<52}{rate:>11.1f}{1000 / rate:>12.2f}{rate / plain_rate:>7.1f}x")
 
-    keras.mixed_precision.set_global_policy("float32")
     steps = utterances[: args.train_utterances]
     print(f"\nper backbone, float32: forward as (b) over all utterances, training steps over {len(steps)}")
     print(f"{'backbone':<22}{'forward ms/segment':>20}{'train step ms/segment':>24}")

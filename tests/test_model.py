@@ -113,14 +113,11 @@ def test_builds_trains_and_predicts_on_every_installed_backend(backend, tmp_path
 
 
 def test_mixed_precision_keeps_probabilities_in_float32_and_masking_exact():
-    keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    try:
-        model = tiny_model()
-        batch = padded_batch([2, 4])
-        probabilities = model.predict(batch, verbose=0)
-        alone = model.predict(batch[:1, :2], verbose=0)
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    model = tiny_model(precision="bfloat16")
+    assert model.get_layer("blstm").dtype_policy.name == "mixed_bfloat16"
+    batch = padded_batch([2, 4])
+    probabilities = model.predict(batch, verbose=0)
+    alone = model.predict(batch[:1, :2], verbose=0)
     assert probabilities.dtype == np.float32 and np.isfinite(probabilities).all()
     np.testing.assert_allclose(alone[0], probabilities[0], atol=1e-2)
 
