@@ -15,6 +15,7 @@ segment embeddings (steps, features).
 
 from __future__ import annotations
 
+import bisect
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TypeVar
@@ -120,6 +121,11 @@ def bucket_lengths(lengths: Sequence[int], count: int = BUCKETS) -> tuple[int, .
     return tuple(sorted({int(q) for q in quantiles}))
 
 
+def bucket_for(buckets: Sequence[int], longest: int) -> int:
+    """The shortest of ``buckets`` (ascending, from `bucket_lengths`) that holds ``longest`` steps."""
+    return buckets[bisect.bisect_left(buckets, longest)]
+
+
 class PaddedBatches:
     """An epoch of labelled utterances in a few fixed batch shapes, for ``model.fit``.
 
@@ -179,7 +185,7 @@ class PaddedBatches:
 
     def assemble(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The padded inputs, labels and sample weights of one batch, this process's rows of it."""
-        steps = next(bucket for bucket in self.buckets if bucket >= max(self.lengths[i] for i in indices))
+        steps = bucket_for(self.buckets, max(self.lengths[i] for i in indices))
         local = indices[self.rows]
         inputs = pad_batch([self.arrays[i] for i in local], steps=steps)
         labels = self.labels[local]
@@ -273,8 +279,7 @@ def predict(
     buckets = bucket_lengths(lengths) if bucketed else None
     outputs: list[np.ndarray | None] = [None] * len(arrays)
     for indices in similar_length_batches(range(len(arrays)), batch_size, length=lengths.__getitem__):
-        longest = max(lengths[i] for i in indices)
-        steps = None if buckets is None else next(bucket for bucket in buckets if bucket >= longest)
+        steps = None if buckets is None else bucket_for(buckets, max(lengths[i] for i in indices))
         for index, row in zip(indices, np.asarray(forward(pad_batch([arrays[i] for i in indices], steps=steps)))):
             outputs[index] = row
     return np.stack(outputs)

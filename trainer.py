@@ -258,7 +258,8 @@ def train_split(
     from SpeechModel import SpeechModel
 
     index_of = {label: index for index, label in enumerate(labels)}
-    head = options.architecture()["head"]
+    recipe = options.architecture()
+    head = recipe["head"]
     cache_dir = Path(options.cache_dir)
     train_sources = training_sources(
         split.train,
@@ -292,7 +293,7 @@ def train_split(
 
     with placement.scope():  # one device, or every device of a data-parallel run holds the variables
         weights = None if options.weights == "none" else options.weights
-        architecture = options.architecture() if backbone is None else {**options.architecture(), "backbone": backbone()}
+        architecture = recipe if backbone is None else {**recipe, "backbone": backbone()}
         model = SpeechModel.create_model(
             len(labels), weights=weights, segment_shape=options.features.segment_shape, **architecture,
             learning_rate=options.learning_rate, precision=options.precision,

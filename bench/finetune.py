@@ -37,7 +37,7 @@ import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
 import features  # noqa: E402
-from backbones import build_backbone  # noqa: E402
+from backbones import BACKBONES, build_backbone  # noqa: E402
 from batching import PaddedBatches  # noqa: E402
 from bench.model import FIXED_SEGMENTS, fixed_length  # noqa: E402
 from bench.train import later_epoch  # noqa: E402
@@ -48,7 +48,6 @@ from trainer import Options  # noqa: E402
 from utils import DEFAULT_FEATURES  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
-BACKBONES = ("resnet50v2", "efficientnet_lite0")
 
 
 def plain_model(backbone: str, size: int, classes: int) -> keras.Model:
@@ -90,7 +89,7 @@ def finetune_model(backbone: str, size: int, precision: str, classes: int) -> ke
     """train.py's fine-tuning model (its default head and fine-tuning settings) for this backbone, size and precision."""
     options = dataclasses.replace(Options(epochs=1), backbone=backbone, image_size=size)
     return SpeechModel.create_model(
-        classes, weights=None, **options.architecture(), learning_rate=1e-4, precision=precision,
+        classes, weights=None, **options.architecture(), precision=precision,  # Adam at create_model's 1e-4, as train.py's
         backbone_learning_rate_scale=options.backbone_lr_scale, freeze_batch_normalization=options.freeze_batchnorm,
     )
 
@@ -109,7 +108,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=24, help="files per epoch, the first in name order; 0: all (default: %(default)s)")
     parser.add_argument("--batch-size", type=int, default=8, help="utterances per batch (default: %(default)s)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per approach; the first is not timed (default: %(default)s)")
-    parser.add_argument("--backbones", nargs="+", choices=BACKBONES, default=list(BACKBONES), help="(default: both)")
+    parser.add_argument("--backbones", nargs="+", choices=sorted(BACKBONES), default=sorted(BACKBONES), help="(default: all)")
     parser.add_argument("--sizes", nargs="+", type=int, default=[64, 224], help="image sizes (default: 64 224)")
     parser.add_argument("--mixed", choices=PRECISIONS[1:], default="bfloat16", help="the mixed precision of (b) (default: %(default)s)")
     parser.add_argument("--skip-plain", action="store_true", help="time (b) and (c) only")
