@@ -20,7 +20,6 @@ entry point: `create_model`, `attention_model` and `export`.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -31,6 +30,7 @@ from keras import layers, ops
 
 from backbones import BackboneWeightsError, build_backbone, get_backbone, load_weights_file
 from devices import dtype_policy
+from heads import HEADS, HeadConfig  # noqa: F401  (HEADS: part of this module's interface)
 from utils import DEFAULT_FEATURES, PAD_VALUE
 
 PACKAGE = "dcnn_blstmwa"
@@ -43,61 +43,6 @@ STATISTICS_LAYER = "statistics"  # the statistics head's pooling
 STATISTICS_NORMALIZATION_LAYER = "statistics_normalization"  # the statistics head's standardisation
 ATTENTION_LAYER = "attention"
 OUTPUT_LAYER = "emotion"  # the softmax over emotions; float32 under any policy
-
-
-HEADS = ("blstm-attention", "stats")  # the paper's head, and statistics pooling
-# What each head kind takes where HeadConfig is not told: the BLSTM head is the paper's
-# (two hidden layers, regularised by dropout and early stopping); the statistics head is
-# a multinomial logistic regression on the standardised statistics, regularised by
-# weight decay and trained to convergence.
-HEAD_DEFAULTS = {
-    "blstm-attention": {"dense_units": (256, 128), "weight_decay": 0.0},
-    "stats": {"dense_units": (), "weight_decay": 1e-2},
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class HeadConfig:
-    """The classifier after the backbone: one description for `create_model` and `create_head`.
-
-    Attributes:
-        kind: str. "blstm-attention" (the paper's: BLSTM, additive attention, dense layers) or
-            "stats" (the mean and standard deviation of the segment embeddings, standardised,
-            then the dense layers). Defaults to "blstm-attention".
-        lstm_units: int. LSTM units in each direction. Defaults to 128.
-        attention_units: int. Hidden size of the additive attention. Defaults to 128.
-        dense_units: tuple of ints or None. Hidden Dense layers; None takes the kind's own
-            (`HEAD_DEFAULTS`: (256, 128) for "blstm-attention", none for "stats").
-        dropout: float in [0, 1). Dropout after each hidden Dense layer. Defaults to 0.25.
-        embedding_dropout: float in [0, 1). Dropout on the normalised segment embeddings, in
-            training only: a regulariser for small corpora. Defaults to 0.
-        weight_decay: float >= 0 or None. L2 penalty on the Dense kernels (added to the loss
-            as ``weight_decay * sum(kernel ** 2)``); None takes the kind's own (0 for
-            "blstm-attention", 1e-2 for "stats").
-    """
-
-    kind: str = "blstm-attention"
-    lstm_units: int = 128
-    attention_units: int = 128
-    dense_units: tuple[int, ...] | None = None
-    dropout: float = 0.25
-    embedding_dropout: float = 0.0
-    weight_decay: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in HEADS:
-            raise ValueError(f"kind must be one of {HEADS}, got {self.kind!r}")
-        defaults = HEAD_DEFAULTS[self.kind]
-        dense_units = defaults["dense_units"] if self.dense_units is None else self.dense_units
-        object.__setattr__(self, "dense_units", tuple(int(units) for units in dense_units))
-        if self.weight_decay is None:
-            object.__setattr__(self, "weight_decay", defaults["weight_decay"])
-        if min(self.lstm_units, self.attention_units, *self.dense_units) < 1:
-            raise ValueError(f"units must be >= 1, got {self!r}")
-        if not (0 <= self.dropout < 1 and 0 <= self.embedding_dropout < 1):
-            raise ValueError(f"dropout and embedding_dropout must be in [0, 1), got {self.dropout!r}, {self.embedding_dropout!r}")
-        if self.weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)

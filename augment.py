@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import soxr
-from sklearn.utils.class_weight import compute_class_weight
 
 SNR_RANGE_DB = (10.0, 30.0)  # additive white noise, dB below the utterance's power
 SPEED_RANGE = (0.9, 1.1)  # speed factor (>1 faster and higher, as Kaldi's speed perturbation)
@@ -182,6 +181,8 @@ def oversampling_copies(labels: Sequence[str], seed: int, *, copies_per_file: in
 
 def class_weights(labels: Sequence[int]) -> dict[int, float]:
     """Keras ``class_weight`` that gives every class the same total weight ("balanced")."""
+    from sklearn.utils.class_weight import compute_class_weight
+
     classes = np.unique(labels)
     weights = compute_class_weight("balanced", classes=classes, y=np.asarray(labels))
     return {int(label): float(weight) for label, weight in zip(classes, weights)}

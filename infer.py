@@ -34,14 +34,18 @@ import utils
 import cli
 from cli import UsageError, positive_float, positive_int
 from devices import PRECISIONS
+from files import file_problem, write_atomically
 from runs import Run, load_newest_run, load_run
 
 logger = logging.getLogger("infer")
 
 WINDOW_SECONDS = 8.0  # longer files are cut into windows of about this length
-BATCH_WINDOWS = 16  # windows per model call
+BATCH_WINDOWS = 16  # windows per model call, at most
+# Segments per model call, at most: the backbone's activations, not the audio, set the
+# memory of inference (about 12 MB a segment at 224x224 on TensorFlow's CPU kernels).
+BATCH_SEGMENTS = 32
 PENDING_BATCHES = 4  # batches' worth of windows gathered before choosing one of similar lengths (padding: 2 % on RAVDESS)
-PROGRESS_MIN_FILES = 20  # fewer files than this show no progress bar
+PROGRESS_DELAY = 2.0  # seconds of work before a progress bar appears (quick runs show none)
 
 
 SPEAKER_NORM_MODES = ("none", "folder", "file")  # whose statistics standardise the embeddings: see predict
@@ -243,12 +247,10 @@ def predict(
 
     from tqdm import tqdm
 
-    if progress is None:
-        disable = None if len(files) >= PROGRESS_MIN_FILES else True  # None: tqdm shows it on a terminal
-    else:
-        disable = not progress
     windows: dict[int, list[WindowPrediction]] = {index: [] for index in range(len(files))}
-    with tqdm(total=len(jobs), unit="window", desc="inference", disable=disable) as bar:
+    # disable=None: tqdm shows the bar on a terminal only, never in a log or a pipe.
+    bar = tqdm(total=len(jobs), unit="window", desc="inference", disable=None if progress is None else not progress, delay=PROGRESS_DELAY)
+    with bar:
         if speaker_norm == "none":
             results = _forward_windows(_computed(jobs, files, run.features), run, batch_size)
         else:
@@ -257,6 +259,8 @@ def predict(
         for item, probabilities in results:
             if probabilities is None:
                 errors.setdefault(item.file, item.error)
+            elif not np.isfinite(probabilities).all():
+                errors.setdefault(item.file, non_finite(files[item.file], item))
             else:
                 windows[item.file].append(WindowPrediction(item.start, item.end, probabilities, item.peak))
             bar.update()
@@ -305,19 +309,31 @@ def predict_signal(
         _Window(0, start, end, segments=utils.get_framed_log_melspectrogram(piece, run.features), peak=_peak(piece))
         for (start, end), piece in zip(spans, pieces)
     ]
-    windows = [WindowPrediction(item.start, item.end, p, item.peak) for item, p in _forward_windows(jobs, run, batch_size)]
-    return _combine(name, duration, windows, run.labels, None, _recording_warnings(duration, sr, run.features))
+    windows, error = [], None
+    for item, probabilities in _forward_windows(jobs, run, batch_size):
+        if not np.isfinite(probabilities).all():
+            error = error or non_finite(name, item)
+        windows.append(WindowPrediction(item.start, item.end, probabilities, item.peak))
+    return _combine(name, duration, windows, run.labels, error, _recording_warnings(duration, sr, run.features))
+
+
+def non_finite(path: str | os.PathLike, window: _Window) -> str:
+    """The error of a file whose model output is not a probability (a damaged model or non-finite audio)."""
+    return f"{path}: the model gave non-finite probabilities (NaN) for {window.start:.2f}-{window.end:.2f} s; no emotion is given"
 
 
 def _forward_windows(
     windows: Iterable[_Window], run: Run, batch_size: int
 ) -> Iterator[tuple[_Window, np.ndarray | None]]:
-    """Each window with its class probabilities (None for one with an error), in batches of similar length."""
+    """Each window with its class probabilities (None for one with an error), in batches of similar length.
+
+    A batch holds at most `BATCH_SEGMENTS` segments (padding included), or one window.
+    """
     pending = PENDING_BATCHES * batch_size
     for batch in batching.similar_length_batches(windows, batch_size, length=_length, pending=pending):
         usable = [item for item in batch if item.error is None]
-        if usable:
-            yield from zip(usable, run.forward(batching.pad_batch([item.segments for item in usable])))
+        for part in batching.within_budget(usable, BATCH_SEGMENTS, length=_length):
+            yield from zip(part, run.forward(batching.pad_batch([item.segments for item in part])))
         yield from ((item, None) for item in batch if item.error is not None)
 
 
@@ -413,9 +429,9 @@ def _combine(
 
 
 def format_table(predictions: list[Prediction], labels: list[str], *, top_k: int = 1, timeline: bool = False) -> str:
-    """One line per file: path, emotion, confidence (the next ``top_k - 1`` emotions), warnings in brackets."""
-    width = max(len(p.path) for p in predictions)
-    lines = []
+    """A header, then one line per file: path, emotion, confidence (the next ``top_k - 1`` emotions), warnings in brackets."""
+    width = max(len("path"), *(len(p.path) for p in predictions))
+    lines = [f"{'path':<{width}}  {'emotion':<10} {'conf':<4}{'  next emotions' if top_k > 1 else ''}"]
     for prediction in predictions:
         others = "".join(f"  {label} {value:.2f}" for label, value in prediction.top(top_k)[1:])
         warned = f"  [{', '.join(prediction.warnings)}]" if prediction.warnings else ""
@@ -502,14 +518,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     if args.output is not None:
-        problem = writable_file_problem(Path(args.output))
+        problem = file_problem(args.output)
         if problem:
             parser.error(f"--output {args.output}: {problem}")  # before any work, so no result is lost
 
     def work() -> int:
-        files = audio_files(args.paths)  # path mistakes are reported before the model loads
+        paths = audio_files(args.paths)  # path mistakes are reported before the model loads
         run = load_run(args.model, precision=args.precision) if args.model is not None else load_newest_run(precision=args.precision)
-        predictions = predict(files, run, window=args.window, batch_size=args.batch_size, speaker_norm=args.speaker_norm)
+        predictions = predict(paths, run, window=args.window, batch_size=args.batch_size, speaker_norm=args.speaker_norm)
         good = [p for p in predictions if p.error is None]
         for failed in predictions:
             if failed.error is not None:
@@ -521,34 +537,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             text = format_json(good, run.labels, top_k=args.top_k, timeline=args.timeline)
         if args.output:
-            write_atomically(Path(args.output), text)
+            write_atomically(args.output, text)
         else:
             sys.stdout.write(text)
         return 0 if len(good) == len(predictions) else cli.EXIT_FAILURE
 
     return cli.run_command(work, failures=(runs.RunError,), interrupted="no results were written")
-
-
-def writable_file_problem(path: Path) -> str | None:
-    """Why ``path`` cannot be written as a file (None when it can)."""
-    if path.is_dir():
-        return "is a folder; give a file name"
-    folder = path.parent if str(path.parent) else Path(".")
-    if not folder.is_dir():
-        return f"its folder {folder} does not exist"
-    if not os.access(folder, os.W_OK):
-        return f"its folder {folder} is not writable"
-    return None
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename: never half a file."""
-    partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        partial.write_text(text)
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 if __name__ == "__main__":

@@ -6,13 +6,15 @@
         labels.json          class names, in the order of the model's outputs
         features.json        the `utils.FeatureConfig` the run was trained with
         options.json         the options the run was started with (for --resume)
+        failed.txt           while a partial run's last attempt failed: why (--resume skips it unless named)
         metrics.json         test scores (and per fold, under fold_K/, for cross-validation)
         predictions.csv      one row per test file
         confusion_matrix.png, history.csv, logs/
 
 A run is written under a temporary name (`PARTIAL_PREFIX`) and renamed when complete,
-so a crash never leaves a half model and never touches earlier runs; `--resume`
-continues the newest interrupted one. A usable run holds `REQUIRED` and one of the
+so a crash never leaves a half model and never touches earlier runs; every file in it
+is written whole or not at all (`files.write_atomically`). `--resume` continues the
+newest interrupted one; one whose last attempt failed (`FAILED`) only when named. A usable run holds `REQUIRED` and one of the
 two models; `load_run` reads it (naming the file when one is damaged), `load_newest_run` loads the
 most recent one that loads, skipping damaged ones with a warning.
 """
@@ -21,32 +23,37 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import itertools
 import json
 import logging
+import os
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+import files
 from cli import UsageError, installed
 from devices import PRECISIONS
 from utils import FeatureConfig, PathLike
 
 logger = logging.getLogger("runs")
 
-MODEL_ROOT = Path("saved_model")  # where train.py writes runs and infer.py looks for them
+MODEL_ROOT = files.PROJECT_ROOT / "saved_model"  # where train.py writes runs and infer.py looks for them, wherever they are started from
 PARTIAL_PREFIX = ".partial-"  # runs being written; renamed when complete
 SAVED_MODEL = "saved_model.pb"
 MODEL_KERAS = "model.keras"
 LABELS = "labels.json"
 FEATURES = "features.json"
 OPTIONS = "options.json"
+FAILED = "failed.txt"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
 CONFUSION_MATRIX = "confusion_matrix.png"
 HISTORY = "history.csv"
-BACKUP = "backup"  # Keras' BackupAndRestore state while an epoch loop runs
+BACKUP = "backup"  # the weights of the last epochs while a split trains (trainer.epoch_backup)
 LOGS = "logs"  # TensorBoard
 REQUIRED = (LABELS, FEATURES)  # what every usable run holds beside a model
 PREDICTION_FIELDS = ("path", "speaker", "true", "predicted", "confidence")
@@ -77,11 +84,37 @@ def new_partial_run(output: Path, name: str) -> Path:
 
 
 def newest_partial_run(output: Path) -> Path:
-    """The newest interrupted run folder in ``output`` (one that recorded its options)."""
+    """The newest interrupted run folder in ``output``: one that recorded its options and did not fail.
+
+    Runs whose last attempt failed (`mark_failed`) are named in the log and skipped:
+    they would most likely fail again; `partial_run` takes one by its path.
+    """
     partials = sorted(path for path in output.glob(f"{PARTIAL_PREFIX}*") if (path / OPTIONS).exists())
-    if not partials:
+    for path in partials:
+        if (path / FAILED).exists():
+            reason = (path / FAILED).read_text(errors="replace").strip()
+            logger.warning("skipped %s, whose last attempt failed (%s); to continue it anyway: --resume %s", path.name, reason, path)
+    interrupted = [path for path in partials if not (path / FAILED).exists()]
+    if not interrupted:
         raise NotARunError(f"--resume found no interrupted run in {output}")
-    return partials[-1]
+    return interrupted[-1]
+
+
+def partial_run(folder: PathLike) -> Path:
+    """An interrupted or failed run folder named by its path (``--resume RUN``)."""
+    folder = Path(folder)
+    if not (folder.name.startswith(PARTIAL_PREFIX) and (folder / OPTIONS).is_file()):
+        problem = "is a completed run" if missing_files(folder) == [] else "is not a partial run of train.py"
+        raise NotARunError(f"--resume {folder}: {problem} (partial runs are {PARTIAL_PREFIX}* folders holding {OPTIONS})")
+    return folder
+
+
+def mark_failed(partial: Path, error: BaseException) -> None:
+    """Record in ``partial`` why its run failed, so that a plain ``--resume`` skips it; best effort (the disk may be full)."""
+    try:
+        (partial / FAILED).write_text(f"{type(error).__name__}: {first_line(error)}\n")
+    except OSError:
+        pass
 
 
 def complete(partial: Path) -> Path:
@@ -92,28 +125,42 @@ def complete(partial: Path) -> Path:
 
 
 def write_model(folder: Path, model, labels: list[str], features: FeatureConfig) -> None:
-    """The files inference needs: ``model.keras``, the SavedModel where TensorFlow can export it, labels, features."""
+    """The files inference needs: ``model.keras``, the SavedModel where TensorFlow can export it, labels, features.
+
+    The SavedModel is exported into a scratch folder and its files moved in when it is
+    whole, so a full disk or Ctrl-C leaves no truncated model (the OSError propagates).
+    """
     import keras
 
     from SpeechModel import SpeechModel
 
-    model.save(folder / MODEL_KERAS)
+    files.write_atomically(folder / MODEL_KERAS, model.save)
     if installed("tensorflow") and keras.backend.backend() in ("tensorflow", "jax"):
-        SpeechModel.export(model, folder)
+        scratch = folder / f"{PARTIAL_PREFIX}export"
+        shutil.rmtree(scratch, ignore_errors=True)
+        try:
+            SpeechModel.export(model, scratch)
+            for part in scratch.iterdir():
+                if (folder / part.name).is_dir():  # left by an attempt that failed: replaced whole
+                    shutil.rmtree(folder / part.name)
+                os.replace(part, folder / part.name)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
     write_json(folder / LABELS, labels)
     write_json(folder / FEATURES, features.to_dict())
 
 
 def write_json(path: Path, value) -> None:
-    path.write_text(json.dumps(value, indent=2))
+    files.write_atomically(path, json.dumps(value, indent=2))
 
 
 def write_predictions(folder: Path, predictions: list[dict]) -> None:
     """``predictions.csv``: one dict per test file with the keys of `PREDICTION_FIELDS`."""
-    with open(folder / PREDICTIONS, "w", newline="") as stream:
-        writer = csv.DictWriter(stream, fieldnames=PREDICTION_FIELDS)
-        writer.writeheader()
-        writer.writerows(predictions)
+    stream = io.StringIO()
+    writer = csv.DictWriter(stream, fieldnames=PREDICTION_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(predictions)
+    files.write_atomically(folder / PREDICTIONS, stream.getvalue())
 
 
 def plot_confusion_matrix(folder: Path, matrix: np.ndarray, labels: list[str]) -> None:
@@ -154,20 +201,22 @@ def missing_files(folder: Path) -> list[str]:
     return missing
 
 
-def newest_runs(root: Path = MODEL_ROOT) -> list[Path]:
-    """The completed run folders in ``root`` that hold a run's files, newest first."""
+def newest_runs(root: Path | None = None) -> list[Path]:
+    """The completed run folders in ``root`` (default `MODEL_ROOT`) that hold a run's files, newest first."""
+    root = MODEL_ROOT if root is None else root
     runs = [path for path in root.glob("*") if not path.name.startswith(".") and path.is_dir() and missing_files(path) == []] if root.is_dir() else []
     return sorted(runs, key=lambda path: (path / LABELS).stat().st_mtime_ns, reverse=True)
 
 
-def load_newest_run(root: Path = MODEL_ROOT, *, precision: str = "float32") -> Run:
-    """The newest run in ``root`` that loads; damaged or incomplete ones are skipped with a warning.
+def load_newest_run(root: Path | None = None, *, precision: str = "float32") -> Run:
+    """The newest run in ``root`` (default `MODEL_ROOT`) that loads; damaged or incomplete ones are skipped with a warning.
 
     Raises
     ------
     RunError
         If no run in ``root`` loads (the message says how to get one).
     """
+    root = MODEL_ROOT if root is None else root
     for folder in newest_runs(root):
         try:
             return load_run(folder, precision=precision)
@@ -209,17 +258,23 @@ def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
     except (TypeError, ValueError) as error:
         raise RunError(f"run {folder}: {FEATURES} does not fit this version of utils.py: {error}") from None
     options = _read_json(folder, OPTIONS) if (folder / OPTIONS).is_file() else {}
-    return Run(folder, labels, features, _forward(folder, precision), bool(options.get("speaker_norm", False)))
+    forward, classes = _forward(folder, precision)
+    if classes != len(labels):
+        raise RunError(
+            f"run {folder}: {LABELS} names {len(labels)} classes but the model has {classes} outputs; "
+            "the file does not belong to this model (restore it from the training run)"
+        )
+    return Run(folder, labels, features, forward, bool(options.get("speaker_norm", False)))
 
 
 def _read_json(folder: Path, name: str):
     try:
         return json.loads((folder / name).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RunError(f"run {folder}: {name} is damaged ({_first_line(error)})") from None
+        raise RunError(f"run {folder}: {name} is damaged ({first_line(error)})") from None
 
 
-def _first_line(error: BaseException, limit: int = 160) -> str:
+def first_line(error: BaseException, limit: int = 160) -> str:
     """A library error as one short line (TensorFlow's run over many)."""
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -242,19 +297,21 @@ def load_keras_model(folder: Path):
     try:
         return keras.models.load_model(folder / MODEL_KERAS, compile=False)
     except Exception as error:  # zip, h5 and config errors all mean a damaged file
-        raise RunError(f"run {folder}: {MODEL_KERAS} does not load: {_first_line(error)}") from None
+        raise RunError(f"run {folder}: {MODEL_KERAS} does not load: {first_line(error)}") from None
 
 
-def _forward(folder: Path, precision: str) -> Callable[[np.ndarray], np.ndarray]:
+def _forward(folder: Path, precision: str) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
+    """The run's forward function and its number of outputs (classes)."""
     if precision == "float32" and (folder / SAVED_MODEL).is_file() and installed("tensorflow"):
         import tensorflow as tf
 
         try:
             exported = tf.saved_model.load(str(folder))
         except Exception as error:  # protobuf, checkpoint and op errors all mean a damaged export
-            raise RunError(f"run {folder}: the SavedModel ({SAVED_MODEL}, variables/) does not load: {_first_line(error)}") from None
+            raise RunError(f"run {folder}: the SavedModel ({SAVED_MODEL}, variables/) does not load: {first_line(error)}") from None
+        (output,) = exported.signatures["serving_default"].structured_outputs.values()
         # The closure holds `exported`: its functions need the loaded object alive.
-        return lambda segments: exported.serve(tf.constant(segments)).numpy()
+        return (lambda segments: exported.serve(tf.constant(segments)).numpy()), int(output.shape[-1])
     if not (folder / MODEL_KERAS).is_file():
         needs = f"--precision {precision} needs model.keras" if precision != "float32" else "a SavedModel needs TensorFlow"
         raise RunError(f"{folder} holds only a SavedModel, and {needs}")
@@ -263,4 +320,4 @@ def _forward(folder: Path, precision: str) -> Callable[[np.ndarray], np.ndarray]
     model = load_keras_model(folder)
     if precision != "float32":
         model = SpeechModel.precision_copy(model, precision)
-    return SpeechModel.inference_function(model)
+    return SpeechModel.inference_function(model), int(model.outputs[0].shape[-1])

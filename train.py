@@ -16,12 +16,14 @@ import dataclasses
 import datetime
 import json
 import logging
+import os
 import platform
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,49 +31,81 @@ import numpy as np
 
 import corpora
 import devices
+import features
+import files
 import runs
 from backbones import BACKBONES, STAGES, BackboneWeightsError, get_backbone
+from heads import HEADS
 import cli
 from cli import UsageError, fraction, positive_float, positive_int
 from trainer import BACKBONE_MODES, BALANCING, Options, TrainingError, format_scores, summarize, train_split
 
 logger = logging.getLogger("train")
 
+NEWEST = "newest"  # --resume without a folder: the newest interrupted run in --output
+# Options that may differ from the run's with --resume: where to find it, how to show progress.
+RESUME_NEUTRAL = frozenset({"output"})
 
-def run(options: Options, *, resume: bool = False, backbone: Callable[[], Any] | None = None) -> Path | None:
+
+def run(
+    options: Options,
+    *,
+    resume: str | os.PathLike | None = None,
+    given: Collection[str] = (),
+    backbone: Callable[[], Any] | None = None,
+) -> Path | None:
     """Train and evaluate as ``options`` say; returns the completed run folder.
 
-    ``backbone`` builds a custom backbone model (a keras.Model per segment) for every
-    split instead of the named ``options.backbone``. In a job of several processes
-    (`devices`), every process trains and only the first writes the run folder; the
-    others return None.
+    ``resume`` continues a partial run with its own options: `NEWEST` (the newest
+    interrupted one in ``options.output``) or a partial run folder. ``given`` names the
+    options the user set on the command line: with ``resume``, any that differ from the
+    run's are refused. ``backbone`` builds a custom backbone model (a keras.Model per
+    segment) for every split instead of the named ``options.backbone``. In a job of
+    several processes (`devices`), every process trains and only the first writes the
+    run folder; the others return None.
     """
     output = Path(options.output)
-    partial = runs.newest_partial_run(output) if resume else None
-    if partial is not None:
-        options = Options.from_dict(json.loads((partial / runs.OPTIONS).read_text()))
+    problem = files.folder_problem(output)
+    if problem:
+        raise UsageError(f"--output {output} {problem}; set --output to a folder this user can write")
+    partial = None
+    if resume is not None:
+        partial = runs.newest_partial_run(output) if resume == NEWEST else runs.partial_run(resume)
+        recorded = Options.from_dict(json.loads((partial / runs.OPTIONS).read_text()))
+        differ = [name for name in sorted(set(given) - RESUME_NEUTRAL) if getattr(options, name) != getattr(recorded, name)]
+        if differ:
+            listed = ", ".join(f"{flag(name)} {getattr(options, name)} (the run's: {getattr(recorded, name)})" for name in differ)
+            raise UsageError(f"--resume continues {partial.name} with its own options, and {listed} differ; "
+                             "drop them from the command, or start a new run without --resume")
+        options = recorded
+        (partial / runs.FAILED).unlink(missing_ok=True)
         logger.info("resuming %s with its own options", partial.name)
 
     import keras
 
     started = time.time()
+    cache_dir = features.usable_cache_dir(options.cache_dir)
     # Corpus, splits and weights are checked before the run folder exists: a user mistake leaves nothing behind.
     corpus = corpora.resolve_corpus(options.corpus, options.dataset, speaker_pattern=options.speaker_pattern)
-    utterances = corpora.read_corpus(
-        corpus, options.dataset, download=options.download, url=options.download_url, cache_dir=Path(options.cache_dir)
-    )
+    utterances = corpora.read_corpus(corpus, options.dataset, download=options.download, url=options.download_url, cache_dir=cache_dir)
+    labels = class_labels(corpus, utterances, options.dataset, custom_labels=options.custom_labels)
     options = options.resolved(corpus, utterances)
     placement = devices.place(options.devices, options.batch_size) if options.backbone_mode == "finetune" else devices.Placement()
     options = dataclasses.replace(options, devices=placement.devices)
-    logger.info("options: %s", json.dumps(options.to_dict()))
+    logger.info("options (saved in the run's %s):", runs.OPTIONS)
+    for name, value in options.to_dict().items():
+        logger.info("  %-18s %s", name, value)
     keras.utils.set_random_seed(options.seed)
-    present = {u.label for u in utterances}
-    labels = [label for label in corpus.labels if label in present] + sorted(present - set(corpus.labels))
+    if len({u.speaker for u in utterances}) == len(utterances):
+        logger.warning("every file counts as its own speaker (no speakers in the corpus: a manifest's speaker column, "
+                       "--speaker-pattern), so splits are by file, not speaker-independent")
     if options.folds:
         splits = corpora.speaker_folds(utterances, options.folds, group=corpus.fold_group)
     else:
         split = corpora.split_by_speakers(utterances, options.test_speakers, options.val_speakers)
         splits = [split if options.val_speakers else corpora.validation_from_training(split, options.seed)]
+    for number, split in enumerate(splits, start=1):
+        warn_missing_classes(split, labels, f"fold {number}: " if options.folds else "")
     if options.weights == "imagenet" and backbone is None:
         get_backbone(options.backbone).imagenet_weights()  # fetched now, not after the features
     if resume and placement.process_count > 1:
@@ -85,6 +119,18 @@ def run(options: Options, *, resume: bool = False, backbone: Callable[[], Any] |
     if partial is None:
         partial = runs.new_partial_run(output, run_name(options))
         runs.write_json(partial / runs.OPTIONS, options.to_dict())
+    try:
+        return _train_splits(options, splits, labels, partial, backbone=backbone, placement=placement, cache_dir=cache_dir, started=started)
+    except Exception as error:  # not Ctrl-C: an interrupted run is resumed by a plain --resume, a failed one only when named
+        runs.mark_failed(partial, error)
+        raise
+
+
+def _train_splits(
+    options: Options, splits: list, labels: list[str], partial: Path, *, backbone, placement, cache_dir: Path | None, started: float
+) -> Path:
+    """Train every split into the partial run folder (skipping folds it holds already), score, and complete it."""
+    import keras
 
     fold_metrics = []
     for number, split in enumerate(splits, start=1):
@@ -97,7 +143,9 @@ def run(options: Options, *, resume: bool = False, backbone: Callable[[], Any] |
         fold_dir.mkdir(exist_ok=True)
         if options.folds:
             logger.info("fold %d of %d: test speakers %s", number, len(splits), split.speakers()["test"])
-        model, metrics, predictions = train_split(split, options, labels, fold_dir, backbone=backbone, placement=placement)
+        model, metrics, predictions = train_split(
+            split, options, labels, fold_dir, backbone=backbone, placement=placement, cache_dir=cache_dir
+        )
         runs.write_predictions(fold_dir, predictions)
         if not options.folds:
             runs.write_model(fold_dir, model, labels, options.features)
@@ -125,6 +173,42 @@ def run(options: Options, *, resume: bool = False, backbone: Callable[[], Any] |
     return complete
 
 
+def class_labels(
+    corpus: corpora.Corpus, utterances: Sequence[corpora.Utterance], dataset: str, *, custom_labels: bool
+) -> list[str]:
+    """The classes a model of ``utterances`` learns: the corpus's own order, then any others sorted.
+
+    Raises
+    ------
+    CorpusError
+        If fewer than two classes are present, or (without ``custom_labels``) labels
+        outside the project's emotion vocabulary (`corpora.known_emotions`), which are
+        most often typos in a manifest.
+    """
+    counts = Counter(u.label for u in utterances)
+    if len(counts) < 2:
+        raise corpora.CorpusError(
+            f"{dataset} holds one class only ({', '.join(counts) or 'none'}): "
+            "an emotion model needs at least two; point --dataset at a corpus with several emotions"
+        )
+    unknown = sorted(set(counts) - corpora.known_emotions())
+    if unknown and not custom_labels:
+        listed = ", ".join(f"{label} ({counts[label]} files)" for label in unknown)
+        raise corpora.CorpusUsageError(
+            f"labels outside the emotion vocabulary: {listed}; correct them, or pass --custom-labels to train them as classes of your own"
+        )
+    return [label for label in corpus.labels if label in counts] + sorted(set(counts) - set(corpus.labels))
+
+
+def warn_missing_classes(split: corpora.SpeakerSplit, labels: list[str], where: str) -> None:
+    """Warn, naming them, about classes with no training file (never predicted) or no test file (not scored)."""
+    for part, consequence in (("train", "the model cannot learn them"), ("test", "their recall is not measured and UAR leaves them out")):
+        present = {u.label for u in getattr(split, part)}
+        missing = [label for label in labels if label not in present]
+        if missing:
+            logger.warning("%sno %s file of %s: %s", where, "training" if part == "train" else "test", ", ".join(missing), consequence)
+
+
 def run_name(options: Options) -> str:
     """The time and the recipe: ``20260101-120000-efficientnet_lite0-frozen-30ep[-cv5]``."""
     name = f"{datetime.datetime.now():%Y%m%d-%H%M%S}-{options.backbone}-{options.backbone_mode}-{options.epochs}ep"
@@ -146,6 +230,11 @@ def library_versions() -> dict[str, str]:
 # ---------------------------------------------------------------- command line
 
 
+def flag(name: str) -> str:
+    """The command-line spelling of the `Options` field ``name``."""
+    return {"epochs": "EPOCHS", "download": "--no-download"}.get(name, "--" + name.replace("_", "-"))
+
+
 def _speakers(text: str) -> list:
     return [int(part) if part.strip().isdigit() else part.strip() for part in text.split(",") if part.strip()]
 
@@ -155,8 +244,6 @@ def _listed(speakers: Sequence) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from SpeechModel import HEADS  # the model's own list of heads (loads Keras)
-
     defaults = Options(epochs=1)
     ravdess = corpora.get_corpus("ravdess")
     parser = argparse.ArgumentParser(
@@ -194,7 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cache-dir", default=defaults.cache_dir, help="folder for cached features, embeddings and downloads")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.augment, help="train on an enhanced copy of every file too (speed, time shift, white noise at 10-30 dB SNR)")
     parser.add_argument("--balance", choices=BALANCING, default=defaults.balance, help="how minority classes are balanced")
-    parser.add_argument("--resume", action="store_true", help="continue the newest interrupted run in --output with its options")
+    parser.add_argument("--resume", nargs="?", const=NEWEST, default=None, metavar="RUN", help="continue the newest interrupted run in --output with its own options, or the partial run folder RUN (a run whose last attempt failed only when named); other options given with it must agree with the run's")
+    parser.add_argument("--custom-labels", action="store_true", help="train labels outside the emotion vocabulary (neutral, happy, angry, ...) as classes of your own, instead of refusing them as likely typos")
     parser.add_argument("--no-download", dest="download", action="store_false", help="never download the corpus into an empty or missing --dataset (a folder that holds anything is never downloaded into)")
     parser.add_argument("--download-url", default=None, help="where to download the corpus archive from (default: its distributor)")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up logs")
@@ -202,18 +290,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    given = cli.given_options(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # its exporter's notes name a scratch folder; the run says where it is
     options = Options(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Options) if hasattr(args, field.name)})
 
     def work() -> int:
         if options.weights not in ("imagenet", "none") and not Path(options.weights).is_file():
             raise UsageError(f"--weights {options.weights}: no such file (use imagenet, none or a weights file)")
         devices.join_hosts(args.coordinator, args.num_processes, args.process_id)
-        run(options, resume=args.resume)
+        run(options, resume=args.resume, given=given)
         return 0
 
-    failures = (TrainingError, corpora.CorpusError, runs.RunError, BackboneWeightsError)
+    failures = (TrainingError, corpora.CorpusError, runs.RunError, BackboneWeightsError, features.EmbeddingError)
     return cli.run_command(work, failures=failures, interrupted=f"the partial run is kept; continue it with: python train.py {options.epochs} --resume --output {options.output}")
 
 

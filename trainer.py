@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ import batching
 import corpora
 import devices
 import features
+import files
 import runs
 import utils
 from cli import UsageError, installed
@@ -60,7 +62,7 @@ class Options:
     """
 
     epochs: int
-    dataset: str = "dataset"
+    dataset: str = str(files.PROJECT_ROOT / "dataset")
     corpus: str = corpora.AUTO
     speaker_pattern: str | None = None
     test_speakers: list | None = None
@@ -84,6 +86,7 @@ class Options:
     seed: int = 0
     output: str = str(runs.MODEL_ROOT)
     cache_dir: str = str(features.default_cache_dir())
+    custom_labels: bool = False
     augment: bool = False
     balance: str = "oversample"
     download: bool = True
@@ -211,6 +214,52 @@ def validation_uar_callback(
     return ValidationUAR()
 
 
+BACKUPS_KEPT = 2  # the newest epochs' weights kept in backup/: one may be damaged, the one before is not
+
+
+def epoch_backup(folder: Path):
+    """A Keras callback that backs the weights up after every epoch, and restores the newest usable backup when ``fit`` starts.
+
+    What ``--resume`` continues from. Unlike Keras' BackupAndRestore, each backup is
+    written whole or not at all (`files.write_atomically`), so Ctrl-C at any moment
+    leaves a loadable one, and a backup that does not load (damaged by something else)
+    is reported in one line and the one before it is used; with none usable, the split
+    trains again from its first epoch, with a warning. The folder is removed when the
+    split is done (train.py).
+    """
+    import keras
+
+    class EpochBackup(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            backups = sorted(folder.glob("epoch-*.weights.h5"), reverse=True)
+            if not backups:
+                return
+            if self.model.optimizer is not None and not self.model.optimizer.built:
+                self.model.optimizer.build(self.model.trainable_variables)  # its variables are in the backup too
+            initial = [keras.ops.convert_to_numpy(variable) for variable in self.model.variables]
+            for backup in backups:
+                try:
+                    self.model.load_weights(backup)
+                except Exception as error:  # h5py, zip and Keras errors all mean a damaged file
+                    logger.warning("backup %s does not load (%s); trying the one before", backup, runs.first_line(error))
+                    continue
+                # As Keras' BackupAndRestore does: fit starts from this epoch.
+                self.model._initial_epoch = int(backup.name.split(".")[0].split("-")[1])
+                logger.info("resuming from the backup of epoch %d", self.model._initial_epoch)
+                return
+            for variable, value in zip(self.model.variables, initial):
+                variable.assign(value)
+            logger.warning("no backup in %s loads: this split trains again from its first epoch", folder)
+
+        def on_epoch_end(self, epoch, logs=None):
+            folder.mkdir(parents=True, exist_ok=True)
+            files.write_atomically(folder / f"epoch-{epoch + 1:05d}.weights.h5", self.model.save_weights)
+            for old in sorted(folder.glob("epoch-*.weights.h5"))[:-BACKUPS_KEPT]:
+                old.unlink()
+
+    return EpochBackup()
+
+
 def training_callbacks(validation_uar, *, early_stopping: bool, run_dir: Path) -> list:
     """The callbacks of one split's ``fit``, after ``validation_uar`` (which logs the ``val_uar`` the others read).
 
@@ -230,7 +279,7 @@ def training_callbacks(validation_uar, *, early_stopping: bool, run_dir: Path) -
         ]
     callbacks += [
         # Backed up before logged: an epoch in history.csv is one --resume does not train again.
-        keras.callbacks.BackupAndRestore(str(run_dir / runs.BACKUP)),
+        epoch_backup(run_dir / runs.BACKUP),
         keras.callbacks.CSVLogger(str(run_dir / runs.HISTORY), append=True),  # append: --resume keeps earlier epochs
     ]
     if installed("tensorflow") and installed("tensorboard"):  # the callback writes through tf.summary
@@ -246,12 +295,14 @@ def train_split(
     *,
     backbone: Callable[[], Any] | None = None,
     placement: Placement = Placement(),
+    cache_dir: Path | None = None,
 ) -> tuple[Any, dict, list[dict]]:
     """Train on ``split.train``, watch (and with early stopping, stop on) ``split.validation``, score ``split.test``.
 
     ``options`` must be `Options.resolved`. ``backbone`` builds a custom backbone
     model instead of ``options.backbone``. ``placement`` (`devices.place`) says where
-    fine-tuning runs. Returns the full model (segments -> probabilities, float32 on one
+    fine-tuning runs. ``cache_dir`` keeps features and embeddings (None: nothing is
+    cached; train.py passes ``options.cache_dir`` where it can be written). Returns the full model (segments -> probabilities, float32 on one
     device, whatever the training precision and devices), the test metrics and the
     per-file test predictions.
     """
@@ -260,7 +311,6 @@ def train_split(
     index_of = {label: index for index, label in enumerate(labels)}
     recipe = options.architecture()
     head = recipe["head"]
-    cache_dir = Path(options.cache_dir)
     train_sources = training_sources(
         split.train,
         augment_copies=ENHANCED_COPIES if options.augment else 0,
@@ -269,7 +319,8 @@ def train_split(
     )
     evaluation = [(u.path, u) for u in split.validation + split.test]
     extracted = features.extract_features(
-        [source for source, _ in train_sources + evaluation], config=options.features, cache_dir=cache_dir / "features"
+        [source for source, _ in train_sources + evaluation], config=options.features,
+        cache_dir=None if cache_dir is None else cache_dir / "features",
     )
 
     def examples(pairs) -> list[Example]:
@@ -306,7 +357,8 @@ def train_split(
         embedder = SpeechModel.embedding_model(model)
         if options.backbone_mode == "frozen":
             embeddings = features.extract_embeddings(
-                embedder, extracted.segments, config=options.features, cache_dir=cache_dir / "embeddings"
+                embedder, extracted.segments, config=options.features,
+                cache_dir=None if cache_dir is None else cache_dir / "embeddings",
             )
             raw_embeddings = embeddings
             if options.speaker_norm:
@@ -339,7 +391,9 @@ def train_split(
             bucketed=bucketed,
         )
         callbacks = training_callbacks(validation_uar, early_stopping=options.early_stopping, run_dir=run_dir)
-        history = trainee.fit(train_batches.as_keras_data(), epochs=options.epochs, callbacks=callbacks, shuffle=False, verbose=2)
+        # Keras' progress bar on a terminal; one line per epoch in a log or a pipe.
+        verbose = 1 if sys.stdout.isatty() else 2
+        history = trainee.fit(train_batches.as_keras_data(), epochs=options.epochs, callbacks=callbacks, shuffle=False, verbose=verbose)
         losses = history.history.get("loss", [])
         if any(not np.isfinite(loss) for loss in losses):
             raise TrainingError(
@@ -359,6 +413,9 @@ def train_split(
             model.optimizer.build(model.trainable_variables)
 
         probabilities = batching.predict(forward, [inputs[e.source] for e in test], options.batch_size, bucketed=bucketed)
+        for example, row in zip(test, probabilities):
+            if not np.all(np.isfinite(row)):
+                raise TrainingError(f"{example.path}: the trained model gave non-finite probabilities; no score is reported")
     if options.precision != "float32" or placement.devices > 1:
         model = SpeechModel.precision_copy(model, "float32")  # what runs export: float32 on one device
 
@@ -386,16 +443,22 @@ def train_split(
 
 
 def score(true: Sequence[int], predicted: Sequence[int], labels: list[str]) -> dict:
-    """UAR, WA, macro-F1, per-class recall and the confusion matrix."""
+    """UAR, WA, macro-F1, per-class recall and the confusion matrix.
+
+    A class with no test file has no recall (None): UAR is the mean over the classes
+    present, and macro-F1 over those present or predicted, rather than counting an
+    unmeasured class as 0.
+    """
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
 
     classes = list(range(len(labels)))
-    recalls = recall_score(true, predicted, labels=classes, average=None, zero_division=0)
+    present = sorted(set(true))
+    recalls = dict(zip(present, recall_score(true, predicted, labels=present, average=None, zero_division=0)))
     return {
-        "uar": float(recall_score(true, predicted, labels=classes, average="macro", zero_division=0)),
+        "uar": float(np.mean(list(recalls.values()))),
         "wa": float(accuracy_score(true, predicted)),
-        "macro_f1": float(f1_score(true, predicted, labels=classes, average="macro", zero_division=0)),
-        "per_class_recall": {label: float(recall) for label, recall in zip(labels, recalls)},
+        "macro_f1": float(f1_score(true, predicted, labels=sorted(set(true) | set(predicted)), average="macro", zero_division=0)),
+        "per_class_recall": {label: None if index not in recalls else float(recalls[index]) for index, label in enumerate(labels)},
         "confusion_matrix": confusion_matrix(true, predicted, labels=classes).tolist(),
         "labels": labels,
     }
@@ -408,21 +471,21 @@ def summarize(fold_metrics: list[dict], labels: list[str]) -> dict:
         values = [metrics[name] for metrics in fold_metrics]
         summary[name] = float(np.mean(values))
         summary[f"{name}_std"] = float(np.std(values))
-    summary["per_class_recall"] = {
-        label: float(np.mean([m["per_class_recall"][label] for m in fold_metrics])) for label in labels
-    }
+    measured = {label: [m["per_class_recall"][label] for m in fold_metrics if m["per_class_recall"][label] is not None] for label in labels}
+    summary["per_class_recall"] = {label: float(np.mean(values)) if values else None for label, values in measured.items()}
     summary["confusion_matrix"] = np.sum([m["confusion_matrix"] for m in fold_metrics], axis=0).tolist()
     summary["labels"] = labels
     return summary
 
 
-def format_scores(metrics: dict, where: str) -> str:
-    """The scores of `score` or `summarize` as a few lines of text; ``where`` says what was tested."""
+def format_scores(metrics: dict, where: str, *, title: str = "test scores") -> str:
+    """The scores of `score` or `summarize` as a few lines of text, headed ``title``; ``where`` says what was scored."""
     spread = (lambda name: f" ± {metrics[name + '_std']:.3f}") if "folds" in metrics else (lambda name: "")
+    recall = lambda value: "-" if value is None else f"{value:.2f}"  # noqa: E731  (None: no test file of the class)
     return "\n".join([
-        f"\ntest scores ({where})",
+        f"\n{title} ({where})",
         f"  UAR       {metrics['uar']:.3f}{spread('uar')}",
         f"  WA        {metrics['wa']:.3f}{spread('wa')}",
         f"  macro-F1  {metrics['macro_f1']:.3f}{spread('macro_f1')}",
-        "  recall    " + "  ".join(f"{label} {value:.2f}" for label, value in metrics["per_class_recall"].items()),
+        "  recall    " + "  ".join(f"{label} {recall(value)}" for label, value in metrics["per_class_recall"].items()),
     ])

@@ -27,13 +27,9 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-# librosa loads its submodules lazily; importing these here makes `import utils`
-# pay the ~1.3 s once, so that worker processes forked from an importer start
-# warm (see features.py) instead of each paying it on their first file.
-from librosa import power_to_db
-from librosa.effects import preemphasis as apply_preemphasis
-from librosa.feature import delta as regression_delta
-from librosa.feature import melspectrogram
+# librosa loads its submodules on first use (about 1.3 s for the feature code): importing utils
+# stays cheap for the command lines' -h; features.py loads them before forking workers.
+import librosa
 
 # File name endings of the formats libsndfile reads, for folder scans (a file named
 # directly is tried whatever its name). Only formats this libsndfile was built with count:
@@ -361,8 +357,8 @@ def log_mel_spectrogram(y: np.ndarray, config: FeatureConfig = DEFAULT_FEATURES)
     if y.size < config.n_fft:
         y = np.pad(y, (0, config.n_fft - y.size))
     if config.preemphasis:
-        y = apply_preemphasis(y, coef=config.preemphasis)
-    mel_power = melspectrogram(
+        y = librosa.effects.preemphasis(y, coef=config.preemphasis)
+    mel_power = librosa.feature.melspectrogram(
         y=y,
         sr=config.sr,
         n_fft=config.n_fft,
@@ -376,7 +372,7 @@ def log_mel_spectrogram(y: np.ndarray, config: FeatureConfig = DEFAULT_FEATURES)
         fmin=config.fmin,
         fmax=config.fmax,
     )
-    return power_to_db(mel_power, ref=1.0, amin=1e-10, top_db=config.top_db).astype(np.float32)
+    return librosa.power_to_db(mel_power, ref=1.0, amin=1e-10, top_db=config.top_db).astype(np.float32)
 
 
 def add_deltas(log_mel: np.ndarray, config: FeatureConfig = DEFAULT_FEATURES) -> np.ndarray:
@@ -400,8 +396,8 @@ def add_deltas(log_mel: np.ndarray, config: FeatureConfig = DEFAULT_FEATURES) ->
     # librosa's polynomial edge fit ("interp") needs at least `width` frames;
     # shorter utterances repeat their edge frames instead.
     mode = "interp" if log_mel.shape[1] >= width else "nearest"
-    delta = regression_delta(log_mel, width=width, order=1, axis=1, mode=mode)
-    delta2 = regression_delta(log_mel, width=width, order=2, axis=1, mode=mode)
+    delta = librosa.feature.delta(log_mel, width=width, order=1, axis=1, mode=mode)
+    delta2 = librosa.feature.delta(log_mel, width=width, order=2, axis=1, mode=mode)
     return np.stack([log_mel, delta, delta2], axis=-1).transpose(1, 0, 2).astype(np.float32)
 
 

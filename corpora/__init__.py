@@ -11,24 +11,30 @@ The splits keep every speaker in exactly one of train, validation and test.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import logging
 import re
 import shutil
+import tempfile
+import urllib.error
+import urllib.request
 import zipfile
 from collections.abc import Callable, Collection, Hashable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
-from sklearn.model_selection import GroupKFold
+from tqdm import tqdm
 
+import files
 from cli import UsageError
 from utils import PathLike, find_audio_files
 
 logger = logging.getLogger(__name__)
 
 PARTIAL_PREFIX = ".partial-"  # a download being unpacked; renamed when complete
+OURS = {"README.md"}  # what this project keeps in dataset/ itself
 MISNAMED_LISTED = 5  # misnamed files reported one per line; the rest as a count
 
 
@@ -136,32 +142,47 @@ def dataset_folder(folder: PathLike) -> Path:
     return folder
 
 
-def read_corpus(corpus: Corpus, folder: PathLike, *, download: bool, url: str | None, cache_dir: Path) -> list[Utterance]:
+def holds_nothing(folder: PathLike) -> bool:
+    """Whether ``folder`` is missing or holds nothing of a user's: at most this project's README and hidden files.
+
+    Such a folder (``dataset/`` of a fresh clone) may have a corpus downloaded into it.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        return True
+    return folder.is_dir() and all(entry.name in OURS or entry.name.startswith(".") for entry in folder.iterdir())
+
+
+def read_corpus(
+    corpus: Corpus, folder: PathLike, *, download: bool, url: str | None, cache_dir: Path | None
+) -> list[Utterance]:
     """The utterances of ``corpus`` under ``folder``; downloads the corpus into an empty or missing one.
+
+    The same recording in two formats (``x.wav`` and ``x.flac``) is kept once (`one_per_recording`).
 
     Parameters
     ----------
     download : bool
-        Download the corpus's archive when ``folder`` holds none of its files.
+        Download the corpus's archive when ``folder`` holds nothing (`holds_nothing`).
     url : str or None
         Where from; None is the distributor's address (`Download.url`).
-    cache_dir : Path
-        Folder whose ``downloads/`` keeps the archive.
+    cache_dir : Path or None
+        Folder whose ``downloads/`` keeps the archive; None keeps it in a temporary folder.
 
     Raises
     ------
     CorpusError
         If the folder holds none of the corpus's files and it cannot (or may not) be
-        downloaded; the message gives the manual steps.
+        downloaded; the message gives the ways out.
     """
     folder = Path(folder)
     downloadable = corpus.download is not None and download
-    if folder.exists() or not downloadable:
+    if not holds_nothing(folder) or not downloadable:
         utterances = corpus.read(folder)
         if utterances:
-            return utterances
+            return one_per_recording(utterances)
         found = find_audio_files(folder)
-        if found or (folder.is_dir() and any(folder.iterdir())):
+        if not holds_nothing(folder):
             # Never download into a folder that holds anything: --dataset is only read.
             such = f"{len(found)} audio files (such as {found[0]})" if found else "files but no audio"
             raise CorpusError(
@@ -171,28 +192,63 @@ def read_corpus(corpus: Corpus, folder: PathLike, *, download: bool, url: str | 
     if corpus.download is None:
         raise CorpusError(f"{folder} holds no {corpus.title} files; expected {corpus.layout}")
     source = url or corpus.download.url
-    manual = f"download {corpus.download.archive} from {source} and unzip it into {folder} (see dataset/README.md)"
+    ways_out = (
+        f"either download {corpus.download.archive} from {source} yourself and unzip it into {folder} "
+        "(see dataset/README.md), or set --dataset to a folder that holds the corpus"
+    )
     if not download:
-        raise CorpusError(f"{folder} holds no {corpus.title} files; {manual}, or drop --no-download")
+        raise CorpusError(f"{folder} holds no {corpus.title} files; {ways_out}, or drop --no-download")
     target = folder / corpus.download.folder
-    archive = _download(source, corpus.download.archive, cache_dir / "downloads", manual)
-    _unpack(archive, target, corpus, manual)
-    return corpus.read(folder)
+    with contextlib.ExitStack() as stack:
+        downloads = Path(stack.enter_context(tempfile.TemporaryDirectory())) if cache_dir is None else cache_dir / "downloads"
+        archive = _download(source, downloads / corpus.download.archive, ways_out)
+        _unpack(archive, target, corpus, ways_out)
+    return one_per_recording(corpus.read(folder))
 
 
-def _download(url: str, archive: str, folder: Path, manual: str) -> Path:
-    import keras
+def one_per_recording(utterances: list[Item]) -> list[Item]:
+    """``utterances`` with each recording once: of files that differ only in their format ending, the first in sorted order.
 
-    logger.info("downloading %s", url)
-    # Keras falls back to /tmp/.keras when the folder does not exist yet (it checks write access).
-    folder.mkdir(parents=True, exist_ok=True)
+    Corpora are sometimes kept as WAV and FLAC side by side; counting both would put one
+    recording twice into training, or into both training and test. The files left out are
+    counted in one warning.
+    """
+    kept: dict[Path, Item] = {}
+    for utterance in utterances:
+        kept.setdefault(utterance.path.with_suffix(""), utterance)
+    if len(kept) < len(utterances):
+        repeated = next(u for u in utterances if kept[u.path.with_suffix("")] is not u)
+        logger.warning(
+            "%d files are a recording already read in another format (such as %s beside %s); each recording is used once",
+            len(utterances) - len(kept), repeated.path, kept[repeated.path.with_suffix("")].path.name,
+        )
+    return list(kept.values())
+
+
+DOWNLOAD_CHUNK = 1 << 20  # bytes read at a time when downloading
+
+
+def _download(url: str, archive: Path, ways_out: str) -> Path:
+    """``archive``, downloaded from ``url`` unless it is there already (written whole or not at all), with a progress bar."""
+    if archive.is_file():
+        return archive
+    logger.info("downloading %s into %s", url, archive)
     try:
-        return Path(keras.utils.get_file(archive, url, cache_dir=str(folder), cache_subdir="."))
-    except Exception as error:  # Keras raises a bare Exception for network failures
-        raise CorpusError(f"could not download {url} ({error}); {manual}") from None
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        with urllib.request.urlopen(url, timeout=60) as response, files.atomic_path(archive) as partial:
+            size = int(response.headers.get("Content-Length") or 0) or None
+            with open(partial, "wb") as stream, tqdm(total=size, unit="B", unit_scale=True, desc="download", delay=1) as bar:
+                while chunk := response.read(DOWNLOAD_CHUNK):
+                    stream.write(chunk)
+                    bar.update(len(chunk))
+    except urllib.error.URLError as error:
+        raise CorpusError(f"the download of {url} failed ({error.reason}); {ways_out}") from None
+    except (OSError, ValueError) as error:  # a broken connection, a full disk, a malformed --download-url
+        raise CorpusError(f"the download of {url} failed ({error}); {ways_out}") from None
+    return archive
 
 
-def _unpack(archive: Path, target: Path, corpus: Corpus, manual: str) -> None:
+def _unpack(archive: Path, target: Path, corpus: Corpus, ways_out: str) -> None:
     """Check the archive (every member's CRC, the corpus's files inside) and unpack it into ``target``."""
     partial = target.with_name(f"{PARTIAL_PREFIX}{target.name}")
     try:
@@ -206,7 +262,7 @@ def _unpack(archive: Path, target: Path, corpus: Corpus, manual: str) -> None:
             bundle.extractall(partial)
     except zipfile.BadZipFile as error:
         archive.unlink(missing_ok=True)  # ours, in the cache: a corrupt download is not kept
-        raise CorpusError(f"the downloaded archive {archive} is not a usable {corpus.title} zip ({error}); {manual}") from None
+        raise CorpusError(f"the downloaded archive {archive} is not a usable {corpus.title} zip ({error}); {ways_out}") from None
     partial.rename(target)
     logger.info("unpacked %s into %s", corpus.title, target)
 
@@ -375,6 +431,8 @@ def speaker_folds(
         If ``k`` is below 3 (a fold needs test, validation and training
         speakers) or above the number of groups.
     """
+    from sklearn.model_selection import GroupKFold
+
     groups = [group(item) for item in items]
     distinct = sorted(set(groups), key=str)
     if not 3 <= k <= len(distinct):
@@ -443,7 +501,7 @@ def resolve_corpus(name: str, dataset: PathLike, *, speaker_pattern: str | None 
     """
     if name == AUTO:
         dataset = Path(dataset)
-        if not dataset.exists() or (dataset.is_dir() and not any(dataset.iterdir())):
+        if holds_nothing(dataset):
             name = DOWNLOADED_BY_DEFAULT
         else:
             name = detect_corpus(dataset).name

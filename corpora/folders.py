@@ -4,20 +4,17 @@ A file's label is its folder's name, mapped onto the project's emotion names
 (`corpora.canonical_label`: ``Anger/`` holds "angry" files). Its speaker comes from a
 regular expression on the file name (``--speaker-pattern``; the first group, or the
 whole match), so that splits are speaker-independent; without one every file is its own
-speaker and a warning says that splits are by file.
+speaker and train.py warns that splits are by file.
 """
 
 from __future__ import annotations
 
 import functools
-import logging
 import re
 from pathlib import Path
 
 from corpora import Corpus, Utterance, canonical_label, read_named_files
 from utils import PathLike
-
-logger = logging.getLogger(__name__)
 
 
 def parse_class_path(path: Path, speaker_pattern: re.Pattern | None = None) -> Utterance:
@@ -35,11 +32,7 @@ def read_class_folders(folder: PathLike, speaker_pattern: str | None = None) -> 
     """Every audio file in a class folder under ``folder`` (any depth: the file's own folder is its class), sorted."""
     pattern = re.compile(speaker_pattern) if speaker_pattern else None
     utterances = read_named_files(folder, functools.partial(parse_class_path, speaker_pattern=pattern), "class-folder")
-    utterances = [u for u in utterances if Path(u.path).parent != Path(folder)]  # files beside the class folders have no class
-    if utterances and pattern is None:
-        logger.warning("no --speaker-pattern: every file counts as its own speaker, so splits are by file, "
-                       "not speaker-independent")
-    return utterances
+    return [u for u in utterances if Path(u.path).parent != Path(folder)]  # files beside the class folders have no class
 
 
 def _recognizes(path: str | Path) -> bool:

@@ -4,7 +4,7 @@ Paths are relative to the CSV (absolute ones work too); labels are mapped onto t
 project's emotion names (`corpora.canonical_label`: "anger" is "angry"); speakers, when
 the column exists, make every split speaker-independent. Without them every file is its
 own speaker: splits and folds are then by file, which overstates what a model does on
-new voices (a warning says so).
+new voices (train.py warns so).
 """
 
 from __future__ import annotations
@@ -34,12 +34,13 @@ def manifest_file(dataset: PathLike) -> Path:
 
 
 def read_manifest(dataset: PathLike) -> list[Utterance]:
-    """Every row of the manifest whose audio file exists, sorted by path.
+    """Every row of the manifest whose audio file exists, sorted by path; a row repeated word for word counts once.
 
     Raises
     ------
     CorpusError
-        If there is no single manifest, it lacks the ``path`` or ``label`` column, or a row has an empty label.
+        If there is no single manifest, it lacks the ``path`` or ``label`` column, lists
+        no file, a row has an empty label, or one file is listed with two labels or speakers.
     """
     source = manifest_file(dataset)
     with open(source, newline="", encoding="utf-8-sig") as stream:
@@ -48,7 +49,11 @@ def read_manifest(dataset: PathLike) -> list[Utterance]:
         if not set(REQUIRED_COLUMNS) <= set(columns):
             raise CorpusError(f"{source}: needs the columns path,label[,speaker]; its header is {','.join(columns) or 'empty'}")
         rows = [{key.strip().lower(): (value or "").strip() for key, value in row.items() if key} for row in reader]
-    utterances, missing = [], []
+    if not rows:
+        raise CorpusError(f"{source} lists no files: it has a header and no rows (one row per file: path,label[,speaker])")
+    utterances: dict[Path, Utterance] = {}
+    lines: dict[Path, int] = {}
+    missing, repeated = [], 0
     for number, row in enumerate(rows, start=2):
         if not row["label"]:
             raise CorpusError(f"{source}, line {number}: the label is empty")
@@ -57,15 +62,25 @@ def read_manifest(dataset: PathLike) -> list[Utterance]:
             missing.append(f"{source}, line {number}: {path} does not exist")
             continue
         speaker = row.get("speaker") or str(path)
-        utterances.append(Utterance(path=path, label=canonical_label(row["label"]), speaker=int(speaker) if speaker.isdigit() else speaker))
+        utterance = Utterance(path=path, label=canonical_label(row["label"]), speaker=int(speaker) if speaker.isdigit() else speaker)
+        key = path.resolve()
+        if key in utterances:
+            if utterances[key] != utterance:
+                earlier = utterances[key]
+                raise CorpusError(
+                    f"{source}, lines {lines[key]} and {number}: {path} is listed twice, as {earlier.label} "
+                    f"(speaker {earlier.speaker}) and as {utterance.label} (speaker {utterance.speaker}); keep one row"
+                )
+            repeated += 1
+            continue
+        utterances[key], lines[key] = utterance, number
+    if repeated:
+        logger.warning("%s lists %d files more than once; each is read once", source, repeated)
     for line in missing[:MISNAMED_LISTED]:
         logger.warning("skipped: %s", line)
     if len(missing) > MISNAMED_LISTED:
         logger.warning("skipped %d more rows of %s whose files do not exist", len(missing) - MISNAMED_LISTED, source)
-    if rows and "speaker" not in columns:
-        logger.warning("%s has no speaker column: every file counts as its own speaker, so splits are by file, "
-                       "not speaker-independent", source)
-    return sorted(utterances, key=lambda utterance: utterance.path)
+    return sorted(utterances.values(), key=lambda utterance: utterance.path)
 
 
 def _recognizes(path: str | Path) -> bool:

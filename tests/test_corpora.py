@@ -5,11 +5,13 @@ from __future__ import annotations
 import functools
 import http.server
 import logging
+import re
 import threading
 import zipfile
 from pathlib import Path
 
 import pytest
+import soundfile as sf
 from conftest import ravdess_name, tone, write_ravdess
 
 import corpora
@@ -210,13 +212,55 @@ def test_a_download_that_is_not_the_corpus_is_refused_and_not_kept(tmp_path, ser
     assert not list((tmp_path / "cache").rglob("*.zip"))
 
 
-def test_an_unreachable_download_names_the_manual_steps(tmp_path):
+def test_an_unreachable_download_says_why_and_names_both_ways_out(tmp_path):
     dataset = tmp_path / "dataset"
     dataset.mkdir()
-    with pytest.raises(CorpusError, match="could not download .*Audio_Speech_Actors_01-24.zip.*unzip it into"):
+    with pytest.raises(CorpusError) as failed:
         read_corpus(RAVDESS, dataset, download=True, url="http://127.0.0.1:9/none.zip", cache_dir=tmp_path / "cache")
-    with pytest.raises(CorpusError, match="holds no RAVDESS files; download .* or drop --no-download"):
+    assert re.fullmatch(
+        r"the download of http://127.0.0.1:9/none.zip failed \(.*Connection refused\); either download "
+        r"Audio_Speech_Actors_01-24.zip from .* yourself and unzip it into .*dataset \(see dataset/README.md\), "
+        r"or set --dataset to a folder that holds the corpus", str(failed.value),
+    )
+    with pytest.raises(CorpusError, match="holds no RAVDESS files; either download .* or drop --no-download"):
         read_corpus(RAVDESS, dataset, download=False, url=None, cache_dir=tmp_path / "cache")
+    assert list(dataset.iterdir()) == [] and not list((tmp_path / "cache").rglob("*.zip"))
+
+
+def ravdess_archive(path: Path, actors=(1, 2), emotions=(1, 5)) -> Path:
+    """A zip of generated RAVDESS files laid out as the distributor's archive (Actor_XX/ at the top)."""
+    source = path.parent / f"{path.stem}-source"
+    write_ravdess(source, actors=actors, emotions=emotions, files=1)
+    with zipfile.ZipFile(path, "w") as bundle:
+        for member in sorted(source.rglob("*.wav")):
+            bundle.write(member, member.relative_to(source))
+    return path
+
+
+def test_a_dataset_folder_holding_only_our_readme_is_empty_and_gets_the_download(tmp_path):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "README.md").write_text("# dataset/\n")
+    (dataset / ".DS_Store").write_bytes(b"")
+    assert corpora.holds_nothing(dataset) and corpora.holds_nothing(tmp_path / "missing")
+    assert corpora.resolve_corpus("auto", dataset) is RAVDESS
+    archive = ravdess_archive(tmp_path / "ravdess.zip")
+    # No cache folder (an unwritable one): the archive is kept in a temporary folder only.
+    utterances = read_corpus(RAVDESS, dataset, download=True, url=archive.as_uri(), cache_dir=None)
+    assert len(utterances) == 4 and (dataset / "README.md").read_text() == "# dataset/\n"
+    assert sorted(path.name for path in dataset.iterdir()) == sorted([".DS_Store", "README.md", RAVDESS.download.folder])
+    (dataset / "notes.txt").write_text("mine")  # anything of the user's: never downloaded into
+    assert not corpora.holds_nothing(dataset)
+
+
+def test_the_same_recording_in_two_formats_is_read_once(tmp_path, caplog):
+    paths = write_ravdess(tmp_path, actors=(1,), emotions=(1, 5), files=1)
+    y, sr = sf.read(paths[0])
+    sf.write(paths[0].with_suffix(".flac"), y, sr)
+    with caplog.at_level("WARNING"):
+        utterances = read_corpus(RAVDESS, tmp_path, download=False, url=None, cache_dir=None)
+    assert sorted(u.path.stem for u in utterances) == sorted(path.stem for path in paths)
+    assert "1 files are a recording already read in another format" in caplog.text
 
 
 def test_the_registry_names_every_corpus_and_refuses_others():

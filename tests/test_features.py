@@ -85,9 +85,39 @@ def test_a_corrupt_cache_file_is_recomputed(clips, tmp_path, caplog):
     with caplog.at_level(logging.WARNING):
         again = extract_features(clips[:1], cache_dir=cache)
     assert again.cache_hits == 0
-    assert "unreadable cache file" in caplog.text
+    assert "1 cache entries were unusable and are computed again" in caplog.text and "unreadable" in caplog.text
     np.testing.assert_array_equal(again.segments[str(clips[0])], get_framed_log_melspectrogram(clips[0]))
     assert extract_features(clips[:1], cache_dir=cache).cache_hits == 1
+
+
+@pytest.mark.parametrize(
+    "poison, problem",
+    [
+        (lambda a: np.where(np.arange(a.size).reshape(a.shape) == 7, np.nan, a).astype(np.float32), "non-finite values"),
+        (lambda a: a[:, :32], "shape"),
+        (lambda a: a.astype(np.float64), "dtype float64"),
+    ],
+)
+def test_a_poisoned_cache_entry_with_a_valid_header_is_computed_again(clips, tmp_path, caplog, poison, problem):
+    cache = tmp_path / "cache"
+    extract_features(clips, cache_dir=cache, workers=1)
+    victim = cached_files(cache)[0]
+    np.save(victim, poison(np.load(victim)))  # a well-formed .npy with the wrong content
+    with caplog.at_level(logging.WARNING):
+        again = extract_features(clips, cache_dir=cache, workers=1)
+    assert again.cache_hits == len(clips) - 1
+    assert caplog.text.count("cache entries were unusable") == 1 and problem in caplog.text
+    for clip in clips:
+        np.testing.assert_array_equal(again.segments[str(clip)], get_framed_log_melspectrogram(clip))
+    assert extract_features(clips, cache_dir=cache, workers=1).cache_hits == len(clips)  # repaired
+
+
+def test_an_unwritable_cache_folder_is_used_as_none_with_one_warning(tmp_path, caplog):
+    (tmp_path / "a-file").write_text("")
+    with caplog.at_level(logging.WARNING):
+        assert features.usable_cache_dir(tmp_path / "a-file" / "cache") is None
+        assert features.usable_cache_dir(tmp_path / "cache") == tmp_path / "cache"
+    assert caplog.text.count("running without a cache") == 1 and "a-file is a file" in caplog.text
 
 
 @pytest.mark.parametrize("workers", [1, 2])
@@ -194,11 +224,12 @@ def test_embeddings_are_cached_and_a_damaged_one_is_computed_again(clips, tmp_pa
     calls = model.calls
     assert features.extract_embeddings(model.model, segments, cache_dir=tmp_path / "embeddings").keys() == first.keys()
     assert model.calls == calls  # all from the cache
-    damaged = sorted((tmp_path / "embeddings").rglob("*.npy"))[0]
+    damaged, poisoned = sorted((tmp_path / "embeddings").rglob("*.npy"))[:2]
     damaged.write_bytes(b"garbage")
+    np.save(poisoned, np.full_like(np.load(poisoned), np.nan))  # NaN would turn a whole speaker's normalisation into NaN
     with caplog.at_level(logging.WARNING):
         again = features.extract_embeddings(model.model, segments, cache_dir=tmp_path / "embeddings")
-    assert "unreadable cache file" in caplog.text and model.calls == calls + 1
+    assert "2 cache entries were unusable" in caplog.text and model.calls == calls + 1  # both in one backbone call
     for name in segments:
         np.testing.assert_array_equal(again[name], first[name])
 

@@ -92,10 +92,10 @@ def test_a_damaged_run_is_one_line_and_the_default_skips_it(shared_run, clip, tm
     assert code == 1 and out == ""
     assert err.strip().splitlines() == [err.strip()] and f"run {damaged}: {named}" in err and "Traceback" not in err
 
-    monkeypatch.chdir(tmp_path)  # no --model: the newest usable run, with a warning about the damaged one
+    monkeypatch.setattr(runs, "MODEL_ROOT", root)  # no --model: the newest usable run, with a warning about the damaged one
     code, out, err = run_cli(infer.main, [clip], capsys)
-    assert code == 0 and out.startswith(str(clip))
-    assert f"skipped a damaged run: run saved_model/{damaged.name}: {named}" in caplog.text
+    assert code == 0 and out.splitlines()[1].startswith(str(clip))
+    assert f"skipped a damaged run: run {damaged}: {named}" in caplog.text
     assert runs.load_newest_run(root).folder == older
 
 
@@ -127,7 +127,7 @@ def test_a_wav_cut_mid_data_is_skipped_with_both_lengths(shared_run, clip, write
     cut.write_bytes(cut.read_bytes()[: 44 + 2 * 16000])
     code, out, err = run_cli(infer.main, [clip.parent, "--model", shared_run.folder], capsys)
     assert code == 1
-    assert [line.split()[0] for line in out.splitlines()] == [str(clip)]
+    assert [line.split()[0] for line in out.splitlines()[1:]] == [str(clip)]
     assert f"skipped: {cut}: truncated: its header declares 32000 samples, the file holds 16000" in err
 
 
@@ -155,7 +155,7 @@ def test_silent_short_low_rate_and_8_bit_recordings_are_predicted_with_a_warning
     assert rows == {name: ";".join(warnings) for name, warnings in expected.items()}
 
     code, out, _ = run_cli(infer.main, [paths["silent.wav"], paths["fine.wav"], "--model", shared_run.folder], capsys)
-    lines = out.splitlines()
+    _, *lines = out.splitlines()
     assert lines[0].endswith("[silent]") and "[" not in lines[1]
 
 
@@ -166,7 +166,7 @@ def test_every_format_libsndfile_reads_is_found_in_folder_scans(shared_run, writ
     sf.write(tmp_path / "formats" / "c.aiff", y, 16000)
     (tmp_path / "formats" / "notes.txt").write_text("not audio")
     code, out, _ = run_cli(infer.main, [tmp_path / "formats", "--model", shared_run.folder], capsys)
-    assert code == 0 and [Path(line.split()[0]).name for line in out.splitlines()] == ["a.wav", "b.mp3", "c.aiff"]
+    assert code == 0 and [Path(line.split()[0]).name for line in out.splitlines()[1:]] == ["a.wav", "b.mp3", "c.aiff"]
 
 
 # ---------------------------------------------------------------- datasets and usage mistakes
@@ -245,7 +245,7 @@ def test_ctrl_c_during_feature_extraction_is_one_line_exit_130_and_keeps_the_par
 def test_the_command_lines_are_quiet_by_default(shared_run, clip):
     done = subprocess.run([sys.executable, str(ROOT / "infer.py"), str(clip), "--model", str(shared_run.folder)],
                           capture_output=True, text=True, timeout=300, cwd=ROOT)
-    assert done.returncode == 0 and done.stdout.startswith(str(clip))
+    assert done.returncode == 0 and done.stdout.splitlines()[1].startswith(str(clip))
     assert done.stderr == ""
 
 

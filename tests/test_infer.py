@@ -47,9 +47,10 @@ def run_cli(argv, capsys) -> tuple[int, str, str]:
 def test_every_good_file_once_and_the_bad_one_on_stderr(run_dir, clips, capsys):
     code, out, err = run_cli([clips[0].parent, "--model", run_dir], capsys)
     assert code == 1
-    listed = [line.split()[0] for line in out.splitlines()]
-    assert listed == [str(path) for path in clips]
-    assert all(line.split()[1] in LABELS for line in out.splitlines())
+    header, *rows = out.splitlines()
+    assert header.split() == ["path", "emotion", "conf"]
+    assert [line.split()[0] for line in rows] == [str(path) for path in clips]
+    assert all(line.split()[1] in LABELS for line in rows)
     assert "broken.wav" in err and "not readable as audio" in err and "notes.txt" not in out + err
 
 
@@ -139,7 +140,7 @@ def test_a_long_file_is_read_in_windows_that_cover_it(run_dir, write_audio, caps
     np.testing.assert_allclose(list(record["probabilities"].values()), weighted, atol=1e-5)
 
     code, out, _ = run_cli([path, "--model", run_dir, "--timeline"], capsys)
-    assert len(out.splitlines()) == 1 + 8 and "56.00 -    60.00 s" in out
+    assert len(out.splitlines()) == 1 + 1 + 8 and "56.00 -    60.00 s" in out  # header, file, windows
 
 
 @pytest.mark.parametrize(
@@ -168,9 +169,9 @@ def test_computed_windows_are_not_kept_by_the_job_list(write_audio):
 def test_the_newest_usable_run_is_the_default(run_dir, clips, tmp_path, monkeypatch, capsys):
     root = tmp_path / "saved_model"
     root.mkdir()
-    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(runs, "MODEL_ROOT", root)  # saved_model/ of the project, wherever infer.py runs from
     code, _, err = run_cli([clips[1]], capsys)
-    assert code == 1 and "no usable trained run in saved_model" in err and "python train.py" in err
+    assert code == 1 and f"no usable trained run in {root};" in err and "python train.py" in err
 
     shutil.copytree(run_dir, root / "20260101-old")
     (root / ".partial-20270101-unfinished").mkdir()
@@ -182,7 +183,7 @@ def test_the_newest_usable_run_is_the_default(run_dir, clips, tmp_path, monkeypa
     (newer / "labels.json").touch()
     assert runs.newest_runs(root) == [newer, root / "20260101-old"]
     code, out, _ = run_cli([clips[1]], capsys)
-    assert code == 0 and out.startswith(str(clips[1]))
+    assert code == 0 and out.splitlines()[1].startswith(str(clips[1]))
 
 
 def test_a_folder_that_is_not_a_run_says_what_it_lacks(clips, tmp_path, capsys):

@@ -1,0 +1,63 @@
+"""The heads by name: the one list of the classifiers that can follow the backbone, and their description.
+
+Importing this module loads no deep-learning framework (the command lines list the
+heads in ``-h`` without Keras); `SpeechModel` builds them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+HEADS = ("blstm-attention", "stats")  # the paper's head, and statistics pooling
+# What each head kind takes where HeadConfig is not told: the BLSTM head is the paper's
+# (two hidden layers, regularised by dropout and early stopping); the statistics head is
+# a multinomial logistic regression on the standardised statistics, regularised by
+# weight decay and trained to convergence.
+HEAD_DEFAULTS = {
+    "blstm-attention": {"dense_units": (256, 128), "weight_decay": 0.0},
+    "stats": {"dense_units": (), "weight_decay": 1e-2},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class HeadConfig:
+    """The classifier after the backbone: one description for `create_model` and `create_head`.
+
+    Attributes:
+        kind: str. "blstm-attention" (the paper's: BLSTM, additive attention, dense layers) or
+            "stats" (the mean and standard deviation of the segment embeddings, standardised,
+            then the dense layers). Defaults to "blstm-attention".
+        lstm_units: int. LSTM units in each direction. Defaults to 128.
+        attention_units: int. Hidden size of the additive attention. Defaults to 128.
+        dense_units: tuple of ints or None. Hidden Dense layers; None takes the kind's own
+            (`HEAD_DEFAULTS`: (256, 128) for "blstm-attention", none for "stats").
+        dropout: float in [0, 1). Dropout after each hidden Dense layer. Defaults to 0.25.
+        embedding_dropout: float in [0, 1). Dropout on the normalised segment embeddings, in
+            training only: a regulariser for small corpora. Defaults to 0.
+        weight_decay: float >= 0 or None. L2 penalty on the Dense kernels (added to the loss
+            as ``weight_decay * sum(kernel ** 2)``); None takes the kind's own (0 for
+            "blstm-attention", 1e-2 for "stats").
+    """
+
+    kind: str = "blstm-attention"
+    lstm_units: int = 128
+    attention_units: int = 128
+    dense_units: tuple[int, ...] | None = None
+    dropout: float = 0.25
+    embedding_dropout: float = 0.0
+    weight_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in HEADS:
+            raise ValueError(f"kind must be one of {HEADS}, got {self.kind!r}")
+        defaults = HEAD_DEFAULTS[self.kind]
+        dense_units = defaults["dense_units"] if self.dense_units is None else self.dense_units
+        object.__setattr__(self, "dense_units", tuple(int(units) for units in dense_units))
+        if self.weight_decay is None:
+            object.__setattr__(self, "weight_decay", defaults["weight_decay"])
+        if min(self.lstm_units, self.attention_units, *self.dense_units) < 1:
+            raise ValueError(f"units must be >= 1, got {self!r}")
+        if not (0 <= self.dropout < 1 and 0 <= self.embedding_dropout < 1):
+            raise ValueError(f"dropout and embedding_dropout must be in [0, 1), got {self.dropout!r}, {self.embedding_dropout!r}")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
