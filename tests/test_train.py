@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
 import importlib.util
 import json
 import os
@@ -16,6 +17,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+import soundfile as sf
 from conftest import SHARED_RUN_FEATURES, SHARED_RUN_LABELS, folder_state, write_ravdess
 from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
 
@@ -24,6 +26,7 @@ import runs
 import train
 import trainer
 import utils
+from corpora.manifest import read_manifest
 from corpora.ravdess import read_ravdess
 
 SEGMENT_SHAPE = (64, 64, 3)  # what utils.py cuts; the tiny backbone reads it as it is
@@ -361,3 +364,205 @@ def test_early_stopping_is_a_choice_of_callbacks(early_stopping, tmp_path):
     kinds = {type(callback).__name__ for callback in callbacks}
     assert ("EarlyStopping" in kinds) == ("ReduceLROnPlateau" in kinds) == early_stopping
     assert "EpochBackup" in kinds and "CSVLogger" in kinds  # --resume needs both either way
+
+
+# ---------------------------------------------------------------- first run, faults and metadata
+
+ROOT = Path(__file__).resolve().parent.parent
+FIRST_RUN_ACTORS = (1, 2, 19, 20, 21, 22, 23, 24)  # RAVDESS's default split: 19-20 validate, 21-24 test
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    code = train.main([str(part) for part in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def errors(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error: ")]
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_downloads_the_corpus_and_trains_from_any_working_directory(tmp_path):
+    if not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: there is nothing to clone")
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "-q", str(ROOT), str(clone)], check=True, timeout=120)
+    readme = (clone / "dataset" / "README.md").read_text()
+    source = tmp_path / "archive"
+    write_ravdess(source, actors=FIRST_RUN_ACTORS, emotions=(1, 5), files=1)
+    archive = tmp_path / "Audio_Speech_Actors_01-24.zip"
+    shutil.make_archive(str(archive.with_suffix("")), "zip", source)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    # The README's first command, from another folder, with the archive served from a file instead of Zenodo.
+    done = subprocess.run(
+        [sys.executable, str(clone / "train.py"), "30", "--download-url", archive.as_uri()],
+        cwd=elsewhere, env=env, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    assert len(read_ravdess(clone / "dataset" / "RAVDESS")) == 2 * len(FIRST_RUN_ACTORS)
+    assert (clone / "dataset" / "README.md").read_text() == readme  # ours, untouched
+    (run,) = [path for path in (clone / "saved_model").iterdir() if path.is_dir()]
+    assert runs.missing_files(run) == [] and f"run saved to {run}" in done.stdout
+    assert list(elsewhere.iterdir()) == []  # nothing written where it was started from
+    assert (tmp_path / "cache" / "dcnn-blstmwa" / "downloads" / archive.name).is_file()
+
+
+def test_without_network_the_first_run_says_why_and_both_ways_out(tmp_path, capsys):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    (dataset / "README.md").write_text("ours")
+    code, _, err = run_cli(["30", "--dataset", dataset, "--download-url", "http://127.0.0.1:9/none.zip",
+                            "--output", tmp_path / "runs", "--cache-dir", tmp_path / "cache"], capsys)
+    assert code == 1
+    (line,) = errors(err)
+    assert "the download of http://127.0.0.1:9/none.zip failed (" in line and "Connection refused" in line
+    assert f"unzip it into {dataset} (see dataset/README.md), or set --dataset" in line
+    assert not (tmp_path / "runs").exists() and sorted(path.name for path in dataset.iterdir()) == ["README.md"]
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(corpus, tmp_path, capsys):
+    (tmp_path / "a-file").write_text("")
+    code, _, err = run_cli(["2", "--dataset", corpus, "--output", tmp_path / "a-file" / "runs"], capsys)
+    assert code == 2 and errors(err) == [
+        f"error: --output {tmp_path / 'a-file' / 'runs'} cannot be made: {tmp_path / 'a-file'} is a file; "
+        "set --output to a folder this user can write"
+    ]
+
+
+def test_an_unwritable_cache_trains_uncached_with_one_warning(corpus, tmp_path, caplog):
+    (tmp_path / "a-file").write_text("")
+    with caplog.at_level("WARNING"):
+        run = train.run(options_for(corpus, tmp_path, epochs=1, cache_dir=str(tmp_path / "a-file" / "cache")), backbone=small_backbone)
+    assert runs.missing_files(run) == []
+    assert caplog.text.count("running without a cache") == 1 and "cannot write to the cache" not in caplog.text
+
+
+def test_a_full_disk_while_saving_leaves_no_truncated_model_and_a_failed_run(corpus, tmp_path, monkeypatch):
+    def full_disk(model, filepath, *args, **kwargs):
+        Path(filepath).write_bytes(b"PK\x03\x04 the first third of a model")
+        raise OSError(errno.ENOSPC, "No space left on device", str(filepath))
+
+    monkeypatch.setattr(keras.Model, "save", full_disk)
+    with pytest.raises(OSError, match="No space left on device"):
+        train.run(options_for(corpus, tmp_path, epochs=1), backbone=small_backbone)
+    (partial,) = (tmp_path / "runs").iterdir()
+    assert partial.name.startswith(runs.PARTIAL_PREFIX)
+    assert [path.name for path in partial.rglob("*.keras")] == [] and not (partial / "saved_model.pb").exists()
+    assert (partial / runs.FAILED).read_text().startswith("OSError: [Errno 28] No space left on device")
+    monkeypatch.undo()  # space again: the failed run is continued by name, and completes
+    run = train.run(options_for(corpus, tmp_path, epochs=1), resume=partial, backbone=small_backbone)
+    assert runs.missing_files(run) == [] and not (run / runs.BACKUP).exists()
+
+
+def test_resume_refuses_options_that_differ_from_the_runs(corpus, tmp_path, capsys):
+    partial = runs.new_partial_run(tmp_path / "runs", "20260101-000000-x")
+    runs.write_json(partial / runs.OPTIONS, options_for(corpus, tmp_path, epochs=30, head="stats").to_dict())
+    code, _, err = run_cli(["30", "--resume", "--output", tmp_path / "runs", "--head", "blstm-attention", "--seed", "0",
+                            "--batch-size", "8"], capsys)
+    assert code == 2 and errors(err) == [
+        "error: --resume continues .partial-20260101-000000-x with its own options, and --batch-size 8 (the run's: 4), "
+        "--head blstm-attention (the run's: stats) differ; drop them from the command, or start a new run without --resume"
+    ]
+
+
+def test_an_interrupted_backup_write_never_damages_resume(corpus, tmp_path, monkeypatch, caplog):
+    """Ctrl-C while the third backup is written, then the newest backup damaged by hand: resume goes back one epoch."""
+    calls = []
+    save_weights = keras.Model.save_weights
+
+    def interrupted_third(model, filepath, *args, **kwargs):
+        calls.append(filepath)
+        if len(calls) == 3:
+            Path(filepath).write_bytes(b"\x89HDF\r\n half")
+            raise KeyboardInterrupt
+        return save_weights(model, filepath, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save_weights", interrupted_third)
+    options = options_for(corpus, tmp_path, epochs=4, augment=False, learning_rate=1e-4)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(options, backbone=small_backbone)
+    monkeypatch.undo()
+    (partial,) = (tmp_path / "runs").iterdir()
+    backups = sorted(path.name for path in (partial / runs.BACKUP).iterdir())
+    assert backups == ["epoch-00001.weights.h5", "epoch-00002.weights.h5"]  # the interrupted one left nothing
+    (partial / runs.BACKUP / backups[-1]).write_bytes(b"damaged")
+    with caplog.at_level("INFO"):
+        run = train.run(options, resume=train.NEWEST, backbone=small_backbone)
+    assert "epoch-00002.weights.h5 does not load" in caplog.text and "resuming from the backup of epoch 1" in caplog.text
+    with open(run / "history.csv") as stream:
+        assert [int(row["epoch"]) for row in csv.DictReader(stream)][-3:] == [1, 2, 3]
+
+
+def test_with_no_usable_backup_a_split_trains_again_from_its_first_epoch(tmp_path, caplog):
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer="adam", loss="mse")
+    before = [np.array(weight) for weight in model.get_weights()]
+    (tmp_path / "epoch-00004.weights.h5").write_bytes(b"damaged")
+    backup = trainer.epoch_backup(tmp_path)
+    backup.set_model(model)
+    with caplog.at_level("WARNING"):
+        backup.on_train_begin()
+    assert "no backup in" in caplog.text and "trains again from its first epoch" in caplog.text
+    assert not model._initial_epoch
+    for weight, original in zip(model.get_weights(), before):
+        np.testing.assert_array_equal(weight, original)
+
+
+def test_a_corpus_of_one_class_is_one_line_and_leaves_nothing(tmp_path, capsys):
+    write_ravdess(tmp_path / "one", actors=(1, 2, 3, 4), emotions=(5,))
+    code, _, err = run_cli(["2", "--dataset", tmp_path / "one", "--output", tmp_path / "runs", "--cache-dir", tmp_path / "cache"], capsys)
+    assert code == 1 and errors(err) == [
+        f"error: {tmp_path / 'one'} holds one class only (angry): an emotion model needs at least two; "
+        "point --dataset at a corpus with several emotions"
+    ]
+    assert not (tmp_path / "runs").exists()
+
+
+def manifest(folder: Path, rows: list[tuple[str, str, int]]) -> Path:
+    folder.mkdir(parents=True)
+    for name, _, _ in rows:
+        sf.write(folder / name, np.zeros(1600, dtype=np.float32), 16000)
+    (folder / "list.csv").write_text("path,label,speaker\n" + "".join(f"{n},{label},{s}\n" for n, label, s in rows))
+    return folder
+
+
+def test_labels_outside_the_vocabulary_are_listed_and_need_a_flag(tmp_path, capsys):
+    dataset = manifest(tmp_path / "own", [("a.wav", "angry", 1), ("b.wav", "banana", 2), ("c.wav", "banana", 3)])
+    code, _, err = run_cli(["2", "--dataset", dataset, "--output", tmp_path / "runs"], capsys)
+    assert code == 2 and errors(err) == [
+        "error: labels outside the emotion vocabulary: banana (2 files); correct them, "
+        "or pass --custom-labels to train them as classes of your own"
+    ]
+    assert train.class_labels(corpora.get_corpus("csv"), read_manifest(dataset), str(dataset), custom_labels=True) == ["angry", "banana"]
+
+
+def test_classes_missing_from_training_or_test_are_named(caplog):
+    split = corpora.SpeakerSplit(
+        train=[corpora.Utterance(Path("a.wav"), "angry", 1)], validation=[],
+        test=[corpora.Utterance(Path("b.wav"), "angry", 2), corpora.Utterance(Path("c.wav"), "sad", 2)],
+    )
+    with caplog.at_level("WARNING"):
+        train.warn_missing_classes(split, ["angry", "sad", "happy"], "fold 2: ")
+    assert "fold 2: no training file of sad, happy: the model cannot learn them" in caplog.text
+    assert "fold 2: no test file of happy: their recall is not measured and UAR leaves them out" in caplog.text
+
+
+def test_uar_averages_the_classes_the_test_holds():
+    metrics = trainer.score([0, 0, 1, 1], [0, 0, 1, 0], ["angry", "sad", "happy"])
+    assert metrics["uar"] == pytest.approx(0.75) and metrics["per_class_recall"] == {"angry": 1.0, "sad": 0.5, "happy": None}
+    assert "happy -" in trainer.format_scores(metrics, "here")
+
+
+def test_a_corpus_without_speakers_is_split_by_file_with_a_warning(tmp_path, capsys, caplog):
+    dataset = tmp_path / "own"
+    dataset.mkdir()
+    for number in range(4):
+        sf.write(dataset / f"{number}.wav", np.zeros(1600, dtype=np.float32), 16000)
+    (dataset / "list.csv").write_text("path,label\n" + "".join(f"{n}.wav,{'angry' if n % 2 else 'sad'}\n" for n in range(4)))
+    with caplog.at_level("WARNING"):
+        code, _, err = run_cli(["2", "--dataset", dataset, "--folds", "9", "--output", tmp_path / "runs"], capsys)
+    assert code == 2 and "--folds must be between 3" in err
+    assert "every file counts as its own speaker" in caplog.text
