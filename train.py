@@ -72,7 +72,8 @@ def run(
     if resume is not None:
         partial = runs.newest_partial_run(output) if resume == NEWEST else runs.partial_run(resume)
         recorded = Options.from_dict(json.loads((partial / runs.OPTIONS).read_text()))
-        differ = [name for name in sorted(set(given) - RESUME_NEUTRAL) if getattr(options, name) != getattr(recorded, name)]
+        typed = set(given) & {field.name for field in dataclasses.fields(Options)}
+        differ = [name for name in sorted(typed - RESUME_NEUTRAL) if getattr(options, name) != getattr(recorded, name)]
         if differ:
             listed = ", ".join(f"{flag(name)} {getattr(options, name)} (the run's: {getattr(recorded, name)})" for name in differ)
             raise UsageError(f"--resume continues {partial.name} with its own options, and {listed} differ; "

@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from batching import PaddedBatches, bucket_lengths, pad_batch, predict, similar_length_batches
+from batching import PaddedBatches, bucket_lengths, pad_batch, predict, similar_length_batches, within_budget
 from utils import PAD_VALUE
 
 
@@ -137,3 +137,11 @@ def test_bucketed_prediction_pads_to_a_few_lengths_and_changes_no_output():
     outputs = predict(forward, arrays, batch_size=2, bucketed=True)
     assert outputs[:, 0].tolist() == [1, 2, 3, 5, 6, 7, 9, 10]
     assert {steps for _, steps, _ in shapes} <= set(bucket_lengths([len(a) for a in arrays])) and len(shapes) == 4
+
+
+def test_within_budget_cuts_a_sorted_batch_where_padding_would_exceed_the_budget():
+    lengths = [2, 3, 5, 9, 40]
+    pieces = list(within_budget(lengths, 10, length=lambda n: n))
+    assert pieces == [[2, 3], [5], [9], [40]]  # [2, 3, 5] pads to 3 x 5 = 15 > 10; 40 goes alone, whatever the budget
+    assert [n for piece in pieces for n in piece] == lengths
+    assert list(within_budget([], 10)) == []

@@ -11,6 +11,7 @@ from conftest import tone
 
 import evaluate
 import infer
+import runs
 
 
 @pytest.fixture
@@ -31,6 +32,7 @@ def test_scores_cover_the_shared_emotions_and_list_what_was_left_out(shared_run,
     assert code == 1  # one file could not be read
     assert "left out, unknown to the run: bored (4 files), happy (4 files)" in captured.err
     assert "08b01Wa.wav" in captured.err and "EMO-DB" in captured.out
+    assert "scores of the run on this corpus (EMO-DB" in captured.out and "test scores" not in captured.out
     metrics = json.loads((output / "metrics.json").read_text())
     assert metrics["labels"] == ["neutral", "sad", "angry"] and metrics["corpus"] == "emodb"
     assert metrics["files"]["scored"] == 12 and metrics["files"]["speakers"] == [3, 8]
@@ -56,3 +58,24 @@ def test_a_corpus_with_too_few_shared_emotions_is_one_sentence(shared_run, write
     err = capsys.readouterr().err
     assert code == 1 and "no emotion in common, too few to score" in err and "Traceback" not in err
     assert not (tmp_path / "o").exists()
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_any_prediction(shared_run, emodb, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(infer, "predict", lambda *args, **kwargs: pytest.fail("predicted before checking --output"))
+    (tmp_path / "a-file").write_text("")
+    code = evaluate.main(["--model", str(shared_run.folder), "--dataset", str(emodb), "--output", str(tmp_path / "a-file" / "out")])
+    assert code == 2 and capsys.readouterr().err.startswith(f"error: --output {tmp_path / 'a-file' / 'out'} cannot be made")
+
+
+def test_scoring_a_run_on_its_own_training_speakers_is_warned(shared_run, caplog):
+    import corpora
+    from corpora.ravdess import RAVDESS
+
+    run = runs.load_run(shared_run.folder)
+    with caplog.at_level("WARNING"):
+        evaluate.warn_training_speakers(run, RAVDESS, corpora.read_corpus(RAVDESS, shared_run.corpus, download=False, url=None, cache_dir=None))
+    assert "speakers 1, 2, 3 of this corpus trained or validated the run" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        evaluate.warn_training_speakers(run, corpora.get_corpus("emodb"), [corpora.Utterance(shared_run.corpus / "x.wav", "sad", 1)])
+    assert caplog.text == ""  # speaker 1 of another corpus is someone else

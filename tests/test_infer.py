@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import shutil
@@ -267,3 +268,29 @@ def test_speaker_norm_standardises_with_each_folders_or_files_own_statistics(spe
 def test_speaker_norm_needs_a_run_trained_with_it(run_dir, clips, capsys):
     code, _, err = run_cli([clips[0], "--model", run_dir, "--speaker-norm", "folder"], capsys)
     assert code == 2 and "was not trained with --speaker-norm; use none" in err
+
+
+def test_a_non_finite_probability_is_an_error_naming_the_file_never_an_emotion(run_dir, clips, monkeypatch, capsys):
+    run = runs.load_run(run_dir)
+    broken = dataclasses.replace(run, forward=lambda segments: np.full((len(segments), len(run.labels)), np.nan, np.float32))
+    (prediction,) = infer.predict([clips[1]], broken)
+    assert prediction.emotion is None and prediction.error.startswith(f"{clips[1]}: the model gave non-finite probabilities")
+    signal = infer.predict_signal(tone(300, 1.0), 16000, broken, name="mic")
+    assert signal.emotion is None and signal.error.startswith("mic: the model gave non-finite probabilities")
+    monkeypatch.setattr(infer, "load_run", lambda *args, **kwargs: broken)
+    code, out, err = run_cli([clips[1], "--model", run_dir], capsys)
+    assert code == 1 and out == "" and "non-finite probabilities" in err
+
+
+def test_model_calls_hold_a_bounded_number_of_segments_whatever_the_batch_size(run_dir, write_audio, monkeypatch):
+    run = runs.load_run(run_dir)
+    shapes = []
+
+    def recorded(segments):
+        shapes.append(segments.shape[:2])
+        return run.forward(segments)
+
+    long = write_audio("long.wav", tone(300, 60.0))  # 8 windows of about 25 segments
+    infer.predict([long], dataclasses.replace(run, forward=recorded), batch_size=16)
+    assert max(windows * steps for windows, steps in shapes) <= max(infer.BATCH_SEGMENTS, max(steps for _, steps in shapes))
+    assert sum(windows for windows, _ in shapes) == 8

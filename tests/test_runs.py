@@ -56,3 +56,30 @@ def test_a_folder_that_is_not_a_run_lists_what_it_lacks(tmp_path):
         runs.load_run(tmp_path)
     with pytest.raises(runs.RunError, match="does not exist"):
         runs.load_run(tmp_path / "nothing")
+
+
+def test_resume_skips_a_run_that_failed_naming_it_and_takes_it_by_path(tmp_path, caplog):
+    interrupted = runs.new_partial_run(tmp_path, "20260101-000000-a")
+    runs.write_json(interrupted / runs.OPTIONS, {})
+    failed = runs.new_partial_run(tmp_path, "20270101-000000-b")
+    runs.write_json(failed / runs.OPTIONS, {})
+    runs.mark_failed(failed, OSError(28, "No space left on device"))
+    with caplog.at_level("WARNING"):
+        assert runs.newest_partial_run(tmp_path) == interrupted
+    assert f"skipped {failed.name}, whose last attempt failed (OSError: [Errno 28] No space left on device); " \
+           f"to continue it anyway: --resume {failed}" in caplog.text
+    assert runs.partial_run(failed) == failed
+    done = runs.complete(interrupted)
+    with pytest.raises(runs.RunError, match="is not a partial run of train.py"):
+        runs.partial_run(done)
+
+
+@pytest.mark.parametrize("names", [["neutral", "sad"], ["neutral", "sad", "angry", "happy"]])
+def test_labels_json_that_disagrees_with_the_models_outputs_is_refused_at_load(shared_run, tmp_path, names):
+    copy = shutil.copytree(shared_run.folder, tmp_path / "run")
+    (copy / runs.LABELS).write_text(json.dumps(names))
+    with pytest.raises(runs.RunError, match=f"labels.json names {len(names)} classes but the model has 3 outputs"):
+        runs.load_run(copy)
+    (copy / runs.SAVED_MODEL).unlink()  # the same check on model.keras
+    with pytest.raises(runs.RunError, match=f"labels.json names {len(names)} classes but the model has 3 outputs"):
+        runs.load_run(copy)
