@@ -43,7 +43,7 @@ from trainer import BACKBONE_MODES, BALANCING, Options, TrainingError, format_sc
 logger = logging.getLogger("train")
 
 NEWEST = "newest"  # --resume without a folder: the newest interrupted run in --output
-# Options that may differ from the run's with --resume: where to find it, how to show progress.
+# Options that may differ from the run's with --resume: where to find it.
 RESUME_NEUTRAL = frozenset({"output"})
 
 
@@ -109,7 +109,7 @@ def run(
         warn_missing_classes(split, labels, f"fold {number}: " if options.folds else "")
     if options.weights == "imagenet" and backbone is None:
         get_backbone(options.backbone).imagenet_weights()  # fetched now, not after the features
-    if resume and placement.process_count > 1:
+    if resume is not None and placement.process_count > 1:
         raise UsageError("--resume works in a one-process run; restart a job of several processes without it")
     if not placement.writes:
         # The job's other processes train alongside the first, in a scratch folder of their own.

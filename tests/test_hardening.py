@@ -220,6 +220,7 @@ def test_a_model_that_is_a_file_is_a_usage_mistake(clip, tmp_path, capsys):
 # ---------------------------------------------------------------- Ctrl-C and log noise
 
 
+@pytest.mark.slow
 def test_ctrl_c_during_feature_extraction_is_one_line_exit_130_and_keeps_the_partial_run(tmp_path):
     write_ravdess(tmp_path / "dataset", actors=(1, 2, 3, 4), emotions=(1, 4, 5), files=4, seconds=8.0)
     runs_folder, cache = tmp_path / "runs", tmp_path / "cache"

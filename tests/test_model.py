@@ -95,6 +95,7 @@ def test_saved_model_export_serves_any_segment_count(tmp_path):
         np.testing.assert_allclose(output.numpy(), expected, atol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["tensorflow", "jax", "torch"])
 def test_builds_trains_and_predicts_on_every_installed_backend(backend, tmp_path):
     if importlib.util.find_spec(backend) is None:
@@ -400,6 +401,7 @@ def test_fine_tuning_settings_slow_the_backbone_and_keep_its_batchnorm(tmp_path)
     assert type(tiny_model().optimizer) is keras.optimizers.Adam  # scale 1: Keras' own Adam
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["bfloat16", "float16"])
 def test_mixed_precision_training_keeps_float32_variables_softmax_and_export(precision):
     shape = (32, 32, 3)

@@ -296,6 +296,7 @@ print(train.run(options, backbone=lambda: tiny_backbone((64, 64, 3))))
 """
 
 
+@pytest.mark.slow
 def test_finetuning_runs_on_jax_through_its_own_input_pipeline(corpus, tmp_path):
     if importlib.util.find_spec("jax") is None:
         pytest.skip("jax is not installed, so the JAX input pipeline (a PyDataset) cannot be tried here")

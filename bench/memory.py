@@ -1,0 +1,102 @@
+"""Benchmark: peak memory (RSS) of inference on one file, infer.py against the plain approach.
+
+(a) plain: load model.keras, the file's features cut or padded to a fixed 8 segments, one
+    model.predict call (what the original repository meant to do; it reads 2.9 s of any file).
+(b) ours: ``python infer.py FILE --model RUN``, the whole file in windows, at most
+    `infer.BATCH_SEGMENTS` segments per model call, the exported SavedModel.
+(c) the floor under both: importing TensorFlow and loading the SavedModel, no audio.
+
+Each row is one fresh process (peak resident set size from the kernel, ``wait4``), for
+generated files of 3.4 s, 2 min and 30 min, with train.py's default recipe
+(EfficientNet-Lite0 at 224x224, every stage, the statistics head; random weights: the
+memory is the same as a trained model's).
+
+    python bench/memory.py [--minutes 0.057 2 30]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)  # the project's modules, and bench.model
+
+PLAIN = """
+import sys
+import keras, numpy as np
+sys.path[0] = {root!r}
+import utils
+from bench.model import fixed_length
+model = keras.models.load_model({run!r} + "/model.keras", compile=False)
+model.predict(fixed_length(utils.get_framed_log_melspectrogram({file!r})), verbose=0)
+"""
+FLOOR = """
+import tensorflow as tf
+tf.saved_model.load({run!r})
+"""
+
+
+def peak_rss(command: list[str]) -> tuple[float, float]:
+    """Peak resident memory in MB and wall seconds of ``command`` run as a fresh process."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise SystemExit(f"{' '.join(command)} failed: {process.stderr.read().decode()[-2000:]}")
+    return usage.ru_maxrss / 1024, time.perf_counter() - start  # ru_maxrss is in KiB on Linux
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, nargs="+", default=[3.4 / 60, 2, 30], help="lengths of the generated files (default: %(default)s)")
+    args = parser.parse_args()
+
+    import numpy as np
+    import soundfile as sf
+
+    import infer
+    import runs
+    from bench.model import RECIPES, describe
+    from corpora.ravdess import RAVDESS
+    from SpeechModel import SpeechModel
+    from utils import DEFAULT_FEATURES
+
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        run = folder / "run"
+        run.mkdir()
+        model = SpeechModel.create_model(len(RAVDESS.labels), weights=None, **RECIPES["default"].architecture())
+        runs.write_model(run, model, list(RAVDESS.labels), DEFAULT_FEATURES)
+        rng = np.random.default_rng(0)
+        rows = [("(c) floor: import TensorFlow, load the SavedModel", "-", *peak_rss([sys.executable, "-c", FLOOR.format(run=str(run))]))]
+        for minutes in args.minutes:
+            seconds = minutes * 60
+            t = np.arange(int(seconds * DEFAULT_FEATURES.sr)) / DEFAULT_FEATURES.sr
+            y = 0.3 * np.sin(2 * np.pi * (200 + 50 * np.sin(t)) * t) + 0.01 * rng.standard_normal(len(t))
+            audio = folder / f"{seconds:.0f}s.wav"
+            sf.write(audio, y.astype(np.float32), DEFAULT_FEATURES.sr)
+            length = f"{seconds:.1f} s" if seconds < 60 else f"{minutes:g} min"
+            plain = PLAIN.format(root=str(ROOT), run=str(run), file=str(audio))
+            rows.append(("(a) plain: fixed 8 segments, model.predict", length, *peak_rss([sys.executable, "-c", plain])))
+            ours = [sys.executable, str(ROOT / "infer.py"), str(audio), "--model", str(run)]
+            rows.append(("(b) ours: infer.py", length, *peak_rss(ours)))
+            audio.unlink()
+
+    import keras
+
+    print(f"peak memory of inference on one file, {len(os.sched_getaffinity(0))} cores, Keras {keras.__version__} on "
+          f"{keras.backend.backend()}, {describe(RECIPES['default'])}, at most {infer.BATCH_SEGMENTS} segments per model call")
+    print(f"{'process':<52}{'file':>10}{'peak RSS MB':>13}{'wall s':>9}")
+    for name, length, megabytes, wall in rows:
+        print(f"{name:<52}{length:>10}{megabytes:>13.0f}{wall:>9.1f}")
+
+
+if __name__ == "__main__":
+    main()
