@@ -44,7 +44,7 @@ BATCH_WINDOWS = 16  # windows per model call, at most
 # Segments per model call, at most: the backbone's activations, not the audio, set the
 # memory of inference (about 12 MB a segment at 224x224 on TensorFlow's CPU kernels).
 BATCH_SEGMENTS = 32
-PENDING_BATCHES = 4  # batches' worth of windows gathered before choosing one of similar lengths (padding: 2 % on RAVDESS)
+PENDING_BATCHES = 2  # batches' worth of windows gathered before choosing one of similar lengths (more costs memory on long files)
 PROGRESS_DELAY = 2.0  # seconds of work before a progress bar appears (quick runs show none)
 
 

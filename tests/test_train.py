@@ -567,3 +567,15 @@ def test_a_corpus_without_speakers_is_split_by_file_with_a_warning(tmp_path, cap
         code, _, err = run_cli(["2", "--dataset", dataset, "--folds", "9", "--output", tmp_path / "runs"], capsys)
     assert code == 2 and "--folds must be between 3" in err
     assert "every file counts as its own speaker" in caplog.text
+
+
+def test_a_non_finite_test_probability_stops_the_run_naming_the_file(corpus, tmp_path, monkeypatch):
+    real = trainer.batching.predict
+
+    def nan_for_the_test(forward, arrays, batch_size, **kwargs):
+        probabilities = real(forward, arrays, batch_size, **kwargs)
+        return np.full_like(probabilities, np.nan) if len(arrays) == 6 else probabilities  # the 6 test files
+
+    monkeypatch.setattr(trainer.batching, "predict", nan_for_the_test)
+    with pytest.raises(trainer.TrainingError, match=r"Actor_04/.*\.wav: the trained model gave non-finite probabilities"):
+        train.run(options_for(corpus, tmp_path, epochs=1, augment=False), backbone=small_backbone)
