@@ -70,9 +70,11 @@ def filter_library_noise(verbose: bool) -> None:
 
     For the command lines, called before anything is imported: TensorFlow writes its C++
     log lines to file descriptor 2 directly, some of them before any setting of ours
-    could apply, so stderr is routed through a pipe whose reader passes on every line
-    but those (`LIBRARY_NOISE`). Messages of this project, Python warnings and tracebacks
-    pass untouched. At exit the pipe is closed and drained, so no line is lost.
+    could apply, so file descriptor 2 is routed through a pipe whose reader passes on
+    every line but those (`LIBRARY_NOISE`). Python's ``sys.stderr`` (this project's
+    messages, logs, warnings, tracebacks, progress bars) writes to the original stderr
+    directly, so a progress bar still sees a terminal. At exit the pipe is closed and
+    drained, so no line is lost.
     """
     if verbose:
         return

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 PARTIAL_SUFFIX = ".partial"  # temporary files of `write_atomically`, beside their final name
+PARTIAL_PREFIX = ".partial-"  # folders being written (a run, an unpacked download), renamed when complete
 PROJECT_ROOT = Path(__file__).resolve().parent  # default folders (dataset/, saved_model/) live here, whatever the working directory
 
 

@@ -14,9 +14,10 @@
 A run is written under a temporary name (`PARTIAL_PREFIX`) and renamed when complete,
 so a crash never leaves a half model and never touches earlier runs; every file in it
 is written whole or not at all (`files.write_atomically`). `--resume` continues the
-newest interrupted one; one whose last attempt failed (`FAILED`) only when named. A usable run holds `REQUIRED` and one of the
-two models; `load_run` reads it (naming the file when one is damaged), `load_newest_run` loads the
-most recent one that loads, skipping damaged ones with a warning.
+newest interrupted one, and one whose last attempt failed (`FAILED`) only when named.
+A usable run holds `REQUIRED` and one of the two models; `load_run` reads it (naming
+the file when one is damaged, refusing labels that do not fit the model's outputs),
+`load_newest_run` loads the most recent one that loads, skipping damaged ones with a warning.
 """
 
 from __future__ import annotations
@@ -36,13 +37,13 @@ import numpy as np
 
 import files
 from cli import UsageError, installed
+from files import PARTIAL_PREFIX
 from devices import PRECISIONS
 from utils import FeatureConfig, PathLike
 
 logger = logging.getLogger("runs")
 
 MODEL_ROOT = files.PROJECT_ROOT / "saved_model"  # where train.py writes runs and infer.py looks for them, wherever they are started from
-PARTIAL_PREFIX = ".partial-"  # runs being written; renamed when complete
 SAVED_MODEL = "saved_model.pb"
 MODEL_KERAS = "model.keras"
 LABELS = "labels.json"

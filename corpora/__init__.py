@@ -29,11 +29,11 @@ from tqdm import tqdm
 
 import files
 from cli import UsageError
+from files import PARTIAL_PREFIX
 from utils import PathLike, find_audio_files
 
 logger = logging.getLogger(__name__)
 
-PARTIAL_PREFIX = ".partial-"  # a download being unpacked; renamed when complete
 OURS = {"README.md"}  # what this project keeps in dataset/ itself
 MISNAMED_LISTED = 5  # misnamed files reported one per line; the rest as a count
 
