@@ -253,7 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=cli.HelpFormatter,
     )
     parser.add_argument("epochs", metavar="EPOCHS", type=positive_int, help="epochs to train (at most, with early stopping)")
-    parser.add_argument("--dataset", default=defaults.dataset, help="folder holding the corpus as distributed; only read (an empty or missing folder gets the corpus downloaded into it, where the distributor offers an archive)")
+    parser.add_argument("--dataset", default=defaults.dataset, help="folder holding the corpus as distributed; only read (a missing folder, or one holding nothing but this project's README, gets the corpus downloaded into it where the distributor offers an archive)")
     parser.add_argument("--corpus", choices=[corpora.AUTO, *corpora.CORPORA], default=defaults.corpus, help="which corpus --dataset holds; auto detects it from the names (an empty folder: ravdess, downloaded)")
     parser.add_argument("--speaker-pattern", default=None, help="--corpus folders: a regular expression that finds the speaker in a file name (its first group)")
     parser.add_argument("--test-speakers", type=_speakers, default=None, help=f"comma-separated speakers held out for testing (default: the corpus's own, e.g. {ravdess.title} {_listed(ravdess.test_speakers)}; for your own data the last fifth)")
@@ -279,12 +279,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--process-id", type=int, default=None, help="several hosts, KERAS_BACKEND=jax: this process's index, 0 writes the run (default: $KERAS_DISTRIBUTION_PROCESS_ID)")
     parser.add_argument("--seed", type=int, default=defaults.seed, help="seed for enhancement, shuffling and initialisation")
     parser.add_argument("--output", default=defaults.output, help="folder for run folders")
-    parser.add_argument("--cache-dir", default=defaults.cache_dir, help="folder for cached features, embeddings and downloads")
+    parser.add_argument("--cache-dir", default=defaults.cache_dir, help="folder for cached features, embeddings and downloads (one that cannot be written: none, with a warning)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.augment, help="train on an enhanced copy of every file too (speed, time shift, white noise at 10-30 dB SNR)")
     parser.add_argument("--balance", choices=BALANCING, default=defaults.balance, help="how minority classes are balanced")
     parser.add_argument("--resume", nargs="?", const=NEWEST, default=None, metavar="RUN", help="continue the newest interrupted run in --output with its own options, or the partial run folder RUN (a run whose last attempt failed only when named); other options given with it must agree with the run's")
     parser.add_argument("--custom-labels", action="store_true", help="train labels outside the emotion vocabulary (neutral, happy, angry, ...) as classes of your own, instead of refusing them as likely typos")
-    parser.add_argument("--no-download", dest="download", action="store_false", help="never download the corpus into an empty or missing --dataset (a folder that holds anything is never downloaded into)")
+    parser.add_argument("--no-download", dest="download", action="store_false", help="never download the corpus into an empty or missing --dataset (a folder that holds anything of yours is never downloaded into)")
     parser.add_argument("--download-url", default=None, help="where to download the corpus archive from (default: its distributor)")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up logs")
     return parser
