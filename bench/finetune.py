@@ -27,14 +27,14 @@ import dataclasses
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # the project's modules, not this folder's
 
-import keras  # noqa: E402
+# Keras loads where a model is made: -h answers without it.
 import numpy as np  # noqa: E402
-from keras import layers  # noqa: E402
 
 import features  # noqa: E402
 from backbones import BACKBONES, build_backbone  # noqa: E402
@@ -43,15 +43,22 @@ from bench.model import FIXED_SEGMENTS, fixed_length  # noqa: E402
 from bench.train import later_epoch  # noqa: E402
 from corpora.ravdess import read_ravdess  # noqa: E402
 from devices import PRECISIONS  # noqa: E402
-from SpeechModel import AttentionPooling, SpeechModel  # noqa: E402
 from trainer import Options  # noqa: E402
 from utils import DEFAULT_FEATURES  # noqa: E402
+
+if TYPE_CHECKING:
+    import keras
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
 
 
 def plain_model(backbone: str, size: int, classes: int) -> keras.Model:
     """The original repository's model: a fixed 8 segments, TimeDistributed backbone, BLSTM, attention, dense."""
+    import keras
+    from keras import layers
+
+    from SpeechModel import AttentionPooling
+
     segment_shape = DEFAULT_FEATURES.segment_shape
     image = build_backbone(backbone, None, (size, size, segment_shape[2]), "last")
     if size != segment_shape[0]:
@@ -87,6 +94,8 @@ def time_ours(model: keras.Model, utterances: list[np.ndarray], labels: np.ndarr
 
 def finetune_model(backbone: str, size: int, precision: str, classes: int) -> keras.Model:
     """train.py's fine-tuning model (its default head and fine-tuning settings) for this backbone, size and precision."""
+    from SpeechModel import SpeechModel
+
     options = dataclasses.replace(Options(epochs=1), backbone=backbone, image_size=size)
     return SpeechModel.create_model(
         classes, weights=None, **options.architecture(), precision=precision,  # Adam at create_model's 1e-4, as train.py's
@@ -95,6 +104,9 @@ def finetune_model(backbone: str, size: int, precision: str, classes: int) -> ke
 
 
 def pipeline_model(classes: int) -> keras.Model:
+    import keras
+    from keras import layers
+
     segments = keras.Input((None, *DEFAULT_FEATURES.segment_shape))
     x = layers.Lambda(lambda value: keras.ops.mean(value, axis=(1, 2, 3)))(segments)
     model = keras.Model(segments, layers.Dense(classes, activation="softmax")(x))
@@ -115,6 +127,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch traces and is not timed")
+    import keras
+
     corpus = sorted(read_ravdess(args.data), key=lambda u: str(u.path))
     if not corpus:
         parser.exit(1, f"error: no RAVDESS speech files under {args.data}\n")

@@ -35,26 +35,28 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # the project's modules, and bench.model
 
-import keras  # noqa: E402
-
+# Keras loads where a model is made or run: -h answers without it.
 import infer  # noqa: E402
 import runs  # noqa: E402
 import utils  # noqa: E402
 from bench.model import RECIPES, describe, fixed_length  # noqa: E402
 from corpora.ravdess import RAVDESS  # noqa: E402
-from SpeechModel import SpeechModel  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
 
 
 def export_run(folder: Path, **recipe) -> Path:
     """A run folder of ``SpeechModel.create_model(weights=None, **recipe)``."""
+    from SpeechModel import SpeechModel
+
     folder.mkdir()
     runs.write_model(folder, SpeechModel.create_model(weights=None, **recipe), list(RAVDESS.labels), utils.DEFAULT_FEATURES)
     return folder
 
 
 def time_plain(run: Path, files: list[Path]) -> float:
+    import keras
+
     model = keras.models.load_model(run / "model.keras", compile=False)
     model.predict(fixed_length(utils.get_framed_log_melspectrogram(files[0])), verbose=0)  # trace once, not timed
     start = time.perf_counter()
@@ -97,6 +99,8 @@ def main() -> None:
         fast = len(files) / time_ours(runs.load_run(export_run(folder / "fast", **RECIPES["fast"].architecture())), files)
     finally:
         shutil.rmtree(folder)
+    import keras
+
     cores = len(os.sched_getaffinity(0))
     print(
         f"inference: {len(files)} files ({args.data}), {cores} cores, "

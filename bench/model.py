@@ -23,19 +23,21 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import keras  # noqa: E402
+# Keras loads in main(), after the arguments: -h answers without it.
 import numpy as np  # noqa: E402
 
-from features import default_cache_dir, extract_features  # noqa: E402
-from SpeechModel import SpeechModel  # noqa: E402
 from batching import pad_batch, similar_length_batches  # noqa: E402
 from trainer import Options  # noqa: E402
 from utils import DEFAULT_FEATURES, find_audio_files  # noqa: E402
+
+if TYPE_CHECKING:
+    import keras
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
 FIXED_SEGMENTS = 8  # the original repository's input: 3 s of audio
@@ -98,6 +100,11 @@ def main() -> None:
     parser.add_argument("--plain-utterances", type=int, default=24, help="utterances timed in (a), the slow one (default: %(default)s)")
     parser.add_argument("--train-utterances", type=int, default=48, help="utterances in the timed training steps (default: %(default)s)")
     args = parser.parse_args()
+    import keras
+
+    from features import default_cache_dir, extract_features
+    from SpeechModel import SpeechModel
+
     files = find_audio_files(args.data)
     if not files:
         parser.exit(1, f"error: no audio files under {args.data}\n")

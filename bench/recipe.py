@@ -25,10 +25,6 @@ sys.path.insert(0, str(ROOT))
 
 import librosa  # noqa: E402
 import numpy as np  # noqa: E402
-from sklearn.metrics import recall_score  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
-from sklearn.svm import SVC  # noqa: E402
 
 import corpora  # noqa: E402
 import utils  # noqa: E402
@@ -47,6 +43,12 @@ def mfcc_statistics(path: Path) -> np.ndarray:
 
 
 def baseline_uar(utterances: list, descriptors: dict, split: corpora.SpeakerSplit) -> float:
+    # scikit-learn loads here, not for -h.
+    from sklearn.metrics import recall_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import SVC
+
     classifier = make_pipeline(StandardScaler(), SVC(class_weight="balanced"))
     classifier.fit([descriptors[u.path] for u in split.train], [u.label for u in split.train])
     predicted = classifier.predict([descriptors[u.path] for u in split.test])

@@ -33,41 +33,36 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # the project's train.py, not this file
 
-import keras  # noqa: E402
+# Keras loads where a model is made: -h answers without it.
 import numpy as np  # noqa: E402
 
 import features  # noqa: E402
 from batching import PaddedBatches  # noqa: E402
 from bench.model import FIXED_SEGMENTS, RECIPES, describe, fixed_length  # noqa: E402
 from corpora.ravdess import read_ravdess  # noqa: E402
-from SpeechModel import HeadConfig, SpeechModel  # noqa: E402
+from heads import HeadConfig  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
 BATCH_UTTERANCES = 32  # train.py's default --batch-size
 
 
-class EpochTimer(keras.callbacks.Callback):
-    """Wall-clock seconds of every epoch."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.seconds: list[float] = []
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.started = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self.started)
-
-
 def later_epoch(fit, epochs: int) -> float:
     """Seconds of the fastest epoch after the first of ``fit(epochs, callbacks)``."""
-    timer = EpochTimer()
+    import keras
+
+    starts: list[float] = []
+    seconds: list[float] = []
+    timer = keras.callbacks.LambdaCallback(
+        on_epoch_begin=lambda epoch, logs: starts.append(time.perf_counter()),
+        on_epoch_end=lambda epoch, logs: seconds.append(time.perf_counter() - starts[-1]),
+    )
     fit(epochs, [timer])
-    return min(timer.seconds[1:])
+    return min(seconds[1:])
 
 
 def time_plain(utterances: list[np.ndarray], labels: np.ndarray, epochs: int) -> tuple[float, int]:
+    from SpeechModel import SpeechModel
+
     inputs = np.concatenate([fixed_length(segments) for segments in utterances])
     model = SpeechModel.create_model(weights=None)
     seconds = later_epoch(
@@ -78,6 +73,8 @@ def time_plain(utterances: list[np.ndarray], labels: np.ndarray, epochs: int) ->
 
 
 def time_finetune(utterances: list[np.ndarray], labels: np.ndarray, epochs: int) -> tuple[float, int]:
+    from SpeechModel import SpeechModel
+
     model = SpeechModel.create_model(weights=None)
     batches = PaddedBatches(utterances, labels, BATCH_UTTERANCES, seed=0)
     seconds = later_epoch(
@@ -92,6 +89,8 @@ def time_embedding(segments: dict, cache_dir: Path, **recipe) -> tuple[float, fl
 
     The backbone is that of ``SpeechModel.create_model(weights=None, **recipe)``.
     """
+    from SpeechModel import SpeechModel
+
     embedder = SpeechModel.embedding_model(SpeechModel.create_model(weights=None, **recipe))
     stacked = np.concatenate(list(segments.values()))
     budget = features.EMBEDDING_BATCH_SEGMENTS
@@ -108,6 +107,8 @@ def time_embedding(segments: dict, cache_dir: Path, **recipe) -> tuple[float, fl
 
 
 def time_frozen_head(embeddings: list[np.ndarray], labels: np.ndarray, epochs: int, head: HeadConfig = HeadConfig()) -> float:
+    from SpeechModel import SpeechModel
+
     head = SpeechModel.create_head(embedding_size=embeddings[0].shape[-1], head=head)
     batches = PaddedBatches(embeddings, labels, BATCH_UTTERANCES, seed=0)
     return later_epoch(
@@ -123,6 +124,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.epochs < 2:
         parser.error("--epochs must be at least 2: the first epoch traces and is not timed")
+    import keras
+
     corpus = read_ravdess(args.data)
     if not corpus:
         parser.exit(1, f"error: no RAVDESS speech files under {args.data}\n")
