@@ -295,7 +295,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     given = cli.given_options(parser, argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    logging.getLogger("tensorflow").setLevel(logging.WARNING)  # its exporter's notes name a scratch folder; the run says where it is
+    # The libraries' own notes (TensorFlow's exporter names a scratch folder; matplotlib's first font scan) are not ours.
+    for library in ("tensorflow", "matplotlib"):
+        logging.getLogger(library).setLevel(logging.WARNING)
     options = Options(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Options) if hasattr(args, field.name)})
 
     def work() -> int:
