@@ -40,7 +40,7 @@ class EvaluationError(Exception):
 
 
 def evaluate(
-    run: runs.Run, utterances: Sequence[corpora.Utterance], *, batch_size: int = 16, speaker_norm: str = "none"
+    run: runs.Run, utterances: Sequence[corpora.Utterance], *, batch_size: int = infer.BATCH_WINDOWS, speaker_norm: str = "none"
 ) -> tuple[dict, list[dict]]:
     """Scores of ``run`` on ``utterances`` over the emotions both know, and one prediction per file.
 
@@ -117,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus", choices=[corpora.AUTO, *corpora.CORPORA], default=corpora.AUTO, help="which corpus --dataset holds; auto detects it from the names")
     parser.add_argument("--speaker-pattern", default=None, help="--corpus folders: a regular expression that finds the speaker in a file name")
     parser.add_argument("--output", default=None, help=f"folder for metrics.json, predictions.csv and confusion_matrix.png (default: {EVALUATIONS_ROOT}/<run>-on-<corpus>)")
-    parser.add_argument("--batch-size", type=positive_int, default=16, help="windows per model call")
+    parser.add_argument("--batch-size", type=positive_int, default=infer.BATCH_WINDOWS, help="windows per model call, at most (as infer.py --batch-size)")
     parser.add_argument("--speaker-norm", choices=infer.SPEAKER_NORM_MODES, default="none", help="as infer.py --speaker-norm, for runs trained with it")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up logs")
     return parser

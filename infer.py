@@ -506,7 +506,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=positive_int, default=1, help="emotions listed per file (table and json)")
     parser.add_argument("--window", type=positive_float, default=WINDOW_SECONDS, help="seconds per window for long files")
     parser.add_argument("--timeline", action="store_true", help="also give every window's start, end and emotion")
-    parser.add_argument("--batch-size", type=positive_int, default=BATCH_WINDOWS, help="windows per model call")
+    parser.add_argument("--batch-size", type=positive_int, default=BATCH_WINDOWS, help=f"windows per model call, at most: a call also holds at most {BATCH_SEGMENTS} segments, which bounds memory")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="mixed precision from model.keras: bfloat16 is about 1.5x faster on CPUs with bf16 units (float16: for GPUs), probabilities a little off float32's")
     parser.add_argument("--speaker-norm", choices=SPEAKER_NORM_MODES, default="none", help="for runs trained with speaker normalisation (train.py's default in frozen mode): standardise with the statistics of each folder (one speaker per folder), of each file, or of the training speakers (none, as the exported model)")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up and progress logs")

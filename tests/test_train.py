@@ -8,6 +8,7 @@ import errno
 import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -407,6 +408,9 @@ def test_a_fresh_clone_downloads_the_corpus_and_trains_from_any_working_director
     assert (clone / "dataset" / "README.md").read_text() == readme  # ours, untouched
     (run,) = [path for path in (clone / "saved_model").iterdir() if path.is_dir()]
     assert runs.missing_files(run) == [] and f"run saved to {run}" in done.stdout
+    assert "options (saved in the run's options.json):" in done.stderr
+    assert re.search(r"INFO train:   seed +0$", done.stderr, re.MULTILINE)  # an option a line, not one long JSON line
+    assert "Assets written" not in done.stderr and "Traceback" not in done.stderr  # no library notes, once or twice
     assert list(elsewhere.iterdir()) == []  # nothing written where it was started from
     assert (tmp_path / "cache" / "dcnn-blstmwa" / "downloads" / archive.name).is_file()
 
