@@ -44,6 +44,14 @@ def write_ravdess(folder: Path, actors, emotions, files: int = 2, seconds: float
 
 
 @pytest.fixture
+def no_accelerator(monkeypatch):
+    """A machine without GPUs or TPUs, whatever this one has: the defaults that depend on them, as on a CPU."""
+    import devices
+
+    monkeypatch.setattr(devices, "accelerators", lambda: 0)
+
+
+@pytest.fixture
 def write_audio(tmp_path: Path):
     """Write a signal to ``tmp_path/name`` with soundfile and return the path."""
 

@@ -142,14 +142,14 @@ def test_a_mixed_precision_fine_tuning_run_on_two_devices_completes_and_exports(
     assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == [run.name]  # one run folder, written once
 
 
-def test_the_placement_refuses_what_the_machine_cannot_do():
+def test_the_placement_refuses_what_the_machine_cannot_do(no_accelerator):
     with pytest.raises(UsageError, match="--devices 64: the .* backend sees"):
         devices.place(64, batch_size=64)
-    one = devices.place(None, batch_size=5)  # no GPU here: one device, any batch size
+    one = devices.place(None, batch_size=5)  # no accelerator: one device, any batch size
     assert (one.devices, one.engine, one.writes, one.shard) == (1, None, True, (0, 1))
 
 
-def test_precision_names_map_to_keras_policies():
+def test_precision_names_map_to_keras_policies(no_accelerator):
     assert [devices.dtype_policy(name) for name in devices.PRECISIONS] == ["float32", "mixed_bfloat16", "mixed_float16"]
     with pytest.raises(ValueError, match="precision must be one of"):
         devices.dtype_policy("int8")
