@@ -5,8 +5,10 @@
 Steps: load the run, read the corpus (detected from its names by default; only read),
 match the run's emotions with the corpus's by name (both speak the project's one
 vocabulary, `corpora.canonical_label`), leave out and list the classes on one side only,
-predict every remaining file with `infer.predict`, take the most probable of the shared
-classes, and score with the same code as train.py (`trainer.score`). Writes metrics.json,
+predict every remaining file with `infer.predict` (for a run trained with speaker
+normalisation, each speaker standardised by their own statistics, as in training), take
+the most probable of the shared classes, and score with the same code as train.py
+(`trainer.score`). Writes metrics.json,
 predictions.csv and confusion_matrix.png into the output folder and prints the scores.
 """
 
@@ -33,16 +35,34 @@ from trainer import format_scores, score
 logger = logging.getLogger("evaluate")
 
 EVALUATIONS_ROOT = files.PROJECT_ROOT / "evaluations"  # default parent of --output (ignored by git)
+SPEAKER_NORM_MODES = (infer.SPEAKER, "folder", "none")  # evaluate's choices: "file" would standardise each utterance by itself
 
 
 class EvaluationError(Exception):
     """A run and a corpus that cannot be compared; reported as one sentence, exit code 1."""
 
 
+class LeakingNormalisationError(EvaluationError, cli.UsageError):
+    """A speaker normalisation that would see the labels (folders that are classes); exit code 2."""
+
+
+def folders_are_classes(utterances: Sequence[corpora.Utterance]) -> bool:
+    """Whether every folder holds files of one emotion only (class folders, or TESS's speaker_emotion folders)."""
+    labels_by_folder: dict = {}
+    for utterance in utterances:
+        labels_by_folder.setdefault(utterance.path.parent, set()).add(utterance.label)
+    return len({u.label for u in utterances}) > 1 and all(len(labels) == 1 for labels in labels_by_folder.values())
+
+
 def evaluate(
     run: runs.Run, utterances: Sequence[corpora.Utterance], *, batch_size: int = infer.BATCH_WINDOWS, speaker_norm: str = "none"
 ) -> tuple[dict, list[dict]]:
     """Scores of ``run`` on ``utterances`` over the emotions both know, and one prediction per file.
+
+    ``speaker_norm`` (`SPEAKER_NORM_MODES`, for a run trained with ``--speaker-norm``):
+    "speaker" standardises each speaker's embeddings with that speaker's own statistics
+    (the speakers the corpus reader found: training's protocol), "folder" each folder's,
+    "none" with the training speakers' (as the exported model).
 
     Returns
     -------
@@ -56,7 +76,15 @@ def evaluate(
     ------
     EvaluationError
         If fewer than two emotions are shared.
+    LeakingNormalisationError
+        For "folder" on a corpus whose folders each hold one emotion: the statistics of a
+        folder would then be those of a class, a label leak that flatters the score.
     """
+    if speaker_norm == "folder" and folders_are_classes(utterances):
+        raise LeakingNormalisationError(
+            "--speaker-norm folder: every folder of this corpus holds one emotion only, so standardising each "
+            "folder by itself would use the labels; use --speaker-norm speaker (each speaker's own statistics) or none"
+        )
     present = Counter(u.label for u in utterances)
     shared = [label for label in run.labels if label in present]
     if len(shared) < 2:
@@ -65,7 +93,10 @@ def evaluate(
             f"{'only ' + shared[0] if shared else 'no emotion'} in common, too few to score"
         )
     kept = [u for u in utterances if u.label in shared]
-    results = infer.predict([u.path for u in kept], run, batch_size=batch_size, speaker_norm=speaker_norm)
+    results = infer.predict(
+        [u.path for u in kept], run, batch_size=batch_size, speaker_norm=speaker_norm,
+        speakers=[u.speaker for u in kept] if speaker_norm == infer.SPEAKER else None,
+    )
     true, predicted, predictions, unreadable = [], [], [], {}
     for utterance, result in zip(kept, results):
         if result.error is not None:
@@ -118,7 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--speaker-pattern", default=None, help="--corpus folders: a regular expression that finds the speaker in a file name")
     parser.add_argument("--output", default=None, help=f"folder for metrics.json, predictions.csv and confusion_matrix.png (default: {EVALUATIONS_ROOT}/<run>-on-<corpus>)")
     parser.add_argument("--batch-size", type=positive_int, default=infer.BATCH_WINDOWS, help="windows per model call, at most (as infer.py --batch-size)")
-    parser.add_argument("--speaker-norm", choices=infer.SPEAKER_NORM_MODES, default="none", help="as infer.py --speaker-norm, for runs trained with it")
+    parser.add_argument("--speaker-norm", choices=SPEAKER_NORM_MODES, default=None, help="for runs trained with speaker normalisation: standardise each speaker's embeddings with that speaker's own statistics (speaker: the speakers the corpus reader finds, as in training), each folder's (refused where folders are classes), or the training speakers' (none, as the exported model) (default: speaker for such runs, none for others)")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up logs")
     return parser
 
@@ -136,9 +167,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem:
             raise cli.UsageError(f"--output {output} {problem}; set --output to a folder this user can write")
         warn_training_speakers(run, corpus, utterances)
-        metrics, predictions = evaluate(run, utterances, batch_size=args.batch_size, speaker_norm=args.speaker_norm)
+        speaker_norm = args.speaker_norm or (infer.SPEAKER if run.speaker_norm else "none")  # training's protocol
+        metrics, predictions = evaluate(run, utterances, batch_size=args.batch_size, speaker_norm=speaker_norm)
         output.mkdir(parents=True, exist_ok=True)
-        metrics.update({"model": str(run.folder), "dataset": str(args.dataset), "corpus": corpus.name, "speaker_norm": args.speaker_norm})
+        metrics.update({"model": str(run.folder), "dataset": str(args.dataset), "corpus": corpus.name, "speaker_norm": speaker_norm})
         runs.write_json(output / runs.METRICS, metrics)
         runs.write_predictions(output, predictions)
         runs.plot_confusion_matrix(output, np.array(metrics["confusion_matrix"]), metrics["labels"])

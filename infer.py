@@ -21,7 +21,7 @@ import logging
 import os
 import sys
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
@@ -49,6 +49,7 @@ PROGRESS_DELAY = 2.0  # seconds of work before a progress bar appears (quick run
 
 
 SPEAKER_NORM_MODES = ("none", "folder", "file")  # whose statistics standardise the embeddings: see predict
+SPEAKER = "speaker"  # predict's mode for a corpus whose reader knows each file's speaker (evaluate.py); no CLI choice
 SILENCE_PEAK = 1e-4  # a file whose samples never reach this (-80 dBFS) is called silent
 LOW_BIT_SUBTYPES = ("PCM_U8", "PCM_S8", "ULAW", "ALAW")  # 8-bit sample formats
 # Warnings a prediction may carry: it is still made, but on input unlike what models train on.
@@ -173,6 +174,7 @@ def predict(
     batch_size: int = BATCH_WINDOWS,
     precision: str = "float32",
     speaker_norm: str = "none",
+    speakers: Sequence[Hashable] | None = None,
     progress: bool | None = None,
 ) -> list[Prediction]:
     """The emotion of every audio file in ``paths`` (files, and folders searched recursively).
@@ -193,12 +195,16 @@ def predict(
         Windows per model call.
     precision : "float32", "bfloat16" or "float16"
         How the model computes when ``model_dir`` is loaded here (see `runs.load_run`).
-    speaker_norm : "none", "folder" or "file"
+    speaker_norm : "none", "folder", "file" or "speaker"
         For a run trained with ``--speaker-norm``: standardise the segment embeddings with
         the statistics of all files in the same folder (one folder = one speaker), of the
-        file's own windows (one long recording = one speaker), or ("none") of the training
-        speakers, as the exported model does. The first two are what training did and
-        score best; they assume the grouping is right.
+        file's own windows (one long recording = one speaker), of all files of the same
+        speaker in ``speakers`` ("speaker"), or ("none") of the training speakers, as the
+        exported model does. The grouped modes are what training did and score best; they
+        assume the grouping is right.
+    speakers : sequence of hashable or None
+        With ``speaker_norm="speaker"`` (and only then): the speaker of each file, in the
+        order of ``paths``, which must then be files.
     progress : bool or None
         Progress bar on stderr; None shows it for many files when stderr is a terminal.
 
@@ -217,8 +223,11 @@ def predict(
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
     files = audio_files(paths)
-    if speaker_norm not in SPEAKER_NORM_MODES:
-        raise ValueError(f"speaker_norm must be one of {SPEAKER_NORM_MODES}, got {speaker_norm!r}")
+    if speaker_norm not in (*SPEAKER_NORM_MODES, SPEAKER):
+        raise ValueError(f"speaker_norm must be one of {(*SPEAKER_NORM_MODES, SPEAKER)}, got {speaker_norm!r}")
+    if (speaker_norm == SPEAKER) != (speakers is not None) or (speakers is not None and len(speakers) != len(files)):
+        raise ValueError(f"speakers, one per file, go with speaker_norm={SPEAKER!r} (got {speaker_norm!r} and "
+                         f"{'no' if speakers is None else len(speakers)} speakers for {len(files)} files)")
     if isinstance(model_dir, Run):
         run = model_dir
     else:
@@ -254,7 +263,11 @@ def predict(
         if speaker_norm == "none":
             results = _forward_windows(_computed(jobs, files, run.features), run, batch_size)
         else:
-            group = (lambda job: files[job.file].parent) if speaker_norm == "folder" else (lambda job: job.file)
+            group = {
+                "folder": lambda job: files[job.file].parent,
+                "file": lambda job: job.file,
+                SPEAKER: lambda job: speakers[job.file],
+            }[speaker_norm]
             results = _forward_standardized(jobs, files, run, group, batch_size)
         for item, probabilities in results:
             if probabilities is None:

@@ -104,3 +104,20 @@ def shared_run(tmp_path_factory):
     )
     folder = train.run(options, backbone=lambda: tiny_backbone((64, 64, 3)))
     return types.SimpleNamespace(folder=folder, corpus=corpus, corpus_before=before, bad_file=bad, options=options)
+
+
+@pytest.fixture(scope="session")
+def speaker_norm_run(tmp_path_factory) -> Path:
+    """A tiny frozen run trained with --speaker-norm, shared by infer's and evaluate's normalisation tests."""
+    import train
+    from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
+    from trainer import Options
+
+    root = tmp_path_factory.mktemp("speaker_norm_run")
+    write_ravdess(root / "dataset", actors=(1, 2, 3, 4), emotions=(1, 4, 5))
+    options = Options(
+        epochs=2, dataset=str(root / "dataset"), test_speakers=[4], val_speakers=[3], backbone_mode="frozen",
+        weights="none", batch_size=4, learning_rate=1e-3, output=str(root / "runs"), cache_dir=str(root / "cache"),
+        download=False, augment=False, speaker_norm=True, **TINY_BACKBONE_OPTIONS,
+    )
+    return train.run(options, backbone=lambda: tiny_backbone((64, 64, 3)))

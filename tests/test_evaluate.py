@@ -79,3 +79,31 @@ def test_scoring_a_run_on_its_own_training_speakers_is_warned(shared_run, caplog
     with caplog.at_level("WARNING"):
         evaluate.warn_training_speakers(run, corpora.get_corpus("emodb"), [corpora.Utterance(shared_run.corpus / "x.wav", "sad", 1)])
     assert caplog.text == ""  # speaker 1 of another corpus is someone else
+
+
+def test_a_run_trained_with_speaker_norm_is_scored_per_speaker_by_default(speaker_norm_run, emodb, tmp_path, capsys):
+    code = evaluate.main(["--model", str(speaker_norm_run), "--dataset", str(emodb), "--output", str(tmp_path / "out")])
+    assert code == 1  # the broken file
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["speaker_norm"] == "speaker"  # training's protocol: each speaker by their own statistics
+    with open(tmp_path / "out" / "predictions.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    run = runs.load_run(speaker_norm_run)
+    expected = infer.predict([row["path"] for row in rows], run, speaker_norm=infer.SPEAKER, speakers=[row["speaker"] for row in rows])
+    for row, prediction in zip(rows, expected):
+        shared = {label: prediction.probabilities[label] for label in metrics["labels"]}
+        assert row["predicted"] == max(shared, key=shared.get)
+
+
+def test_folder_normalisation_is_refused_where_the_folders_are_the_classes(speaker_norm_run, write_audio, tmp_path, capsys):
+    for label, pitch in (("angry", 400), ("sad", 200)):
+        for index in range(2):
+            write_audio(f"classes/{label}/s{index}_{label}.wav", tone(pitch + 20 * index, 1.0))
+    code = evaluate.main(["--model", str(speaker_norm_run), "--dataset", str(tmp_path / "classes"), "--corpus", "folders",
+                          "--speaker-pattern", r"^s(\d)_", "--speaker-norm", "folder", "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--speaker-norm folder: every folder of this corpus holds one emotion only" in err
+    assert not (tmp_path / "out").exists()
+    code = evaluate.main(["--model", str(speaker_norm_run), "--dataset", str(tmp_path / "classes"), "--corpus", "folders",
+                          "--speaker-pattern", r"^s(\d)_", "--output", str(tmp_path / "out")])
+    assert code == 0 and json.loads((tmp_path / "out" / "metrics.json").read_text())["speaker_norm"] == "speaker"

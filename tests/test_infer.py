@@ -217,24 +217,6 @@ def test_output_goes_to_a_file_when_asked(run_dir, clips, tmp_path, capsys):
     assert json.loads(target.read_text())[0]["path"] == str(clips[2])
 
 
-@pytest.fixture(scope="module")
-def speaker_norm_run(tmp_path_factory) -> Path:
-    """A tiny frozen run trained with --speaker-norm."""
-    import train
-    from conftest import write_ravdess
-    from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
-    from trainer import Options
-
-    root = tmp_path_factory.mktemp("speaker_norm_run")
-    write_ravdess(root / "dataset", actors=(1, 2, 3, 4), emotions=(1, 4, 5))
-    options = Options(
-        epochs=2, dataset=str(root / "dataset"), test_speakers=[4], val_speakers=[3], backbone_mode="frozen",
-        weights="none", batch_size=4, learning_rate=1e-3, output=str(root / "runs"), cache_dir=str(root / "cache"),
-        download=False, augment=False, speaker_norm=True, **TINY_BACKBONE_OPTIONS,
-    )
-    return train.run(options, backbone=lambda: tiny_backbone((64, 64, 3)))
-
-
 def test_speaker_norm_standardises_with_each_folders_or_files_own_statistics(speaker_norm_run, write_audio):
     from SpeechModel import SpeechModel
 
@@ -263,6 +245,21 @@ def test_speaker_norm_standardises_with_each_folders_or_files_own_statistics(spe
     assert not np.allclose(as_list(by_folder), as_list(global_stats), atol=1e-3)
     assert [p.warnings for p in by_file] == [(infer.SELF_NORMALISED,)] * 3  # short files: one window each
     assert all(not p.warnings for p in by_folder + global_stats)
+
+
+def test_speaker_norm_by_speaker_groups_the_files_as_given(speaker_norm_run, write_audio):
+    paths = [write_audio(f"a/clip{index}.wav", tone(200 + 100 * index, 1.0)) for index in range(2)]
+    paths.append(write_audio("b/clip.wav", tone(450, 1.3)))
+    run = runs.load_run(speaker_norm_run)
+    as_list = lambda predictions: np.array([list(p.probabilities.values()) for p in predictions])  # noqa: E731
+    by_speaker = infer.predict(paths, run, speaker_norm=infer.SPEAKER, speakers=["a", "a", "b"])
+    np.testing.assert_allclose(as_list(by_speaker), as_list(infer.predict(paths, run, speaker_norm="folder")), atol=1e-6)
+    one_each = infer.predict(paths, run, speaker_norm=infer.SPEAKER, speakers=[1, 2, 3])
+    np.testing.assert_allclose(as_list(one_each), as_list(infer.predict(paths, run, speaker_norm="file")), atol=1e-6)
+    with pytest.raises(ValueError, match="speakers, one per file, go with speaker_norm='speaker'"):
+        infer.predict(paths, run, speaker_norm=infer.SPEAKER)
+    with pytest.raises(ValueError, match="2 speakers for 3 files"):
+        infer.predict(paths, run, speaker_norm=infer.SPEAKER, speakers=["a", "b"])
 
 
 def test_speaker_norm_needs_a_run_trained_with_it(run_dir, clips, capsys):
