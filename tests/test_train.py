@@ -23,6 +23,7 @@ from conftest import SHARED_RUN_FEATURES, SHARED_RUN_LABELS, folder_state, write
 from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
 
 import corpora
+import devices
 import runs
 import train
 import trainer
@@ -206,11 +207,11 @@ def test_finetuning_trains_end_to_end_and_exports(corpus, tmp_path):
 
 
 def test_folds_test_every_speaker_once_and_report_mean_and_spread(corpus, tmp_path, no_accelerator):
-    # backbone_mode=None, as a Python caller may leave it: the machine's default, named in the run.
-    # The statistics head and per-speaker normalisation ride along: recorded in the run's options.
-    options = options_for(corpus, tmp_path, epochs=1, folds=3, augment=False, backbone_mode=None, head="stats", speaker_norm=True)
+    # The backbone mode is named in the run. The statistics head and per-speaker normalisation ride
+    # along: recorded in the run's options.
+    options = options_for(corpus, tmp_path, epochs=1, folds=3, augment=False, head="stats", speaker_norm=True)
     run = train.run(options, backbone=small_backbone)
-    assert "-frozen-" in run.name and run.name.endswith("-1ep-cv3")  # the default without an accelerator
+    assert "-frozen-" in run.name and run.name.endswith("-1ep-cv3")
     metrics = json.loads((run / "metrics.json").read_text())
     assert (metrics["options"]["head"], metrics["options"]["speaker_norm"]) == ("stats", True)
     assert len(metrics["folds"]) == 3
@@ -343,7 +344,7 @@ def test_several_devices_are_refused_in_frozen_mode(corpus, tmp_path, capsys):
     assert code == 2 and "--devices above 1 works with --backbone-mode finetune" in capsys.readouterr().err
 
 
-def test_the_recipe_defaults_follow_the_mode_and_the_head(tmp_path, no_accelerator):
+def test_the_recipe_defaults_follow_the_mode_and_the_head(tmp_path, no_accelerator, monkeypatch):
     corpus = corpora.get_corpus("ravdess")
     frozen = trainer.Options(epochs=1, folds=2, backbone_mode="frozen").resolved(corpus, [])
     assert (frozen.head, frozen.speaker_norm, frozen.early_stopping, frozen.learning_rate) == ("stats", True, False, 1e-3)
@@ -351,6 +352,8 @@ def test_the_recipe_defaults_follow_the_mode_and_the_head(tmp_path, no_accelerat
     finetune = trainer.Options(epochs=1, folds=2, backbone_mode="finetune").resolved(corpus, [])
     assert (finetune.speaker_norm, finetune.early_stopping, finetune.learning_rate) == (False, True, 1e-4)
     assert (frozen.precision, frozen.devices) == ("float32", 1) and finetune.precision == "float32"  # no accelerator
+    monkeypatch.setattr(devices, "accelerators", lambda: 8)  # a machine with GPUs trains the same recipe, faster
+    assert trainer.Options(epochs=1, folds=2).resolved(corpus, []) == dataclasses.replace(frozen, backbone_mode="frozen")
     paper = trainer.Options(epochs=1, folds=2, backbone_mode="frozen", head="blstm-attention").resolved(corpus, [])
     assert (paper.speaker_norm, paper.early_stopping, paper.learning_rate) == (True, True, 1e-4)
     chosen = trainer.Options(
