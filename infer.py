@@ -206,7 +206,7 @@ def predict(
         With ``speaker_norm="speaker"`` (and only then): the speaker of each file, in the
         order of ``paths``, which must then be files.
     progress : bool or None
-        Progress bar on stderr; None shows it for many files when stderr is a terminal.
+        Progress bar on stderr; None shows it when stderr is a terminal and the work takes over `PROGRESS_DELAY` seconds.
 
     Returns
     -------
