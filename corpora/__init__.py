@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
+import http.client
 import logging
 import re
 import shutil
@@ -243,7 +244,7 @@ def _download(url: str, archive: Path, ways_out: str) -> Path:
                     bar.update(len(chunk))
     except urllib.error.URLError as error:
         raise CorpusError(f"the download of {url} failed ({error.reason}); {ways_out}") from None
-    except (OSError, ValueError) as error:  # a broken connection, a full disk, a malformed --download-url
+    except (OSError, ValueError, http.client.HTTPException) as error:  # a broken or cut connection, a full disk, a malformed --download-url
         raise CorpusError(f"the download of {url} failed ({error}); {ways_out}") from None
     return archive
 

@@ -268,3 +268,25 @@ def test_the_registry_names_every_corpus_and_refuses_others():
     assert set(RAVDESS.test_speakers).isdisjoint(RAVDESS.validation_speakers)
     with pytest.raises(CorpusError, match="unknown corpus 'timit'; choose --corpus among auto, ravdess, emodb"):
         corpora.get_corpus("timit")
+
+
+def test_a_download_cut_short_is_refused_and_not_kept(tmp_path):
+    class CutShort(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # promises 100 kB, sends 20 bytes and closes
+            self.send_response(200)
+            self.send_header("Content-Length", "100000")
+            self.end_headers()
+            self.wfile.write(b"PK\x03\x04" * 5)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), CutShort)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(CorpusError, match="is not a usable RAVDESS zip .*; either download"):
+            read_corpus(RAVDESS, tmp_path / "dataset", download=True, url=f"http://127.0.0.1:{server.server_address[1]}/a.zip",
+                        cache_dir=tmp_path / "cache")
+    finally:
+        server.shutdown()
+    assert not list((tmp_path / "cache").rglob("*.zip")) and not (tmp_path / "dataset").exists()
