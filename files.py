@@ -75,13 +75,12 @@ def folder_problem(folder: str | os.PathLike) -> str | None:
 
 
 def file_problem(path: str | os.PathLike) -> str | None:
-    """Why ``path`` cannot be written as a file; None when it can. Its folder must exist."""
+    """Why ``path`` cannot be written as a file; None when it can. Its folder must exist, and is tried as `folder_problem` tries one."""
     path = Path(path)
     if path.is_dir():
         return "is a folder; give a file name"
     folder = path.parent
     if not folder.is_dir():
         return f"its folder {folder} does not exist"
-    if not os.access(folder, os.W_OK):
-        return f"its folder {folder} is not writable"
-    return None
+    problem = folder_problem(folder)
+    return None if problem is None else f"its folder {folder} {problem}"

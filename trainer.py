@@ -99,21 +99,20 @@ class Options:
     def resolved(self, corpus: corpora.Corpus, utterances: Sequence[corpora.Utterance]) -> Options:
         """A copy with every default that depends on the corpus, its speakers or the machine filled in."""
         test, validation = (None, None) if self.folds else corpora.default_speakers(corpus, utterances)  # folds pick their own
-        mode = self.backbone_mode
-        if self.speaker_norm and mode == "finetune":
+        frozen = self.backbone_mode == "frozen"  # the other mode is finetune
+        if self.speaker_norm and not frozen:
             raise UsageError("--speaker-norm works with --backbone-mode frozen (the embeddings it standardises are computed once)")
-        if mode == "frozen" and (self.devices or 1) > 1:
+        if frozen and (self.devices or 1) > 1:
             raise UsageError("--devices above 1 works with --backbone-mode finetune (frozen mode trains a small head on one device)")
-        linear_on_embeddings = self.head == "stats" and mode == "frozen"
+        linear_on_embeddings = self.head == "stats" and frozen
         return dataclasses.replace(
             self,
             corpus=corpus.name,
             test_speakers=test if self.test_speakers is None else self.test_speakers,
             val_speakers=validation if self.val_speakers is None else self.val_speakers,
-            backbone_mode=mode,
-            precision=(devices.default_precision() if mode == "finetune" else "float32") if self.precision is None else self.precision,
-            devices=1 if mode == "frozen" else self.devices,
-            speaker_norm=mode == "frozen" if self.speaker_norm is None else self.speaker_norm,
+            precision=("float32" if frozen else devices.default_precision()) if self.precision is None else self.precision,
+            devices=1 if frozen else self.devices,
+            speaker_norm=frozen if self.speaker_norm is None else self.speaker_norm,
             early_stopping=not linear_on_embeddings if self.early_stopping is None else self.early_stopping,
             learning_rate=(1e-3 if linear_on_embeddings else 1e-4) if self.learning_rate is None else self.learning_rate,
         )

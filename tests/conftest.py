@@ -43,6 +43,13 @@ def write_ravdess(folder: Path, actors, emotions, files: int = 2, seconds: float
     return paths
 
 
+def run_cli(main, argv, capsys) -> tuple[int, str, str]:
+    """A command line's ``main`` on ``argv`` (any objects, as strings): its exit code, stdout and stderr."""
+    code = main([str(part) for part in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
 @pytest.fixture
 def no_accelerator(monkeypatch):
     """A machine without GPUs or TPUs, whatever this one has: the defaults that depend on them, as on a CPU."""

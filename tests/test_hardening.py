@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import folder_state, tone, write_ravdess
+from conftest import folder_state, run_cli, tone, write_ravdess
 
 import cli
 import infer
@@ -29,12 +29,6 @@ import train
 from cli import UsageError
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def run_cli(main, argv, capsys) -> tuple[int, str, str]:
-    code = main([str(part) for part in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import keras
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SHARED_RUN_FEATURES, SHARED_RUN_LABELS, folder_state, write_ravdess
+from conftest import SHARED_RUN_FEATURES, SHARED_RUN_LABELS, folder_state, run_cli, write_ravdess
 from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
 
 import corpora
@@ -377,12 +377,6 @@ ROOT = Path(__file__).resolve().parent.parent
 FIRST_RUN_ACTORS = (1, 2, 19, 20, 21, 22, 23, 24)  # RAVDESS's default split: 19-20 validate, 21-24 test
 
 
-def run_cli(argv, capsys) -> tuple[int, str, str]:
-    code = train.main([str(part) for part in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def errors(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error: ")]
 
@@ -422,7 +416,7 @@ def test_without_network_the_first_run_says_why_and_both_ways_out(tmp_path, caps
     dataset = tmp_path / "dataset"
     dataset.mkdir()
     (dataset / "README.md").write_text("ours")
-    code, _, err = run_cli(["30", "--dataset", dataset, "--download-url", "http://127.0.0.1:9/none.zip",
+    code, _, err = run_cli(train.main, ["30", "--dataset", dataset, "--download-url", "http://127.0.0.1:9/none.zip",
                             "--output", tmp_path / "runs", "--cache-dir", tmp_path / "cache"], capsys)
     assert code == 1
     (line,) = errors(err)
@@ -433,7 +427,7 @@ def test_without_network_the_first_run_says_why_and_both_ways_out(tmp_path, caps
 
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(corpus, tmp_path, capsys):
     (tmp_path / "a-file").write_text("")
-    code, _, err = run_cli(["2", "--dataset", corpus, "--output", tmp_path / "a-file" / "runs"], capsys)
+    code, _, err = run_cli(train.main, ["2", "--dataset", corpus, "--output", tmp_path / "a-file" / "runs"], capsys)
     assert code == 2 and errors(err) == [
         f"error: --output {tmp_path / 'a-file' / 'runs'} cannot be made: {tmp_path / 'a-file'} is a file; "
         "set --output to a folder this user can write"
@@ -468,7 +462,7 @@ def test_a_full_disk_while_saving_leaves_no_truncated_model_and_a_failed_run(cor
 def test_resume_refuses_options_that_differ_from_the_runs(corpus, tmp_path, capsys):
     partial = runs.new_partial_run(tmp_path / "runs", "20260101-000000-x")
     runs.write_json(partial / runs.OPTIONS, options_for(corpus, tmp_path, epochs=30, head="stats").to_dict())
-    code, _, err = run_cli(["30", "--resume", "--output", tmp_path / "runs", "--head", "blstm-attention", "--seed", "0",
+    code, _, err = run_cli(train.main, ["30", "--resume", "--output", tmp_path / "runs", "--head", "blstm-attention", "--seed", "0",
                             "--batch-size", "8"], capsys)
     assert code == 2 and errors(err) == [
         "error: --resume continues .partial-20260101-000000-x with its own options, and --batch-size 8 (the run's: 4), "
@@ -521,7 +515,7 @@ def test_with_no_usable_backup_a_split_trains_again_from_its_first_epoch(tmp_pat
 
 def test_a_corpus_of_one_class_is_one_line_and_leaves_nothing(tmp_path, capsys):
     write_ravdess(tmp_path / "one", actors=(1, 2, 3, 4), emotions=(5,))
-    code, _, err = run_cli(["2", "--dataset", tmp_path / "one", "--output", tmp_path / "runs", "--cache-dir", tmp_path / "cache"], capsys)
+    code, _, err = run_cli(train.main, ["2", "--dataset", tmp_path / "one", "--output", tmp_path / "runs", "--cache-dir", tmp_path / "cache"], capsys)
     assert code == 1 and errors(err) == [
         f"error: {tmp_path / 'one'} holds one class only (angry): an emotion model needs at least two; "
         "point --dataset at a corpus with several emotions"
@@ -539,7 +533,7 @@ def manifest(folder: Path, rows: list[tuple[str, str, int]]) -> Path:
 
 def test_labels_outside_the_vocabulary_are_listed_and_need_a_flag(tmp_path, capsys):
     dataset = manifest(tmp_path / "own", [("a.wav", "angry", 1), ("b.wav", "banana", 2), ("c.wav", "banana", 3)])
-    code, _, err = run_cli(["2", "--dataset", dataset, "--output", tmp_path / "runs"], capsys)
+    code, _, err = run_cli(train.main, ["2", "--dataset", dataset, "--output", tmp_path / "runs"], capsys)
     assert code == 2 and errors(err) == [
         "error: labels outside the emotion vocabulary: banana (2 files); correct them, "
         "or pass --custom-labels to train them as classes of your own"
@@ -571,7 +565,7 @@ def test_a_corpus_without_speakers_is_split_by_file_with_a_warning(tmp_path, cap
         sf.write(dataset / f"{number}.wav", np.zeros(1600, dtype=np.float32), 16000)
     (dataset / "list.csv").write_text("path,label\n" + "".join(f"{n}.wav,{'angry' if n % 2 else 'sad'}\n" for n in range(4)))
     with caplog.at_level("WARNING"):
-        code, _, err = run_cli(["2", "--dataset", dataset, "--folds", "9", "--output", tmp_path / "runs"], capsys)
+        code, _, err = run_cli(train.main, ["2", "--dataset", dataset, "--folds", "9", "--output", tmp_path / "runs"], capsys)
     assert code == 2 and "--folds must be between 3" in err
     assert "every file counts as its own speaker" in caplog.text
 
