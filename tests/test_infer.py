@@ -12,7 +12,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import SHARED_RUN_FEATURES, SHARED_RUN_LABELS, tone
+from conftest import SHARED_RUN_FEATURES, SHARED_RUN_LABELS, run_cli, tone
 
 import infer
 import runs
@@ -39,14 +39,8 @@ def clips(write_audio) -> list[Path]:
     return sorted(paths)
 
 
-def run_cli(argv, capsys) -> tuple[int, str, str]:
-    code = infer.main([str(part) for part in argv])
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_every_good_file_once_and_the_bad_one_on_stderr(run_dir, clips, capsys):
-    code, out, err = run_cli([clips[0].parent, "--model", run_dir], capsys)
+    code, out, err = run_cli(infer.main, [clips[0].parent, "--model", run_dir], capsys)
     assert code == 1
     header, *rows = out.splitlines()
     assert header.split() == ["path", "emotion", "conf"]
@@ -56,7 +50,7 @@ def test_every_good_file_once_and_the_bad_one_on_stderr(run_dir, clips, capsys):
 
 
 def test_csv_and_json_carry_probabilities_that_sum_to_one_and_agree_with_predict(run_dir, clips, capsys):
-    code, out, _ = run_cli([*clips, "--model", run_dir, "--format", "csv"], capsys)
+    code, out, _ = run_cli(infer.main, [*clips, "--model", run_dir, "--format", "csv"], capsys)
     assert code == 0
     rows = list(csv.DictReader(io.StringIO(out)))
     assert [row["path"] for row in rows] == [str(path) for path in clips]
@@ -64,7 +58,7 @@ def test_csv_and_json_carry_probabilities_that_sum_to_one_and_agree_with_predict
         assert sum(float(row[label]) for label in LABELS) == pytest.approx(1, abs=1e-3)
         assert row["emotion"] == max(LABELS, key=lambda label: float(row[label]))
 
-    code, out, _ = run_cli([*clips, "--model", run_dir, "--format", "json", "--top-k", "2"], capsys)
+    code, out, _ = run_cli(infer.main, [*clips, "--model", run_dir, "--format", "json", "--top-k", "2"], capsys)
     records = json.loads(out)
     direct = infer.predict(clips, run_dir)
     for record, prediction in zip(records, direct, strict=True):
@@ -122,14 +116,14 @@ def test_bfloat16_gives_close_probabilities_and_needs_model_keras(run_dir, clips
     saved_only = tmp_path / "saved-only"
     shutil.copytree(run_dir, saved_only)
     (saved_only / "model.keras").unlink()
-    code, _, err = run_cli([clips[0], "--model", saved_only, "--precision", "bfloat16"], capsys)
+    code, _, err = run_cli(infer.main, [clips[0], "--model", saved_only, "--precision", "bfloat16"], capsys)
     assert code == 1 and "--precision bfloat16 needs model.keras" in err
 
 
 def test_a_long_file_is_read_in_windows_that_cover_it(run_dir, write_audio, capsys):
     y = np.concatenate([tone(200 + 40 * second, 1.0) for second in range(60)])
     path = write_audio("long.flac", y)
-    code, out, _ = run_cli([path, "--model", run_dir, "--format", "json", "--timeline", "--window", "8"], capsys)
+    code, out, _ = run_cli(infer.main, [path, "--model", run_dir, "--format", "json", "--timeline", "--window", "8"], capsys)
     assert code == 0
     [record] = json.loads(out)
     windows = record["windows"]
@@ -140,7 +134,7 @@ def test_a_long_file_is_read_in_windows_that_cover_it(run_dir, write_audio, caps
     weighted = sum(d * np.array(list(w["probabilities"].values())) for d, w in zip(durations, windows)) / durations.sum()
     np.testing.assert_allclose(list(record["probabilities"].values()), weighted, atol=1e-5)
 
-    code, out, _ = run_cli([path, "--model", run_dir, "--timeline"], capsys)
+    code, out, _ = run_cli(infer.main, [path, "--model", run_dir, "--timeline"], capsys)
     assert len(out.splitlines()) == 1 + 1 + 8 and "56.00 -    60.00 s" in out  # header, file, windows
 
 
@@ -171,7 +165,7 @@ def test_the_newest_usable_run_is_the_default(run_dir, clips, tmp_path, monkeypa
     root = tmp_path / "saved_model"
     root.mkdir()
     monkeypatch.setattr(runs, "MODEL_ROOT", root)  # saved_model/ of the project, wherever infer.py runs from
-    code, _, err = run_cli([clips[1]], capsys)
+    code, _, err = run_cli(infer.main, [clips[1]], capsys)
     assert code == 1 and f"no usable trained run in {root};" in err and "python train.py" in err
 
     shutil.copytree(run_dir, root / "20260101-old")
@@ -183,23 +177,23 @@ def test_the_newest_usable_run_is_the_default(run_dir, clips, tmp_path, monkeypa
     shutil.copytree(run_dir, newer)
     (newer / "labels.json").touch()
     assert runs.newest_runs(root) == [newer, root / "20260101-old"]
-    code, out, _ = run_cli([clips[1]], capsys)
+    code, out, _ = run_cli(infer.main, [clips[1]], capsys)
     assert code == 0 and out.splitlines()[1].startswith(str(clips[1]))
 
 
 def test_a_folder_that_is_not_a_run_says_what_it_lacks(clips, tmp_path, capsys):
     (tmp_path / "not-a-run").mkdir()
     (tmp_path / "not-a-run" / "labels.json").write_text("[]")
-    code, _, err = run_cli([clips[1], "--model", tmp_path / "not-a-run"], capsys)
+    code, _, err = run_cli(infer.main, [clips[1], "--model", tmp_path / "not-a-run"], capsys)
     assert code == 2
     assert "is not a training run: it lacks features.json, saved_model.pb or model.keras" in err
 
 
 def test_missing_paths_and_folders_without_audio_are_one_sentence(run_dir, tmp_path, capsys):
-    code, _, err = run_cli([tmp_path / "nothing.wav", "--model", run_dir], capsys)
+    code, _, err = run_cli(infer.main, [tmp_path / "nothing.wav", "--model", run_dir], capsys)
     assert code == 2 and err.strip() == f"error: {tmp_path / 'nothing.wav'}: no such file or folder"
     (tmp_path / "empty").mkdir()
-    code, _, err = run_cli([tmp_path / "empty", "--model", run_dir], capsys)
+    code, _, err = run_cli(infer.main, [tmp_path / "empty", "--model", run_dir], capsys)
     assert code == 2 and "holds no audio files" in err and "Traceback" not in err
 
 
@@ -212,7 +206,7 @@ def test_bad_options_exit_2(argv, capsys):
 
 def test_output_goes_to_a_file_when_asked(run_dir, clips, tmp_path, capsys):
     target = tmp_path / "out.json"
-    code, out, _ = run_cli([clips[2], "--model", run_dir, "--format", "json", "--output", target], capsys)
+    code, out, _ = run_cli(infer.main, [clips[2], "--model", run_dir, "--format", "json", "--output", target], capsys)
     assert code == 0 and out == ""
     assert json.loads(target.read_text())[0]["path"] == str(clips[2])
 
@@ -263,7 +257,7 @@ def test_speaker_norm_by_speaker_groups_the_files_as_given(speaker_norm_run, wri
 
 
 def test_speaker_norm_needs_a_run_trained_with_it(run_dir, clips, capsys):
-    code, _, err = run_cli([clips[0], "--model", run_dir, "--speaker-norm", "folder"], capsys)
+    code, _, err = run_cli(infer.main, [clips[0], "--model", run_dir, "--speaker-norm", "folder"], capsys)
     assert code == 2 and "was not trained with --speaker-norm; use none" in err
 
 
@@ -275,7 +269,7 @@ def test_a_non_finite_probability_is_an_error_naming_the_file_never_an_emotion(r
     signal = infer.predict_signal(tone(300, 1.0), 16000, broken, name="mic")
     assert signal.emotion is None and signal.error.startswith("mic: the model gave non-finite probabilities")
     monkeypatch.setattr(infer, "load_run", lambda *args, **kwargs: broken)
-    code, out, err = run_cli([clips[1], "--model", run_dir], capsys)
+    code, out, err = run_cli(infer.main, [clips[1], "--model", run_dir], capsys)
     assert code == 1 and out == "" and "non-finite probabilities" in err
 
 
