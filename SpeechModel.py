@@ -1,25 +1,30 @@
-"""The DCNN-BLSTMwA model (Zhang et al. 2021) in pure Keras 3.
+"""The DCNN-BLSTMwA model (Zhang et al. 2021) in pure Keras 3: one model object from waveform to emotion.
 
-    segments (batch, segments, 64, 64, 3), segments of utils.PAD_VALUE are padding
-      -> SegmentScaling    each segment's channels to the backbone's input range; the segment mask
-      -> SegmentEncoder    one ImageNet CNN over every segment of the batch at once -> (batch, segments, 2048)
-      -> Normalization     per-feature standardisation of the embeddings (identity until adapted)
-      -> Bidirectional LSTM, sequences out, masked
-      -> AttentionPooling  additive attention over the real segments -> (batch, 512)
-      -> Dense 256 relu, Dropout, Dense 128 relu, Dropout, Dense classes softmax
+`EmotionRecognizer` holds the recogniser's parts as attributes, each a registered layer
+that round-trips through ``get_config`` and ``.keras`` files (keras-hub's style):
 
-or, with HeadConfig(kind="stats"), after the Normalization: StatisticsPooling (mean and
-standard deviation over the real segments), a second Normalization, and a softmax Dense
-layer with weight decay: a logistic regression on the utterance's statistics.
+    front_end              frontend.LogMelFrontEnd: PCM windows (batch, samples) -> segments
+    encoder                SegmentEncoder: each segment's channels scaled to the backbone's
+                           range (the segment mask made here), one ImageNet CNN over every
+                           segment of the batch at once -> (batch, segments, features)
+    speaker_normalization  Standardization: the training speakers' pooled statistics, or a
+                           group's own (a speaker's, a folder's, a stream's running estimate)
+    head                   ClassifierHead: BLSTM, attention pooling, Dense 256, Dense 128 and
+                           softmax (the paper's), or statistics pooling and a logistic regression
+
+The model itself is functional on segments (what training feeds from the feature cache):
+segments (batch, segments, frames, n_mels, 3) -> probabilities (batch, classes), segments of
+`utils.PAD_VALUE` are padding. `embed`, `classify` and `predict_waveform` are the forward API
+every consumer uses; `SpeechModel.create_model` builds the object.
 
 Only `keras.ops` and `keras.layers` inside, so the same model builds, trains and
-predicts under the TensorFlow, JAX and PyTorch backends. `SpeechModel` is the
-entry point: `create_model`, `attention_model` and `export`.
+predicts under the TensorFlow, JAX and PyTorch backends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -30,19 +35,14 @@ from keras import layers, ops
 
 from backbones import BackboneWeightsError, build_backbone, get_backbone, load_weights_file
 from devices import dtype_policy
+from frontend import PACKAGE, LogMelFrontEnd
 from heads import HEADS, HeadConfig  # noqa: F401  (HEADS: part of this module's interface)
-from utils import DEFAULT_FEATURES, PAD_VALUE
+from utils import DEFAULT_FEATURES, PAD_VALUE, FeatureConfig
 
-PACKAGE = "dcnn_blstmwa"
 NUM_CLASSES = 8  # the RAVDESS emotions
 LEARNING_RATE = 1e-4  # Adam, as in the paper's recipe
-# Layer names the helpers below find the model's parts by.
-ENCODER_LAYER = "segment_encoder"  # scaling and backbone end here: segment embeddings
-NORMALIZATION_LAYER = "embedding_normalization"  # first layer of the head
-STATISTICS_LAYER = "statistics"  # the statistics head's pooling
-STATISTICS_NORMALIZATION_LAYER = "statistics_normalization"  # the statistics head's standardisation
-ATTENTION_LAYER = "attention"
-OUTPUT_LAYER = "emotion"  # the softmax over emotions; float32 under any policy
+CONSTANT_SPAN = 1e-2  # dB: SegmentScaling's floor on a channel's half range
+FLOAT32_LAYERS = ("front_end", "emotion")  # layers that compute in float32 under any precision: the features, the output softmax
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -61,6 +61,10 @@ class SegmentScaling(layers.Layer):
 
     Args:
         input_range: tuple of two floats. The backbone's input range. Defaults to (-1.0, 1.0).
+        constant_span: float > 0. A channel whose half range is below this (in its own unit,
+            dB for the static channel) is scaled as if it spanned this much: float noise in a
+            nearly constant channel (the deltas of silence) is not stretched into signal.
+            Defaults to `CONSTANT_SPAN`.
 
     Example:
     >>> x = np.random.normal(size=(2, 5, 64, 64, 3)).astype("float32")
@@ -68,12 +72,13 @@ class SegmentScaling(layers.Layer):
     (2, 5, 64, 64, 3)
     """
 
-    def __init__(self, input_range: Sequence[float] = (-1.0, 1.0), **kwargs: Any) -> None:
+    def __init__(self, input_range: Sequence[float] = (-1.0, 1.0), constant_span: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         low, high = (float(value) for value in input_range)
         if not low < high:
             raise ValueError(f"input_range must be (low, high) with low < high, got {input_range!r}")
         self.input_range = (low, high)
+        self.constant_span = CONSTANT_SPAN if constant_span is None else float(constant_span)
 
     def call(self, segments):
         low, high = self.input_range
@@ -81,7 +86,7 @@ class SegmentScaling(layers.Layer):
         minimum = ops.min(segments, axis=(2, 3), keepdims=True)
         maximum = ops.max(segments, axis=(2, 3), keepdims=True)
         middle = (maximum + minimum) / 2
-        half_span = ops.maximum((maximum - minimum) / 2, 1e-6)
+        half_span = ops.maximum((maximum - minimum) / 2, self.constant_span)
         return (low + high) / 2 + (high - low) / 2 * (segments - middle) / half_span
 
     def compute_mask(self, segments, mask=None):
@@ -92,27 +97,31 @@ class SegmentScaling(layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"input_range": self.input_range})
+        config.update({"input_range": self.input_range, "constant_span": self.constant_span})
         return config
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
 class SegmentEncoder(layers.Layer):
-    """Apply a per-segment backbone to every segment of a batch in one call.
+    """Scale every segment to the backbone's range and embed it: one backbone call for a whole batch.
 
-    (batch, segments, H, W, C) is reshaped to (batch * segments, H, W, C), run
-    through the backbone (optionally after resizing to ``image_size``) and
-    reshaped back to (batch, segments, features). Keras' TimeDistributed would
-    unroll one backbone call per segment instead (2.3x slower to train here).
+    (batch, segments, H, W, C) is scaled (`SegmentScaling`), reshaped to
+    (batch * segments, H, W, C), run through the backbone (optionally after resizing to
+    ``image_size``) and reshaped back to (batch, segments, features). Keras'
+    TimeDistributed would unroll one backbone call per segment instead (2.3x slower to
+    train here).
 
-    Masking: supports masking; the output carries the input's segment mask
-    unchanged. Padding segments go through the backbone like the others and
-    their outputs are ignored downstream.
+    Masking: makes the segment mask, True for a real segment and False for a padding one
+    (every value `utils.PAD_VALUE`), from the raw input. Padding segments go through the
+    backbone like the others and their outputs are ignored downstream.
 
     Args:
         backbone: keras.Model. Maps one segment (H', W', C) to a feature vector.
         image_size: int or None. Resize each segment to image_size x image_size
             before the backbone; None feeds the segments as they are. Defaults to None.
+        input_range: tuple of two floats. The backbone's input range. Defaults to (-1.0, 1.0).
+        constant_span: float or None. `SegmentScaling`'s floor on a channel's half range; None
+            is `CONSTANT_SPAN`.
 
     Example:
     >>> backbone = keras.Sequential([keras.Input((64, 64, 3)), keras.layers.GlobalAveragePooling2D()])
@@ -120,16 +129,27 @@ class SegmentEncoder(layers.Layer):
     (2, 5, 3)
     """
 
-    def __init__(self, backbone: keras.Model, image_size: int | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        backbone: keras.Model,
+        image_size: int | None = None,
+        input_range: Sequence[float] = (-1.0, 1.0),
+        constant_span: float | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.features = _vector_size(backbone)
         self.backbone = backbone
         self.image_size = image_size
+        self.scaling = SegmentScaling(input_range, constant_span, dtype=self.dtype_policy, name="scaling")
         self.supports_masking = True
+
+    def build(self, input_shape) -> None:
+        self.scaling.build(input_shape)
 
     def call(self, segments):
         shape = ops.shape(segments)
-        images = ops.reshape(segments, (-1, *segments.shape[2:]))
+        images = ops.reshape(self.scaling(segments), (-1, *segments.shape[2:]))
         if self.image_size:
             # keras.ops rather than a Resizing layer: the exported SavedModel of a Resizing
             # layer computed other values than Keras (0.02-0.08 in probabilities, measured).
@@ -137,12 +157,20 @@ class SegmentEncoder(layers.Layer):
         embeddings = self.backbone(images)
         return ops.reshape(embeddings, (shape[0], shape[1], self.features))
 
+    def compute_mask(self, segments, mask=None):
+        return self.scaling.compute_mask(segments)
+
     def compute_output_shape(self, input_shape):
         return (input_shape[0], input_shape[1], self.features)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update({"backbone": keras.saving.serialize_keras_object(self.backbone), "image_size": self.image_size})
+        config.update({
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "image_size": self.image_size,
+            "input_range": self.scaling.input_range,
+            "constant_span": self.scaling.constant_span,
+        })
         return config
 
     @classmethod
@@ -150,6 +178,93 @@ class SegmentEncoder(layers.Layer):
         config = dict(config)
         config["backbone"] = keras.saving.deserialize_keras_object(config["backbone"])
         return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class Standardization(layers.Layer):
+    """Per-feature standardisation ``(x - mean) / std`` with stored statistics, or with statistics the caller gives.
+
+    The recogniser's speaker normalisation: stored are the training speakers' pooled
+    statistics (what a single request gets); a group's own statistics (a speaker's, a
+    folder's, a stream's running estimate, see `RunningStatistics`) can be given per call.
+    The statistics head standardises its pooled statistics with it too.
+
+    Masking: supports masking; the mask passes through unchanged.
+
+    Example:
+    >>> layer = Standardization()
+    >>> layer.adapt(np.random.normal(3.0, 2.0, size=(100, 4)))
+    >>> layer(np.full((1, 2, 4), 3.0, "float32")).shape
+    (1, 2, 4)
+    """
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.supports_masking = True
+
+    def build(self, input_shape) -> None:
+        features = input_shape[-1]
+        self.mean = self.add_weight(name="mean", shape=(features,), initializer="zeros", trainable=False, dtype="float32")
+        self.std = self.add_weight(name="std", shape=(features,), initializer="ones", trainable=False, dtype="float32")
+
+    def adapt(self, values: np.ndarray | Sequence[np.ndarray]) -> None:
+        """Store the statistics of ``values`` (rows of features, or a sequence of such arrays)."""
+        statistics = RunningStatistics()
+        for array in [values] if isinstance(values, np.ndarray) else values:
+            statistics.update(array)
+        if not self.built:
+            self.build((None, len(statistics.mean)))
+        self.mean.assign(statistics.mean)
+        self.std.assign(statistics.std)
+
+    def call(self, values, mean=None, std=None):
+        """``values`` (..., features) standardised; ``mean`` and ``std`` of shape (features,) replace the stored ones."""
+        mean = self.mean if mean is None else mean
+        std = self.std if std is None else std
+        return (values - ops.cast(mean, values.dtype)) / ops.cast(std, values.dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+
+class RunningStatistics:
+    """Per-feature mean and standard deviation of rows seen so far: a group's statistics, whole or as a running estimate.
+
+    The one definition of the statistics `Standardization` uses: a speaker's files are added
+    all at once, a stream's embeddings as they come.
+
+    Example:
+    >>> statistics = RunningStatistics()
+    >>> statistics.update(np.ones((3, 4)))
+    >>> statistics.mean.shape, float(statistics.std[0]) > 0
+    ((4,), True)
+    """
+
+    EPSILON = 1e-6  # added to the deviation: a feature constant over the group standardises to 0, not NaN
+
+    def __init__(self) -> None:
+        self.count = np.zeros(())
+        self._sum = np.zeros(())
+        self._squares = np.zeros(())
+
+    def update(self, rows: np.ndarray) -> None:
+        """Add ``rows`` (steps, features) to the statistics."""
+        rows = np.asarray(rows, dtype=np.float64).reshape(-1, np.shape(rows)[-1])
+        self.count = self.count + len(rows)
+        self._sum = self._sum + rows.sum(axis=0)
+        self._squares = self._squares + np.square(rows).sum(axis=0)
+
+    @property
+    def mean(self) -> np.ndarray:
+        """(features,) float32."""
+        return (self._sum / np.maximum(self.count, 1)).astype(np.float32)
+
+    @property
+    def std(self) -> np.ndarray:
+        """(features,) float32, with `EPSILON` added."""
+        mean = self._sum / np.maximum(self.count, 1)
+        variance = np.maximum(self._squares / np.maximum(self.count, 1) - np.square(mean), 0.0)
+        return (np.sqrt(variance) + self.EPSILON).astype(np.float32)
 
 
 @keras.saving.register_keras_serializable(package=PACKAGE)
@@ -285,8 +400,198 @@ class BackboneScaledAdam(keras.optimizers.Adam):
         return {**super().get_config(), "backbone_scale": self.backbone_scale, "backbone_prefixes": list(self.backbone_prefixes)}
 
 
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class ClassifierHead(layers.Layer):
+    """The classifier after the speaker normalisation: standardised segment embeddings -> class probabilities.
+
+    ``HeadConfig(kind="blstm-attention")`` (the paper's): a BLSTM over the segments, additive
+    attention pooling, the dense layers. ``kind="stats"``: the mean and standard deviation of
+    the segments (`StatisticsPooling`), standardised (`Standardization`, set by
+    `adapt_statistics`), the dense layers (none by default: a logistic regression). Its
+    parts are attributes (``blstm``, ``attention``, ``statistics``, ``statistics_normalization``,
+    ``dense``, ``output_dense``); the output is float32 under any precision.
+
+    Masking: consumes the segment mask (True = a real segment); ``call`` with
+    ``return_attention=True`` also gives each segment's weight (batch, segments): the
+    attention for the BLSTM head, an equal share of the real segments for the statistics head.
+
+    Args:
+        num_classes: int >= 2. Emotions to tell apart.
+        head: HeadConfig or dict. The head's description. Defaults to HeadConfig().
+
+    Example:
+    >>> head = ClassifierHead(3, HeadConfig(lstm_units=4, attention_units=4, dense_units=(8,)))
+    >>> head(np.random.normal(size=(2, 5, 6)).astype("float32")).shape
+    (2, 3)
+    """
+
+    def __init__(self, num_classes: int, head: HeadConfig | dict = HeadConfig(), **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
+        self.num_classes = int(num_classes)
+        self.config = HeadConfig(**head) if isinstance(head, dict) else head
+        self.supports_masking = True
+        config, policy = self.config, self.dtype_policy
+        self.embedding_dropout = layers.Dropout(config.embedding_dropout, dtype=policy, name="embedding_dropout")
+        if config.kind == "stats":
+            self.statistics = StatisticsPooling(dtype=policy, name="statistics")
+            # Identity until adapted (`adapt_statistics`): the means of standardised embeddings vary far less than their deviations.
+            self.statistics_normalization = Standardization(dtype=policy, name="statistics_normalization")
+        else:
+            self.blstm = layers.Bidirectional(layers.LSTM(config.lstm_units, return_sequences=True, dtype=policy), dtype=policy, name="blstm")
+            self.attention = AttentionPooling(config.attention_units, dtype=policy, name="attention")
+        regularizer = keras.regularizers.L2(config.weight_decay) if config.weight_decay else None
+        self.dense = [
+            layers.Dense(units, activation="relu", kernel_regularizer=regularizer, dtype=policy, name=f"dense_{index}")
+            for index, units in enumerate(config.dense_units, start=1)
+        ]
+        self.dropouts = [layers.Dropout(config.dropout, dtype=policy, name=f"dropout_{index}") for index in range(1, len(self.dense) + 1)]
+        self.output_dense = layers.Dense(num_classes, activation="softmax", kernel_regularizer=regularizer, dtype="float32", name="emotion")
+
+    def build(self, input_shape) -> None:
+        features = input_shape[-1]
+        if self.config.kind == "stats":
+            self.statistics_normalization.build((None, 2 * features))
+            width = 2 * features
+        else:
+            self.blstm.build((None, None, features))
+            self.attention.build((None, None, 2 * self.config.lstm_units))
+            width = 2 * self.config.lstm_units
+        for dense in self.dense:
+            dense.build((None, width))
+            width = dense.units
+        self.output_dense.build((None, width))
+
+    def call(self, embeddings, mask=None, training=None, return_attention=False):
+        x = self.embedding_dropout(embeddings, training=training)
+        if self.config.kind == "stats":
+            x = self.statistics_normalization(self.statistics(x, mask=mask))
+            real = ops.ones(ops.shape(embeddings)[:2]) if mask is None else ops.cast(mask, "float32")
+            weights = real / ops.maximum(ops.sum(real, axis=1, keepdims=True), 1.0)
+        else:
+            x, weights = self.attention(self.blstm(x, mask=mask, training=training), mask=mask)
+        for dense, dropout in zip(self.dense, self.dropouts):
+            x = dropout(dense(x), training=training)
+        probabilities = self.output_dense(x)
+        return (probabilities, weights) if return_attention else probabilities
+
+    def adapt_statistics(self, utterances: Sequence[np.ndarray]) -> None:
+        """Set the statistics head's standardisation from training utterances' standardised segment embeddings (steps, features) each."""
+        pooled = [ops.convert_to_numpy(self.statistics(ops.convert_to_tensor(array[np.newaxis]))) for array in utterances]
+        self.statistics_normalization.adapt(np.concatenate(pooled))
+
+    def compute_mask(self, embeddings, mask=None):
+        return None
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.num_classes)
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config.update({"num_classes": self.num_classes, "head": dataclasses.asdict(self.config)})
+        return config
+
+
+@keras.saving.register_keras_serializable(package=PACKAGE)
+class EmotionRecognizer(keras.Model):
+    """The whole recogniser: front end, segment encoder, speaker normalisation and head, from waveform to emotion.
+
+    Called on segments (batch, segments, frames, n_mels, 3) it gives class probabilities
+    (batch, classes): training feeds it cached segments. The forward API:
+
+    - ``embed(segments)``: (batch, segments, features) backbone embeddings;
+    - ``classify(embeddings, mean=None, std=None, return_attention=False)``: probabilities
+      of embeddings (padding rows `utils.PAD_VALUE`) standardised with the stored training
+      statistics, or with a group's own ``mean`` and ``std`` (features,);
+    - ``predict_waveform(waveform)``: (windows, samples) PCM at ``front_end.features.sr``
+      -> per-window probabilities, through the in-graph front end.
+
+    Args:
+        front_end: frontend.LogMelFrontEnd. Its features are the run's.
+        encoder: SegmentEncoder. Scaling and backbone.
+        head: ClassifierHead.
+        speaker_normalization: Standardization or None. A new (identity) one when None.
+
+    Example:
+    >>> model = SpeechModel.create_model(3, weights=None, backbone="efficientnet_lite0", features=FeatureConfig(n_mels=32, segment_frames=32, segment_hop=16))
+    >>> model.predict_waveform(np.zeros((1, 16000), "float32")).shape
+    (1, 3)
+    """
+
+    def __init__(
+        self,
+        front_end: LogMelFrontEnd,
+        encoder: SegmentEncoder,
+        head: ClassifierHead,
+        speaker_normalization: Standardization | None = None,
+        **kwargs: Any,
+    ) -> None:
+        speaker_normalization = speaker_normalization or Standardization(name="speaker_normalization")
+        segments = keras.Input(shape=(None, *front_end.features.segment_shape), name="segments")
+        probabilities = head(speaker_normalization(encoder(segments)))
+        super().__init__(inputs=segments, outputs=probabilities, **kwargs)
+        self.front_end = front_end
+        if not front_end.built:
+            front_end.build((None, None))  # fixed matrices: built now, so they save and load alike
+        self.encoder = encoder
+        self.speaker_normalization = speaker_normalization
+        self.head = head
+
+    @property
+    def features(self) -> FeatureConfig:
+        """The feature parameters of the front end, and of the segments the model takes."""
+        return self.front_end.features
+
+    def embed(self, segments):
+        """Segments (batch, segments, frames, n_mels, 3) -> backbone embeddings (batch, segments, features)."""
+        return self.encoder(segments)
+
+    def classify(self, embeddings, mean=None, std=None, return_attention: bool = False):
+        """Embeddings (batch, segments, features), rows of `utils.PAD_VALUE` padding -> probabilities (batch, classes).
+
+        Standardised with ``mean`` and ``std`` (features,) when given (a group's own
+        statistics, `RunningStatistics`), else with the training speakers' pooled ones. With
+        ``return_attention``, also each segment's weight (batch, segments).
+        """
+        mask = ops.any(ops.not_equal(embeddings, PAD_VALUE), axis=-1)
+        return self.head(self.speaker_normalization(embeddings, mean, std), mask=mask, return_attention=return_attention)
+
+    def predict_waveform(self, waveform, return_attention: bool = False):
+        """PCM windows (windows, samples), float32 at ``features.sr``, each row a whole window -> probabilities (windows, classes)."""
+        segments = self.front_end(waveform)
+        return self.head(self.speaker_normalization(self.encoder(segments)), return_attention=return_attention)
+
+    def head_model(self) -> keras.Model:
+        """The head as a model of its own for training on precomputed, standardised embeddings (frozen backbone).
+
+        Input "embeddings" float32 (batch, segments, features), rows of `utils.PAD_VALUE`
+        padding; output probabilities. Shares the head's layers (and weights) with this model.
+        """
+        embeddings = keras.Input(shape=(None, self.encoder.features), name="embeddings")
+        probabilities = self.head(layers.Masking(PAD_VALUE, name="padding_mask")(embeddings))
+        return keras.Model(embeddings, probabilities, name=f"{self.name}_head")
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            **{part: keras.saving.serialize_keras_object(getattr(self, part)) for part in PARTS},
+        }
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> EmotionRecognizer:
+        config = dict(config)
+        for part in PARTS:
+            config[part] = keras.saving.deserialize_keras_object(config[part])
+        return cls(**config)
+
+
+PARTS = ("front_end", "encoder", "speaker_normalization", "head")  # the attributes of an EmotionRecognizer, in the order data flows
+
+
 class SpeechModel:
-    """Build, inspect and export DCNN-BLSTMwA models.
+    """Build DCNN-BLSTMwA recognisers, and run them as plain functions.
 
     Example:
     >>> model = SpeechModel.create_model(num_classes=8, weights=None)
@@ -300,7 +605,7 @@ class SpeechModel:
         *,
         weights: str | os.PathLike | None = "imagenet",
         backbone: str | keras.Model = "resnet50v2",
-        segment_shape: Sequence[int] = DEFAULT_FEATURES.segment_shape,
+        features: FeatureConfig = DEFAULT_FEATURES,
         image_size: int | None = None,
         stages: str = "last",
         input_range: Sequence[float] | None = None,
@@ -310,8 +615,8 @@ class SpeechModel:
         freeze_batch_normalization: bool = False,
         precision: str = "float32",
         compile: bool = True,
-    ) -> keras.Model:
-        """The DCNN-BLSTMwA model, compiled and ready for ``fit``.
+    ) -> EmotionRecognizer:
+        """The DCNN-BLSTMwA recogniser, compiled and ready for ``fit`` on segments.
 
         Args:
             num_classes: int. Emotions to tell apart. Defaults to 8 (RAVDESS).
@@ -324,8 +629,8 @@ class SpeechModel:
                 features, about 4x faster on a CPU), or a Keras model that maps one
                 segment (or one ``image_size`` image) to a vector; its own weights are
                 kept unless ``weights`` is a path. Defaults to "resnet50v2".
-            segment_shape: tuple of 3 ints. (frames, Mel bands, channels) of one segment.
-                Defaults to `utils.DEFAULT_FEATURES.segment_shape`, (64, 64, 3).
+            features: utils.FeatureConfig. The front end's parameters; the segments' shape,
+                (segment_frames, n_mels, 3), follows from them. Defaults to `utils.DEFAULT_FEATURES`.
             image_size: int or None. Resize segments to image_size x image_size inside the
                 model (the paper resized to 227; about 12x the compute at 224); None, or the
                 segments' own square size, keeps them as cut. Defaults to None.
@@ -334,7 +639,7 @@ class SpeechModel:
                 `backbones.build_backbone`). Defaults to "last".
             input_range: tuple of 2 floats or None. Range the backbone expects; None takes
                 the named backbone's own, or (-1, 1) for a keras.Model. Defaults to None.
-            head: HeadConfig. BLSTM, attention and dense layers. Defaults to HeadConfig().
+            head: HeadConfig. The classifier (`ClassifierHead`). Defaults to HeadConfig().
             learning_rate: float. Adam learning rate. Defaults to 1e-4.
             backbone_learning_rate_scale: float >= 0. The backbone trains at this times
                 ``learning_rate`` (`BackboneScaledAdam`), for fine-tuning. Defaults to 1.
@@ -343,24 +648,21 @@ class SpeechModel:
                 in inference even while the rest fine-tunes. Defaults to False.
             precision: "float32", "bfloat16" or "float16" (`devices.PRECISIONS`). Mixed
                 precision computes in 16 bits on float32 variables (float16 with loss
-                scaling, which ``compile`` adds); the attention softmax and the output
-                probabilities stay float32. It applies whatever Keras' global dtype policy
-                is. Defaults to "float32".
+                scaling, which ``compile`` adds); the front end, the attention softmax and
+                the output probabilities stay float32. Defaults to "float32".
             compile: bool. Compile with Adam, sparse categorical cross-entropy and accuracy.
                 Defaults to True.
 
         Returns:
-            keras.Model: input "segments" float32 (batch, segments, *segment_shape) with
+            EmotionRecognizer: input "segments" float32 (batch, segments, *segment_shape) with
             any number of segments, padding segments masked; output class probabilities
-            (batch, num_classes).
+            (batch, num_classes). Its speaker normalisation is the identity until adapted.
 
         Raises:
             BackboneWeightsError: if ImageNet weights cannot be downloaded, or a weights
                 path is missing, is a whole saved model, or does not fit the backbone.
         """
-        segment_shape = tuple(int(size) for size in segment_shape)
-        if len(segment_shape) != 3:
-            raise ValueError(f"segment_shape must be (frames, mel_bands, channels), got {segment_shape!r}")
+        segment_shape = features.segment_shape
         if image_size == segment_shape[0] == segment_shape[1]:
             image_size = None  # the segments' own size: nothing to resize
         image_shape = (image_size, image_size, segment_shape[2]) if image_size else segment_shape
@@ -370,179 +672,60 @@ class SpeechModel:
                 for layer in _nested_layers(backbone_model):
                     if isinstance(layer, layers.BatchNormalization):
                         layer.trainable = False
-
-            segments = keras.Input(shape=(None, *segment_shape), name="segments")
-            x = SegmentScaling(input_range or default_range, name="scaling")(segments)
-            x = SegmentEncoder(backbone_model, image_size=image_size, name=ENCODER_LAYER)(x)
-            probabilities = _classifier_head(x, num_classes, head)
-            model = keras.Model(segments, probabilities, name="dcnn_blstmwa")
+            model = EmotionRecognizer(
+                LogMelFrontEnd(features, dtype="float32", name="front_end"),
+                SegmentEncoder(backbone_model, image_size=image_size, input_range=input_range or default_range, name="encoder"),
+                ClassifierHead(num_classes, head, name="head"),
+                name="dcnn_blstmwa",
+            )
         if compile:
             _compile(model, learning_rate, backbone_learning_rate_scale, f"{backbone_model.name}/")
         return model
 
     @staticmethod
-    def create_head(
-        num_classes: int = NUM_CLASSES,
-        *,
-        embedding_size: int,
-        head: HeadConfig = HeadConfig(),
-        learning_rate: float = LEARNING_RATE,
-        precision: str = "float32",
-        compile: bool = True,
-    ) -> keras.Model:
-        """The part of the model after the backbone, on precomputed segment embeddings.
-
-        For training with a frozen backbone: embed every segment once (see
-        `embedding_model`), train this head, then copy its weights into a full
-        model made with the same ``head`` with `load_head_weights`.
-
-        Args:
-            embedding_size: int. Length of one segment's embedding (the backbone's
-                `backbones.Backbone.embedding_size`: 2048 for ResNet50V2).
-            Others: as in `create_model`.
-
-        Returns:
-            keras.Model: input "embeddings" float32 (batch, segments, embedding_size),
-            rows of `utils.PAD_VALUE` masked as padding; output class probabilities.
-        """
-        with _dtype_policy(precision):
-            embeddings = keras.Input(shape=(None, embedding_size), name="embeddings")
-            x = layers.Masking(PAD_VALUE, name="padding_mask")(embeddings)
-            probabilities = _classifier_head(x, num_classes, head)
-            model = keras.Model(embeddings, probabilities, name="dcnn_blstmwa_head")
-        if compile:
-            _compile(model, learning_rate)
-        return model
+    def compile_head(model: keras.Model, learning_rate: float = LEARNING_RATE) -> None:
+        """Compile a model (a full recogniser or its `EmotionRecognizer.head_model`) as the recipe trains it: Adam, cross-entropy."""
+        _compile(model, learning_rate)
 
     @staticmethod
-    def embedding_model(model: keras.Model) -> keras.Model:
-        """The scaling and backbone of ``model``: segments (batch, segments, ...) -> (batch, segments, features).
-
-        Shares layers and weights with ``model``. Feed many utterances' segments
-        as one long sequence, shape (1, total_segments, ...): every segment is
-        scaled and embedded on its own, so the grouping does not matter.
-        """
-        return keras.Model(model.inputs, model.get_layer(ENCODER_LAYER).output, name=f"{model.name}_embeddings")
-
-    @staticmethod
-    def standardized_head(model: keras.Model) -> keras.Model:
-        """The head of ``model`` without its embedding normalisation, for embeddings standardised elsewhere.
-
-        For per-speaker normalisation at inference: embed with `embedding_model`, standardise
-        each speaker's embeddings with their own statistics, classify with this model. It
-        shares the layers (and weights) of ``model``.
-
-        Returns:
-            keras.Model: input "embeddings" float32 (batch, segments, features), rows of
-            `utils.PAD_VALUE` masked as padding; output class probabilities.
-        """
-        features = model.get_layer(ENCODER_LAYER).features
-        embeddings = keras.Input(shape=(None, features), name="embeddings")
-        x = layers.Masking(PAD_VALUE, name="padding_mask")(embeddings)
-        for layer in _head_layers(model)[1:]:  # after the normalisation, in the order they were built
-            x = layer(x)
-            if layer.name == ATTENTION_LAYER:
-                x = x[0]  # pooled; the attention weights are not needed here
-        return keras.Model(embeddings, x, name=f"{model.name}_standardized_head")
-
-    @staticmethod
-    def adapt_normalization(model: keras.Model, embeddings) -> None:
-        """Set the embedding normalisation of ``model`` (full or head) from training embeddings.
-
-        Args:
-            model: keras.Model. From `create_model` or `create_head`.
-            embeddings: array of shape (segments, features). Embeddings of real
-                (not padding) training segments, e.g. from `embedding_model`.
-        """
-        # The layer was built on (batch, segments, features): one long utterance of them.
-        model.get_layer(NORMALIZATION_LAYER).adapt(ops.expand_dims(ops.convert_to_tensor(embeddings), 0))
-
-    @staticmethod
-    def adapt_statistics_normalization(model: keras.Model, utterances: Sequence[np.ndarray]) -> None:
-        """Set the standardisation of the statistics head (``HeadConfig(kind="stats")``) from training utterances.
-
-        Adapt the embedding normalisation first (`adapt_normalization`): the statistics
-        are those of the normalised embeddings, as the head computes them.
-
-        Args:
-            model: keras.Model. From `create_model` or `create_head` with the "stats" head.
-            utterances: sequence of arrays of shape (segments, features). Each training
-                utterance's segment embeddings.
-        """
-        normalization, pooling = model.get_layer(NORMALIZATION_LAYER), model.get_layer(STATISTICS_LAYER)
-        pooled = np.concatenate([
-            ops.convert_to_numpy(pooling(normalization(ops.convert_to_tensor(embeddings[np.newaxis]))))
-            for embeddings in utterances
-        ])
-        model.get_layer(STATISTICS_NORMALIZATION_LAYER).adapt(pooled)
-
-    @staticmethod
-    def load_head_weights(model: keras.Model, head: keras.Model) -> None:
-        """Copy the weights of a trained `create_head` model into the head of ``model``.
-
-        Raises:
-            ValueError: if the two heads differ (made with other `HeadConfig` or class
-                counts): the layers or shapes that do not match are named.
-        """
-        trained = {layer.name: layer for layer in head.layers if layer.weights}
-        target = {layer.name: layer for layer in _head_layers(model) if layer.weights}
-        mismatched = sorted(set(trained) ^ set(target)) + sorted(
-            name for name in set(trained) & set(target)
-            if [w.shape for w in trained[name].weights] != [w.shape for w in target[name].weights]
-        )
-        if mismatched:
-            raise ValueError(f"the head does not fit the model: layers {mismatched} differ; build both with one HeadConfig")
-        for name, layer in trained.items():
-            target[name].set_weights(layer.get_weights())
-        _finalize_normalizations(model)
-
-    @staticmethod
-    def precision_copy(model: keras.Model, precision: str = "bfloat16") -> keras.Model:
+    def precision_copy(model: EmotionRecognizer, precision: str = "bfloat16") -> EmotionRecognizer:
         """A copy of ``model`` (same weights, no optimizer) that computes in another precision.
 
         Every layer, the backbone's included, takes the precision (`devices.PRECISIONS`);
-        the output layer stays float32 and the attention softmax runs in float32 as always.
-        For inference, bfloat16 is about 1.5x faster on CPUs with bf16 units (and on GPUs),
-        with probabilities a little off those of float32; a model trained in mixed precision
-        is exported as a float32 copy. A model loaded from a ``.keras`` file keeps the
-        policies it was saved with, hence a copy.
+        the front end and the output layer stay float32, and the attention softmax runs in
+        float32 as always. For inference, bfloat16 is about 1.5x faster on CPUs with bf16
+        units (and on GPUs), with probabilities a little off those of float32; a model
+        trained in mixed precision is exported as a float32 copy.
         """
-        config = model.get_config()
+        config = keras.saving.serialize_keras_object(model)
         _set_dtype_policies(config, dtype_policy(precision))
-        copy = keras.Model.from_config(config)
+        copy = keras.saving.deserialize_keras_object(config)
         copy.set_weights(model.get_weights())
-        _finalize_normalizations(copy)
         return copy
 
     @staticmethod
-    def attention_model(model: keras.Model) -> keras.Model:
-        """A model that returns ``(probabilities, attention weights)`` for the same input.
+    def inference_function(function: Callable, *trailing_shapes: Sequence[int | None]) -> Callable[..., np.ndarray]:
+        """``function`` (a model, or a method such as ``model.classify``) as a plain function for inference: NumPy in, NumPy out.
 
-        The weights, (batch, segments) float32, say how much each segment counted:
-        they sum to 1 over an utterance's real segments and are 0 on padding. The
-        new model shares the layers (and weights) of ``model``.
-        """
-        if ATTENTION_LAYER not in [layer.name for layer in model.layers]:
-            raise ValueError("the model has no attention layer (its head pools statistics); attention_model needs the blstm-attention head")
-        _, weights = model.get_layer(ATTENTION_LAYER).output
-        return keras.Model(model.inputs, [model.outputs[0], weights], name=f"{model.name}_with_attention")
-
-    @staticmethod
-    def inference_function(model: keras.Model) -> Callable[[np.ndarray], np.ndarray]:
-        """``model`` as a plain function for inference: padded batch (NumPy) -> outputs (NumPy).
-
+        ``trailing_shapes`` are the shapes of the inputs after their batch axis (None: any
+        size), e.g. ``(None, 64, 64, 3)`` for segments; a keras.Model gives its own.
         On TensorFlow, one graph traced once for every batch size and step count
-        (``predict_on_batch`` would trace again for each new shape); on JAX and
-        PyTorch, ``predict_on_batch``. Works for full models and heads alike, and for a
-        model built under a JAX ``keras.distribution`` (each process passes the same
-        batch; its rows are filled up to split evenly over the devices).
+        (``predict_on_batch`` would trace again for each new shape); on JAX and PyTorch,
+        the function called as it is (a keras.Model through ``predict_on_batch``, which
+        works for a model built under a JAX ``keras.distribution`` too: each process
+        passes the same batch; its rows are filled up to split evenly over the devices).
         """
+        if isinstance(function, keras.Model) and not trailing_shapes:
+            trailing_shapes = [tuple(function.inputs[0].shape[1:])]
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
-            signature = [tf.TensorSpec((None, None, *model.inputs[0].shape[2:]), tf.float32)]
-            forward = tf.function(lambda inputs: model(inputs, training=False), input_signature=signature)
-            return lambda inputs: forward(tf.constant(inputs)).numpy()
+            signature = [tf.TensorSpec((None, *shape), tf.float32) for shape in trailing_shapes]
+            call = (lambda *inputs: function(*inputs, training=False)) if isinstance(function, keras.Model) else function
+            traced = tf.function(call, input_signature=signature)
+            return lambda *inputs: keras.tree.map_structure(lambda x: x.numpy(), traced(*(tf.constant(x) for x in inputs)))
+        if not isinstance(function, keras.Model):
+            return lambda *inputs: keras.tree.map_structure(ops.convert_to_numpy, function(*inputs))
         if keras.backend.backend() == "jax" and keras.distribution.distribution() is not None:
             import jax
             from jax.experimental import multihost_utils
@@ -551,85 +734,17 @@ class SpeechModel:
                 rows = len(inputs)
                 filled = np.concatenate([inputs, np.repeat(inputs[:1], -rows % jax.local_device_count(), axis=0)])
                 # Every process passed the same rows: the global output holds them once per process.
-                return np.asarray(multihost_utils.process_allgather(model.predict_on_batch(filled), tiled=True))[:rows]
+                return np.asarray(multihost_utils.process_allgather(function.predict_on_batch(filled), tiled=True))[:rows]
 
             return distributed
-        return lambda inputs: np.asarray(model.predict_on_batch(inputs))
-
-    @staticmethod
-    def export(model: keras.Model, path: str | os.PathLike) -> None:
-        """Write ``model`` as a TensorFlow SavedModel for serving.
-
-        The serving function (``serve``, and the ``serving_default`` signature)
-        takes float32 segments (batch, segments, *segment_shape) with any batch size
-        and segment count and returns class probabilities. Needs TensorFlow installed;
-        works from the TensorFlow and JAX backends (train on PyTorch, save
-        ``model.keras``, load it under one of those to export).
-        """
-        if keras.backend.backend() not in ("tensorflow", "jax"):
-            raise RuntimeError(
-                f"exporting a SavedModel works from the TensorFlow and JAX backends, not {keras.backend.backend()}; "
-                "save model.keras and export it after loading under KERAS_BACKEND=tensorflow or jax"
-            )
-        try:
-            import tensorflow  # noqa: F401  (the exporter's own dependency, checked for a clear message)
-        except ImportError:
-            raise RuntimeError(
-                "exporting a SavedModel needs TensorFlow; save model.keras here and export it where TensorFlow is installed"
-            ) from None
-        segment_shape = tuple(model.inputs[0].shape[2:])
-        signature = [keras.InputSpec(shape=(None, None, *segment_shape), dtype="float32", name="segments")]
-        model.export(str(path), format="tf_saved_model", input_signature=signature, verbose=False)
-
-
-def _classifier_head(x, num_classes: int, head: HeadConfig):
-    """Embedding normalisation, BLSTM, attention pooling and the dense layers, on masked segment features ``x``.
-
-    The one definition of the head: `create_model` and `create_head` both build it here,
-    so their layers (and names) agree by construction.
-    """
-    if num_classes < 2:
-        raise ValueError(f"num_classes must be >= 2, got {num_classes!r}")
-    # Identity until adapted (see `SpeechModel.adapt_normalization`): backbones differ in
-    # the scale of their features by orders of magnitude, the BLSTM wants them standardised.
-    x = layers.Normalization(axis=-1, name=NORMALIZATION_LAYER)(x)
-    if head.embedding_dropout:
-        x = layers.Dropout(head.embedding_dropout, name="embedding_dropout")(x)
-    if head.kind == "stats":
-        x = StatisticsPooling(name=STATISTICS_LAYER)(x)
-        # Identity until adapted (see `SpeechModel.adapt_statistics_normalization`): the means
-        # of standardised embeddings vary far less than their deviations.
-        x = layers.Normalization(axis=-1, name=STATISTICS_NORMALIZATION_LAYER)(x)
-    else:
-        x = layers.Bidirectional(layers.LSTM(head.lstm_units, return_sequences=True), name="blstm")(x)
-        x, _ = AttentionPooling(head.attention_units, name=ATTENTION_LAYER)(x)
-    regularizer = keras.regularizers.L2(head.weight_decay) if head.weight_decay else None
-    for index, units in enumerate(head.dense_units, start=1):
-        x = layers.Dense(units, activation="relu", kernel_regularizer=regularizer, name=f"dense_{index}")(x)
-        x = layers.Dropout(head.dropout, name=f"dropout_{index}")(x)
-    return layers.Dense(
-        num_classes, activation="softmax", kernel_regularizer=regularizer, dtype="float32", name=OUTPUT_LAYER
-    )(x)
-
-
-def _finalize_normalizations(model: keras.Model) -> None:
-    """Derive the applied statistics of the head's normalisations from their variables, after ``set_weights``."""
-    for layer in _head_layers(model):
-        if isinstance(layer, layers.Normalization):
-            layer.finalize_state()
-
-
-def _head_layers(model: keras.Model) -> list:
-    """The layers of a full model after its segment encoder: those `create_head` builds too."""
-    names = [layer.name for layer in model.layers]
-    return model.layers[names.index(ENCODER_LAYER) + 1 :]
+        return lambda inputs: np.asarray(function.predict_on_batch(inputs))
 
 
 def _set_dtype_policies(config: Any, policy: str, layer: str | None = None) -> None:
     """Replace, in place, every layer's dtype policy in a model config by ``policy``, the output layer's aside."""
     if isinstance(config, dict):
         if config.get("class_name") == "DTypePolicy":
-            if layer != OUTPUT_LAYER:
+            if layer not in FLOAT32_LAYERS:
                 config["config"]["name"] = policy
             return
         layer = config["name"] if isinstance(config.get("name"), str) else layer

@@ -18,13 +18,11 @@ import sys
 import threading
 from collections.abc import Callable, Sequence
 
+from errors import UsageError  # raised by the library modules, reported here
+
 EXIT_FAILURE = 1  # the work failed (bad data, no network, a damaged file)
 EXIT_USAGE = 2  # the command line asked for something impossible (as argparse exits)
 EXIT_INTERRUPTED = 130  # Ctrl-C: 128 + SIGINT, as shells report it
-
-
-class UsageError(Exception):
-    """A mistake in the command line; the message names the flag that fixes it. Exit code 2."""
 
 
 def run_command(body: Callable[[], int], *, failures: tuple[type[BaseException], ...], interrupted: str) -> int:

@@ -26,7 +26,7 @@ import json
 import os
 from typing import Any
 
-from cli import UsageError
+from errors import UsageError
 
 # float32, or mixed precision: bfloat16 or float16 arithmetic on float32 variables; the attention
 # softmax and the output probabilities stay float32 either way.
@@ -142,7 +142,7 @@ def _tf_workers() -> int:
 def place(devices: int | None, batch_size: int) -> Placement:
     """The placement of a fine-tuning run on ``devices`` devices (None: every accelerator of the job, else one).
 
-    Raises `cli.UsageError` when ``devices`` exceeds what the backend sees (or, in a job of
+    Raises `errors.UsageError` when ``devices`` exceeds what the backend sees (or, in a job of
     several processes, is not all of the job's devices), when ``batch_size`` does not split
     evenly over them, or when ``TF_CONFIG`` asks TensorFlow for several workers.
     """

@@ -126,9 +126,7 @@ def imagenet_weights(include_top: bool, cache_dir: str | os.PathLike | None = No
         WeightsFileError: if the package is not installed or its file does not convert.
     """
     if cache_dir is None:
-        from features import default_cache_dir
-
-        cache_dir = default_cache_dir() / "weights"
+        cache_dir = files.default_cache_dir() / "weights"
     target = Path(cache_dir) / f"efficientnet_lite0_imagenet{'' if include_top else '_notop'}.weights.h5"
     if target.is_file():
         return target

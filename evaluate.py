@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 import cli
+from errors import UsageError
 import corpora
 import files
 import infer
@@ -42,7 +43,7 @@ class EvaluationError(Exception):
     """A run and a corpus that cannot be compared; reported as one sentence, exit code 1."""
 
 
-class LeakingNormalisationError(EvaluationError, cli.UsageError):
+class LeakingNormalisationError(EvaluationError, UsageError):
     """A speaker normalisation that would see the labels (folders that are classes); exit code 2."""
 
 

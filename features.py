@@ -21,7 +21,7 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Protocol, Union
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 # Bump when the feature code changes its output for the same parameters, so that
 # caches written by older code are never served.
-FEATURE_CODE_VERSION = 1
+FEATURE_CODE_VERSION = 2  # 2: signals shorter than utils.min_samples are padded to it
 
 EMBEDDING_BATCH_SEGMENTS = 256  # segments per backbone call when embedding
 
@@ -91,12 +91,6 @@ class ExtractedFeatures:
     segments: dict[SourceKey, np.ndarray] = dataclasses.field(default_factory=dict)
     errors: dict[str, str] = dataclasses.field(default_factory=dict)
     cache_hits: int = 0
-
-
-def default_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/dcnn-blstmwa`` (``~/.cache/dcnn-blstmwa`` when unset): outside any dataset."""
-    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(root) / "dcnn-blstmwa"
 
 
 def usable_cache_dir(folder: utils.PathLike) -> Path | None:
@@ -303,39 +297,23 @@ def _compute(
     return source, None, None
 
 
-def encoder_fingerprint(embedding_model) -> str:
-    """Hash of everything that decides a segment's embedding: the layers' configuration and weights."""
+def encoder_fingerprint(encoder) -> str:
+    """Hash of everything that decides a segment's embedding: the encoder layer's configuration (its backbone's included) and weights."""
     import keras
 
     digest = hashlib.sha256()
-    for layer in embedding_model.layers:
-        digest.update(json.dumps(layer.get_config(), sort_keys=True, default=str).encode())
-    for weight in embedding_model.weights:
+    digest.update(json.dumps(keras.saving.serialize_keras_object(encoder), sort_keys=True, default=str).encode())
+    for weight in encoder.weights:
         digest.update(np.ascontiguousarray(keras.ops.convert_to_numpy(weight)).tobytes())
     return digest.hexdigest()
 
 
-def embedding_statistics(arrays: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and standard deviation over every row of ``arrays``: one speaker's statistics.
-
-    Parameters
-    ----------
-    arrays : sequence of np.ndarray [shape=(steps_i, features)]
-        Segment embeddings, e.g. of all of one speaker's files.
-
-    Returns
-    -------
-    mean, std : np.ndarray [shape=(features,)]
-        ``std`` has 1e-6 added, so a feature constant over the speaker standardises to 0, not NaN.
-    """
-    stacked = np.concatenate(arrays)
-    return stacked.mean(axis=0), stacked.std(axis=0) + 1e-6
-
-
 def extract_embeddings(
-    embedding_model,
+    embed: Callable[[np.ndarray], np.ndarray],
     segments: dict[SourceKey, np.ndarray],
     *,
+    width: int,
+    fingerprint: str = "",
     config: utils.FeatureConfig = utils.DEFAULT_FEATURES,
     cache_dir: utils.PathLike | None = None,
     progress: bool | None = None,
@@ -344,28 +322,30 @@ def extract_embeddings(
 
     Parameters
     ----------
-    embedding_model : keras.Model
-        Segments (1, steps, ...) -> embeddings (1, steps, features), such as
-        `SpeechModel.embedding_model`; every segment is embedded on its own.
+    embed : callable
+        Segments (1, steps, ...) -> embeddings (1, steps, width) as NumPy, such as
+        ``SpeechModel.inference_function(model.embed, ...)``; every segment is embedded on its own.
     segments : dict
         What `extract_features` returned in ``.segments``.
+    width : int > 0
+        Length of one segment's embedding.
+    fingerprint : str
+        What identifies the encoder (`encoder_fingerprint`): part of the cache key.
     config : utils.FeatureConfig
         The parameters the segments were made with (part of the cache key).
     cache_dir : str or os.PathLike or None
-        Folder for cached embeddings, keyed by the features' key and the model's
-        `encoder_fingerprint`; None caches nothing.
+        Folder for cached embeddings, keyed by the features' key and ``fingerprint``;
+        None caches nothing.
     progress : bool or None
         As in `extract_features`.
 
     Returns
     -------
-    embeddings : dict[SourceKey, np.ndarray [shape=(steps, features), dtype=float32]]
+    embeddings : dict[SourceKey, np.ndarray [shape=(steps, width), dtype=float32]]
         In the order of ``segments``. Segments of many utterances go through the
         backbone together, up to `EMBEDDING_BATCH_SEGMENTS` per call.
     """
-    cache = None if cache_dir is None else FileCache(cache_dir)
-    fingerprint = "" if cache is None else encoder_fingerprint(embedding_model)
-    width = int(embedding_model.outputs[0].shape[-1])
+    cache = None if cache_dir is None or not fingerprint else FileCache(cache_dir)
     keys, embeddings, missing = {}, {}, []
     for source in segments:
         feature_key = None if cache is None else cache_key(source, config)
@@ -384,13 +364,10 @@ def extract_embeddings(
         if chunks[-1] and sum(len(segments[item]) for item in chunks[-1]) + len(segments[source]) > EMBEDDING_BATCH_SEGMENTS:
             chunks.append([])
         chunks[-1].append(source)
-    from SpeechModel import SpeechModel
-
-    embed = SpeechModel.inference_function(embedding_model)
     with tqdm(total=len(missing), unit="file", desc="embeddings", disable=None if progress is None else not progress) as bar:
         for chunk in filter(None, chunks):
             stacked = np.concatenate([segments[item] for item in chunk])[np.newaxis]
-            output = embed(stacked)[0].astype(np.float32)
+            output = np.asarray(embed(stacked))[0].astype(np.float32)
             for item, part in zip(chunk, np.split(output, np.cumsum([len(segments[i]) for i in chunk])[:-1])):
                 if not np.isfinite(part).all():
                     path = item if isinstance(item, str) else item[0]

@@ -84,3 +84,9 @@ def file_problem(path: str | os.PathLike) -> str | None:
         return f"its folder {folder} does not exist"
     problem = folder_problem(folder)
     return None if problem is None else f"its folder {folder} {problem}"
+
+
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/dcnn-blstmwa`` (``~/.cache/dcnn-blstmwa`` when unset): features, embeddings and weights, outside any dataset."""
+    root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(root) / "dcnn-blstmwa"

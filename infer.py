@@ -4,7 +4,7 @@
 
 Steps: find the run (the newest complete one in saved_model/ by default), list the
 audio files (folders recursively), cut long files into windows, compute each window's
-segments exactly as the run's features.json says (in background threads, overlapping
+segments with the parameters of the run's front end (in background threads, overlapping
 the model), run windows of similar length through the model together, and combine a
 file's windows weighted by their duration. `predict` is the same for use from code,
 and `predict_signal` for audio already in memory.
@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 
 import batching
-import features
 import runs
 import utils
 import cli
-from cli import UsageError, positive_float, positive_int
+from cli import positive_float, positive_int
+from errors import UsageError
 from devices import PRECISIONS
 from files import file_problem, write_atomically
 from runs import Run, load_newest_run, load_run
@@ -138,19 +138,18 @@ def audio_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def window_spans(duration: float, window: float = WINDOW_SECONDS) -> list[tuple[float, float]]:
-    """Contiguous (start, end) spans in seconds that cover ``duration``, each about ``window`` long.
+    """Contiguous, equal (start, end) spans in seconds that cover ``duration``, each about ``window`` long.
 
-    A last piece shorter than half a window joins the one before, so every span
-    but a short file's only one lasts between half and one and a half windows.
+    As many as the nearest whole number of windows (`frontend.window_count`, at least one),
+    so every span but a short file's only one lasts between 2/3 and 1.5 windows: the
+    windows the exported models cut a recording into (`frontend.split_windows`).
     """
+    import frontend  # Keras: not loaded for the command line's -h
+
     if window <= 0:
         raise ValueError(f"window must be > 0 seconds, got {window!r}")
-    starts = list(np.arange(0.0, duration, window)) or [0.0]
-    ends = starts[1:] + [duration]
-    if len(starts) > 1 and ends[-1] - starts[-1] < window / 2:
-        starts.pop()
-        ends.pop(-2)
-    return [(float(start), float(end)) for start, end in zip(starts, ends)]
+    count = int(frontend.window_count(duration, window))
+    return [(duration * index / count, duration * (index + 1) / count) for index in range(count)]
 
 
 # ---------------------------------------------------------------- prediction
@@ -355,14 +354,10 @@ def _forward_standardized(
 ) -> Iterator[tuple[_Window, np.ndarray | None]]:
     """Each window with its class probabilities, its embeddings standardised with its group's statistics.
 
-    A group (a folder, or a file) is embedded whole first: its statistics need every
-    window. The model comes from the run's model.keras (`SpeechModel.standardized_head`).
+    A group (a folder, a file, a speaker) is embedded whole first: its statistics need every window.
     """
-    from SpeechModel import SpeechModel
+    from SpeechModel import RunningStatistics
 
-    model = runs.load_keras_model(run.folder)
-    embed = SpeechModel.inference_function(SpeechModel.embedding_model(model))
-    head = SpeechModel.inference_function(SpeechModel.standardized_head(model))
     groups: dict[object, list[_Window]] = {}
     for job in jobs:
         groups.setdefault(group(job), []).append(job)
@@ -372,9 +367,11 @@ def _forward_standardized(
         yield from ((item, None) for item in computed if item.error is not None)
         if not usable:
             continue
-        embeddings = [embed(item.segments[np.newaxis])[0] for item in usable]
-        mean, std = features.embedding_statistics(embeddings)
-        probabilities = batching.predict(head, [(e - mean) / std for e in embeddings], batch_size)
+        embeddings = [run.embed(item.segments[np.newaxis])[0] for item in usable]
+        statistics = RunningStatistics()
+        for array in embeddings:
+            statistics.update(array)
+        probabilities = batching.predict(lambda batch: run.classify(batch, statistics.mean, statistics.std), embeddings, batch_size)
         yield from zip(usable, probabilities)
 
 

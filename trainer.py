@@ -26,7 +26,8 @@ import features
 import files
 import runs
 import utils
-from cli import UsageError, installed
+from cli import installed
+from errors import UsageError
 from devices import Placement
 
 logger = logging.getLogger("train")
@@ -88,7 +89,7 @@ class Options:
     devices: int | None = None
     seed: int = 0
     output: str = str(runs.MODEL_ROOT)
-    cache_dir: str = str(features.default_cache_dir())
+    cache_dir: str = str(files.default_cache_dir())
     custom_labels: bool = False
     augment: bool = False
     balance: str = "oversample"
@@ -179,21 +180,26 @@ def training_sources(
     return sources
 
 
-def standardize_per_speaker(embeddings: dict, speaker_of: dict) -> dict:
-    """Every speaker's segment embeddings standardised with that speaker's own mean and standard deviation.
+def standardize_per_speaker(normalization, embeddings: dict, speaker_of: dict) -> dict:
+    """Every speaker's segment embeddings standardised by ``normalization`` (the model's `Standardization`) with that speaker's own statistics.
 
     The statistics come from the speaker's original files (not their enhanced copies) and
     use no label: for test speakers too, which makes scores with it transductive (each test
     speaker's unlabelled recordings are seen as a whole before any is classified).
     """
-    statistics = {}
+    from keras import ops
+
+    from SpeechModel import RunningStatistics
+
+    statistics: dict = {}
     for speaker in set(speaker_of.values()):
-        originals = [embeddings[s] for s, who in speaker_of.items() if who == speaker and isinstance(s, str) and s in embeddings]
-        statistics[speaker] = features.embedding_statistics(
-            originals or [embeddings[s] for s, who in speaker_of.items() if who == speaker and s in embeddings]
-        )
+        sources = [s for s, who in speaker_of.items() if who == speaker and s in embeddings]
+        originals = [s for s in sources if isinstance(s, str)] or sources
+        statistics[speaker] = RunningStatistics()
+        for source in originals:
+            statistics[speaker].update(embeddings[source])
     return {
-        source: (array - statistics[speaker_of[source]][0]) / statistics[speaker_of[source]][1]
+        source: ops.convert_to_numpy(normalization(array, statistics[speaker_of[source]].mean, statistics[speaker_of[source]].std))
         for source, array in embeddings.items()
     }
 
@@ -308,6 +314,8 @@ def train_split(
     device, whatever the training precision and devices), the test metrics and the
     per-file test predictions.
     """
+    from keras import ops
+
     from SpeechModel import SpeechModel
 
     index_of = {label: index for index, label in enumerate(labels)}
@@ -348,38 +356,42 @@ def train_split(
         weights = None if options.weights == "none" else options.weights
         architecture = recipe if backbone is None else {**recipe, "backbone": backbone()}
         model = SpeechModel.create_model(
-            len(labels), weights=weights, segment_shape=options.features.segment_shape, **architecture,
+            len(labels), weights=weights, features=options.features, **architecture,
             learning_rate=options.learning_rate, precision=options.precision,
             # Fine-tuning settings: a pretrained backbone moves slower than the new head, and keeps its BatchNorm.
             backbone_learning_rate_scale=options.backbone_lr_scale if options.backbone_mode == "finetune" else 1.0,
             freeze_batch_normalization=options.freeze_batchnorm and options.backbone_mode == "finetune",
         )
         class_weight = augment.class_weights([e.label for e in train]) if options.balance == "class-weight" else None
+        embed = SpeechModel.inference_function(model.embed, (None, *options.features.segment_shape))
+        width = model.encoder.features
 
-        embedder = SpeechModel.embedding_model(model)
         if options.backbone_mode == "frozen":
             embeddings = features.extract_embeddings(
-                embedder, extracted.segments, config=options.features,
-                cache_dir=None if cache_dir is None else cache_dir / "embeddings",
-            )
-            raw_embeddings = embeddings
-            if options.speaker_norm:
-                speaker_of = {features.source_key(source): u.speaker for source, u in train_sources + evaluation}
-                embeddings = standardize_per_speaker(embeddings, speaker_of)
-            inputs = embeddings
-            trainee = SpeechModel.create_head(
-                len(labels), embedding_size=next(iter(embeddings.values())).shape[-1], head=head,
-                learning_rate=options.learning_rate, precision=options.precision,
+                embed, extracted.segments, width=width, fingerprint=features.encoder_fingerprint(model.encoder),
+                config=options.features, cache_dir=None if cache_dir is None else cache_dir / "embeddings",
             )
         else:
             # The starting backbone's embeddings, used once for the normalisation: not cached.
-            embeddings = features.extract_embeddings(embedder, {e.source: extracted.segments[e.source] for e in train})
+            embeddings = features.extract_embeddings(embed, {e.source: extracted.segments[e.source] for e in train}, width=width)
+        # The stored statistics: the training speakers' pooled ones (what a single request gets).
+        model.speaker_normalization.adapt([embeddings[e.source] for e in train if isinstance(e.source, str)])
+        if options.backbone_mode == "frozen":
+            if options.speaker_norm:
+                speaker_of = {features.source_key(source): u.speaker for source, u in train_sources + evaluation}
+                inputs = standardize_per_speaker(model.speaker_normalization, embeddings, speaker_of)
+            else:
+                inputs = {source: ops.convert_to_numpy(model.speaker_normalization(array)) for source, array in embeddings.items()}
+            trainee = model.head_model()
+            SpeechModel.compile_head(trainee, options.learning_rate)
+        else:
             inputs = extracted.segments
             trainee = model
-        if not options.speaker_norm:  # standardised per speaker already: the head's normalisation stays the identity
-            SpeechModel.adapt_normalization(trainee, np.concatenate([embeddings[e.source] for e in train]))
         if head.kind == "stats":
-            SpeechModel.adapt_statistics_normalization(trainee, [embeddings[e.source] for e in train])
+            model.head.adapt_statistics([
+                inputs[e.source] if options.backbone_mode == "frozen" else ops.convert_to_numpy(model.speaker_normalization(embeddings[e.source]))
+                for e in train
+            ])
 
         forward = SpeechModel.inference_function(trainee)
         train_batches = batching.PaddedBatches(
@@ -403,13 +415,6 @@ def train_split(
                 f"(now {options.learning_rate})"
             )
         if options.backbone_mode == "frozen":
-            SpeechModel.load_head_weights(model, trainee)
-            if options.speaker_norm:
-                # The exported model standardises with the training speakers' pooled statistics
-                # (infer.py --speaker-norm none); infer.py's folder and file modes use the
-                # speaker's own instead, through SpeechModel.standardized_head.
-                originals = [raw_embeddings[e.source] for e in train if isinstance(e.source, str)]
-                SpeechModel.adapt_normalization(model, np.concatenate(originals))
             # A fresh optimizer state for every variable, so that model.keras loads without a
             # mismatch warning and can be fine-tuned from where the frozen run ended.
             model.optimizer.build(model.trainable_variables)

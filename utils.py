@@ -13,6 +13,8 @@ delta and delta-delta log-Mel), the input of Zhang et al. (2018, 2021):
 checks; `DEFAULT_FEATURES` is the recipe's.
 
 Only `load_wav`, `audio_info` and `find_audio_files` touch files; every other function is pure.
+This NumPy path feeds the feature cache; `frontend.LogMelFrontEnd` computes the same segments
+inside the model, in Keras ops (``tests/test_frontend.py`` holds the two equal).
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ PathLike = Union[str, os.PathLike]
 class FeatureConfig:
     """Every parameter of the feature pipeline, with its default: what identifies a set of features.
 
-    The cache keys on it, a trained run stores it (``features.json``) and inference
+    The cache keys on it, a trained model holds it (its front end's config) and inference
     rebuilds it from there, so the same audio always gives the same segments.
     Values are checked when the config is made.
 
@@ -334,6 +336,15 @@ def _wav_frames(path: Path) -> tuple[int, int] | None:
                 stream.seek(size + size % 2, os.SEEK_CUR)
 
 
+def min_samples(config: FeatureConfig = DEFAULT_FEATURES) -> int:
+    """The shortest signal `log_mel_spectrogram` analyses as it is; shorter ones are zero-padded to it.
+
+    One FFT frame, and enough frames (``delta_width``) for the deltas' polynomial edge fits,
+    so that every utterance takes the same delta formula (the in-graph front end's too).
+    """
+    return max(config.n_fft, (config.delta_width - 1) * config.hop_length)
+
+
 def log_mel_spectrogram(y: np.ndarray, config: FeatureConfig = DEFAULT_FEATURES) -> np.ndarray:
     """Log-Mel power spectrogram in dB.
 
@@ -341,7 +352,7 @@ def log_mel_spectrogram(y: np.ndarray, config: FeatureConfig = DEFAULT_FEATURES)
     ----------
     y : np.ndarray [shape=(n,)], real
         Mono audio sampled at ``config.sr``. Any length >= 1; a signal shorter than
-        ``config.n_fft`` is zero-padded to ``n_fft`` first.
+        `min_samples` is zero-padded to it first.
     config : FeatureConfig
         Pre-emphasis, STFT, Mel and dB-floor parameters (see `FeatureConfig`).
 
@@ -349,13 +360,13 @@ def log_mel_spectrogram(y: np.ndarray, config: FeatureConfig = DEFAULT_FEATURES)
     -------
     S : np.ndarray [shape=(n_mels, frames), dtype=float32]
         ``10 * log10(power)``, finite everywhere (also for pure silence);
-        ``frames = 1 + max(len(y), n_fft) // hop_length``.
+        ``frames = 1 + max(len(y), min_samples(config)) // hop_length``.
     """
     y = np.asarray(y, dtype=np.float32)
     if y.ndim != 1 or y.size == 0:
         raise ValueError(f"y must be a non-empty mono signal of shape (n,), got shape {y.shape}")
-    if y.size < config.n_fft:
-        y = np.pad(y, (0, config.n_fft - y.size))
+    if y.size < min_samples(config):
+        y = np.pad(y, (0, min_samples(config) - y.size))
     if config.preemphasis:
         y = librosa.effects.preemphasis(y, coef=config.preemphasis)
     mel_power = librosa.feature.melspectrogram(

@@ -5,6 +5,9 @@
     one-step "deltas", tf.signal.frame (DESIGN section 7; our own rewrite of it).
 (b) ours, empty cache: features.extract_features on every core, writing the cache.
 (c) ours, full cache: the same call again, reading the cache.
+(d) ours, the NumPy path in one process: load_wav + utils.get_framed_log_melspectrogram per file.
+(e) ours, the front end inside the model (frontend.LogMelFrontEnd, what the exports run):
+    load_wav, then one traced graph call per file, in one process.
 
 Each approach runs in a fresh Python process with its libraries imported before the
 clock starts; worker start-up of (b) is timed. Every timing reads every value of
@@ -75,6 +78,32 @@ def time_ours(files: list[str], repeats: int, workers: int | None) -> dict[str, 
     return rates
 
 
+def time_one_process(files: list[str], repeats: int) -> dict[str, list[float]]:
+    """Files per second of the NumPy path and of the in-graph front end, each on its own, one file at a time."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    sys.path.insert(0, str(ROOT))
+    import numpy as np
+
+    import frontend
+    import utils
+    from SpeechModel import SpeechModel
+
+    layer = frontend.LogMelFrontEnd()
+    graph = SpeechModel.inference_function(layer, (None,))
+    approaches = {
+        "numpy": lambda path: utils.get_framed_log_melspectrogram(utils.load_wav(path)),
+        "graph": lambda path: graph(utils.load_wav(path)[np.newaxis]),
+    }
+    approaches["graph"](files[0])  # traced once, not timed
+    rates: dict[str, list[float]] = {name: [] for name in approaches}
+    for _ in range(repeats):
+        for name, compute in approaches.items():
+            start = time.perf_counter()
+            touch_all(compute(path) for path in files)
+            rates[name].append(len(files) / (time.perf_counter() - start))
+    return rates
+
+
 def run_in_fresh_process(approach: str, args: argparse.Namespace) -> dict:
     command = [sys.executable, __file__, "--approach", approach, "--data", str(args.data), "--repeats", str(args.repeats)]
     if args.workers:
@@ -88,7 +117,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of audio files (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes per approach; the median is shown (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes for ours (default: every core)")
-    parser.add_argument("--approach", choices=["plain", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--approach", choices=["plain", "ours", "one-process"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, str(ROOT))
     from utils import find_audio_files
@@ -103,9 +132,13 @@ def main() -> None:
     if args.approach == "ours":
         print(json.dumps(time_ours(files, args.repeats, args.workers)))
         return
+    if args.approach == "one-process":
+        print(json.dumps(time_one_process(files, args.repeats)))
+        return
 
     plain = statistics.median(run_in_fresh_process("plain", args)["plain"])
     ours = run_in_fresh_process("ours", args)
+    one = run_in_fresh_process("one-process", args)
     cores = len(os.sched_getaffinity(0))
     print(f"features: {len(files)} files of {args.data}, {cores} cores, median of {args.repeats} passes")
     print(f"{'approach':<44}{'files/s':>10}{'vs (a)':>9}")
@@ -113,6 +146,8 @@ def main() -> None:
         ("(a) plain: per-file librosa.load + tf.signal", plain),
         ("(b) ours: all cores, empty cache", statistics.median(ours["empty"])),
         ("(c) ours: full cache", statistics.median(ours["full"])),
+        ("(d) ours: NumPy path, one process, no cache", statistics.median(one["numpy"])),
+        ("(e) ours: in-graph front end, one process", statistics.median(one["graph"])),
     ]
     for name, rate in rows:
         print(f"{name:<44}{rate:>10.1f}{rate / plain:>8.1f}x")

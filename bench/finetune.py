@@ -37,6 +37,7 @@ sys.path[0] = str(ROOT)  # the project's modules, not this folder's
 import numpy as np  # noqa: E402
 
 import features  # noqa: E402
+import files  # noqa: E402
 from backbones import BACKBONES, build_backbone  # noqa: E402
 from batching import PaddedBatches  # noqa: E402
 from bench.model import FIXED_SEGMENTS, fixed_length  # noqa: E402
@@ -133,7 +134,7 @@ def main() -> None:
     if not corpus:
         parser.exit(1, f"error: no RAVDESS speech files under {args.data}\n")
     segments = features.extract_features(
-        [u.path for u in corpus], cache_dir=features.default_cache_dir() / "features", progress=False
+        [u.path for u in corpus], cache_dir=files.default_cache_dir() / "features", progress=False
     ).segments
     names = sorted({u.label for u in corpus})
     every = [segments[features.source_key(u.path)] for u in corpus]  # the pipeline's epoch: every file

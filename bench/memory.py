@@ -3,8 +3,8 @@
 (a) plain: load model.keras, the file's features cut or padded to a fixed 8 segments, one
     model.predict call (what the original repository meant to do; it reads 2.9 s of any file).
 (b) ours: ``python infer.py FILE --model RUN``, the whole file in windows, at most
-    `infer.BATCH_SEGMENTS` segments per model call, the exported SavedModel.
-(c) the floor under both: importing TensorFlow and loading the SavedModel, no audio.
+    `infer.BATCH_SEGMENTS` segments per model call, the run's model.keras.
+(c) the floor under both: importing Keras (TensorFlow) and loading the run, no audio.
 
 Each row is one fresh process (peak resident set size from the kernel, ``wait4``), for
 generated files of 3.4 s, 2 min and 30 min, with train.py's default recipe
@@ -38,8 +38,10 @@ model = keras.models.load_model({run!r} + "/model.keras", compile=False)
 model.predict(fixed_length(utils.get_framed_log_melspectrogram({file!r})), verbose=0)
 """
 FLOOR = """
-import tensorflow as tf
-tf.saved_model.load({run!r})
+import sys
+sys.path[0] = {root!r}
+import runs
+runs.load_run({run!r})
 """
 
 
@@ -74,9 +76,10 @@ def main() -> None:
         run = folder / "run"
         run.mkdir()
         model = SpeechModel.create_model(len(RAVDESS.labels), weights=None, **RECIPES["default"].architecture())
-        runs.write_model(run, model, list(RAVDESS.labels), DEFAULT_FEATURES)
+        runs.write_model(run, model, list(RAVDESS.labels))
         rng = np.random.default_rng(0)
-        rows = [("(c) floor: import TensorFlow, load the SavedModel", "-", *peak_rss([sys.executable, "-c", FLOOR.format(run=str(run))]))]
+        floor = FLOOR.format(root=str(ROOT), run=str(run))
+        rows = [("(c) floor: import Keras, load the run", "-", *peak_rss([sys.executable, "-c", floor]))]
         for minutes in args.minutes:
             seconds = minutes * 60
             t = np.arange(int(seconds * DEFAULT_FEATURES.sr)) / DEFAULT_FEATURES.sr

@@ -37,10 +37,10 @@ sys.path[0] = str(ROOT)  # the project's train.py, not this file
 import numpy as np  # noqa: E402
 
 import features  # noqa: E402
+import files  # noqa: E402
 from batching import PaddedBatches  # noqa: E402
 from bench.model import FIXED_SEGMENTS, RECIPES, describe, fixed_length  # noqa: E402
 from corpora.ravdess import read_ravdess  # noqa: E402
-from heads import HeadConfig  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
 BATCH_UTTERANCES = 32  # train.py's default --batch-size
@@ -91,25 +91,31 @@ def time_embedding(segments: dict, cache_dir: Path, **recipe) -> tuple[float, fl
     """
     from SpeechModel import SpeechModel
 
-    embedder = SpeechModel.embedding_model(SpeechModel.create_model(weights=None, **recipe))
+    model = SpeechModel.create_model(weights=None, **recipe)
+    embedder = SpeechModel.inference_function(model.embed, (None, *model.features.segment_shape))
     stacked = np.concatenate(list(segments.values()))
     budget = features.EMBEDDING_BATCH_SEGMENTS
     chunks = [stacked[start : start + budget] for start in range(0, len(stacked), budget)]
     for chunk in (chunks[0], chunks[-1]):  # trace both shapes once, not timed
-        embedder.predict_on_batch(chunk[np.newaxis])
+        embedder(chunk[np.newaxis])
     start = time.perf_counter()
     for chunk in chunks:
-        embedder.predict_on_batch(chunk[np.newaxis])
+        embedder(chunk[np.newaxis])
     bare = time.perf_counter() - start
     start = time.perf_counter()
-    embeddings = features.extract_embeddings(embedder, segments, cache_dir=cache_dir, progress=False)
+    embeddings = features.extract_embeddings(
+        embedder, segments, width=model.encoder.features, fingerprint=features.encoder_fingerprint(model.encoder),
+        cache_dir=cache_dir, progress=False,
+    )
     return time.perf_counter() - start, bare, embeddings
 
 
-def time_frozen_head(embeddings: list[np.ndarray], labels: np.ndarray, epochs: int, head: HeadConfig = HeadConfig()) -> float:
+def time_frozen_head(embeddings: list[np.ndarray], labels: np.ndarray, epochs: int, **recipe) -> float:
+    """Seconds of one later epoch of the head of ``SpeechModel.create_model(weights=None, **recipe)`` on ``embeddings``."""
     from SpeechModel import SpeechModel
 
-    head = SpeechModel.create_head(embedding_size=embeddings[0].shape[-1], head=head)
+    head = SpeechModel.create_model(weights=None, compile=False, **recipe).head_model()
+    SpeechModel.compile_head(head)
     batches = PaddedBatches(embeddings, labels, BATCH_UTTERANCES, seed=0)
     return later_epoch(
         lambda n, callbacks: head.fit(batches.as_keras_data(), epochs=n, callbacks=callbacks, shuffle=False, verbose=0),
@@ -130,7 +136,7 @@ def main() -> None:
     if not corpus:
         parser.exit(1, f"error: no RAVDESS speech files under {args.data}\n")
     segments = features.extract_features(
-        [u.path for u in corpus], cache_dir=features.default_cache_dir() / "features", progress=False
+        [u.path for u in corpus], cache_dir=files.default_cache_dir() / "features", progress=False
     ).segments
     utterances = list(segments.values())
     names = sorted({u.label for u in corpus})
@@ -148,7 +154,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as cache_dir:
             recipe_seconds, _, recipe_embeddings = time_embedding(segments, Path(cache_dir), **architecture)
         recipe_epoch = time_frozen_head(
-            [recipe_embeddings[key] for key in segments], labels, max(args.epochs, 3), architecture["head"]
+            [recipe_embeddings[key] for key in segments], labels, max(args.epochs, 3), **architecture
         )
         timings[name] = (recipe_seconds, recipe_epoch)
 

@@ -11,7 +11,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from corpora import Corpus, Utterance, read_named_files, recognizer
+from corpora.base import Corpus, Utterance, read_named_files, recognizer
 from utils import PathLike
 
 EMOTIONS = {"ANG": "angry", "DIS": "disgust", "FEA": "fearful", "HAP": "happy", "NEU": "neutral", "SAD": "sad"}

@@ -12,7 +12,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from corpora import Corpus, Download, Utterance, read_named_files, recognizer
+from corpora.base import Corpus, Download, Utterance, read_named_files, recognizer
 from utils import PathLike
 
 # German initials: Ärger, Langeweile, Ekel, Angst, Freude, Trauer, Neutral.

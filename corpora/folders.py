@@ -13,7 +13,7 @@ import functools
 import re
 from pathlib import Path
 
-from corpora import Corpus, Utterance, canonical_label, read_named_files
+from corpora.base import Corpus, Utterance, canonical_label, read_named_files
 from utils import PathLike
 
 
@@ -35,10 +35,13 @@ def read_class_folders(folder: PathLike, speaker_pattern: str | None = None) -> 
     return [u for u in utterances if Path(u.path).parent != Path(folder)]  # files beside the class folders have no class
 
 
-def _recognizes(path: str | Path) -> bool:
-    from corpora import known_emotions
+# Every emotion name the registry knows (`corpora.known_emotions`), filled in by the registry
+# when it loads: a folder named after one is a class folder.
+KNOWN_EMOTIONS: set[str] = set()
 
-    return canonical_label(Path(path).parent.name) in known_emotions()
+
+def _recognizes(path: str | Path) -> bool:
+    return canonical_label(Path(path).parent.name) in KNOWN_EMOTIONS
 
 
 CLASS_FOLDERS = Corpus(

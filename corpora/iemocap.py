@@ -17,7 +17,7 @@ import logging
 import re
 from pathlib import Path
 
-from corpora import Corpus, Utterance, dataset_folder
+from corpora.base import Corpus, Utterance, dataset_folder
 from utils import PathLike, find_audio_files
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ import csv
 import logging
 from pathlib import Path
 
-from corpora import MISNAMED_LISTED, Corpus, CorpusError, CorpusUsageError, Utterance, canonical_label
+from corpora.base import MISNAMED_LISTED, Corpus, CorpusError, CorpusUsageError, Utterance, canonical_label
 from utils import AUDIO_EXTENSIONS, PathLike
 
 logger = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from corpora import Corpus, Utterance, read_named_files, recognizer
+from corpora.base import Corpus, Utterance, read_named_files, recognizer
 from utils import PathLike
 
 EMOTIONS = {"a": "angry", "d": "disgust", "f": "fearful", "h": "happy", "n": "neutral", "sa": "sad", "su": "surprised"}

@@ -13,7 +13,7 @@ import dataclasses
 import re
 from pathlib import Path
 
-from corpora import Corpus, Utterance, read_named_files, recognizer
+from corpora.base import Corpus, Utterance, read_named_files, recognizer
 from utils import PathLike
 
 EMOTIONS = {"angry": "angry", "disgust": "disgust", "fear": "fearful", "happy": "happy", "neutral": "neutral",

@@ -23,9 +23,9 @@ def test_every_stage_named_in_the_registry_exists_with_its_channels(name):
 
 def test_all_stages_in_the_speech_model_embed_and_round_trip(tmp_path):
     model = SpeechModel.create_model(3, backbone="efficientnet_lite0", weights=None, stages="all", image_size=48, head=tiny_head(), compile=False)
-    assert model.get_layer("segment_encoder").features == 2024
+    assert model.encoder.features == 2024
     segments = np.random.default_rng(0).normal(size=(2, 3, 64, 64, 3)).astype("float32")
-    assert SpeechModel.embedding_model(model).predict(segments, verbose=0).shape == (2, 3, 2024)
+    assert model.embed(segments).shape == (2, 3, 2024)
     model.save(tmp_path / "model.keras")
     np.testing.assert_allclose(
         keras.models.load_model(tmp_path / "model.keras").predict(segments, verbose=0), model.predict(segments, verbose=0), atol=1e-5

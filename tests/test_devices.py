@@ -136,9 +136,8 @@ def test_a_mixed_precision_fine_tuning_run_on_two_devices_completes_and_exports(
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["backend"] == backend and metrics["options"]["devices"] == 2 and metrics["epochs_run"] == 2
     assert metrics["options"]["precision"] == precision and np.isfinite(metrics["uar"])
-    assert (run / "saved_model.pb").is_file()
-    exported = keras.models.load_model(run / "model.keras", compile=False)  # trained in 16 bits, exported in float32
-    assert {layer.dtype_policy.name for layer in exported.layers} == {"float32"}
+    exported = keras.models.load_model(run / "model.keras", compile=False)  # trained in 16 bits, saved in float32
+    assert {layer.dtype_policy.name for layer in exported._flatten_layers()} == {"float32"}
     assert sorted(path.name for path in (tmp_path / "runs").iterdir()) == [run.name]  # one run folder, written once
 
 
@@ -205,6 +204,6 @@ def test_a_job_of_two_jax_processes_trains_together_and_one_writes(tmp_path):
     run = Path(results["0"])
     assert [path.name for path in (tmp_path / "runs").iterdir()] == [run.name]
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["options"]["devices"] == 2 and metrics["epochs_run"] == 2 and (run / "saved_model.pb").is_file()
+    assert metrics["options"]["devices"] == 2 and metrics["epochs_run"] == 2 and (run / "model.keras").is_file()
     losses = [[line.split("loss: ")[1].split()[0] for line in stdout.splitlines() if "loss: " in line] for stdout, _ in outputs]
     assert losses[0] == losses[1] and len(losses[0]) == 2  # one global step sequence, seen by both

@@ -73,10 +73,10 @@ def test_imagenet_weights_convert_once_into_the_cache(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 @needs_the_wheel
-def test_lite0_inside_the_speech_model_trains_saves_and_exports(tmp_path, monkeypatch):
+def test_lite0_inside_the_speech_model_trains_and_saves(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # the converted weights go here
     model = SpeechModel.create_model(3, backbone="efficientnet_lite0", weights="imagenet", head=tiny_head())
-    assert model.get_layer("segment_encoder").features == 1280
+    assert model.encoder.features == 1280
     assert (tmp_path / "cache" / "dcnn-blstmwa" / "weights" / "efficientnet_lite0_imagenet_notop.weights.h5").is_file()
     rng = np.random.default_rng(0)
     segments = rng.normal(size=(4, 3, 64, 64, 3)).astype("float32")
@@ -84,12 +84,6 @@ def test_lite0_inside_the_speech_model_trains_saves_and_exports(tmp_path, monkey
     expected = model.predict(segments, verbose=0)
     model.save(tmp_path / "model.keras")
     np.testing.assert_allclose(keras.models.load_model(tmp_path / "model.keras").predict(segments, verbose=0), expected, atol=1e-5)
-
-    import tensorflow as tf
-
-    SpeechModel.export(model, tmp_path / "exported")
-    exported = tf.saved_model.load(str(tmp_path / "exported"))
-    np.testing.assert_allclose(exported.serve(tf.constant(segments)).numpy(), expected, atol=1e-5)
 
 
 def test_a_missing_package_is_named_with_the_way_out(monkeypatch):

@@ -189,60 +189,63 @@ def test_enhanced_sources_are_computed_from_the_enhanced_audio_and_cached_apart(
 
 
 class FrameCounter:
-    """A stand-in embedding model, a real Keras model: each segment's embedding is its mean; forward calls are counted."""
+    """A stand-in embedder: each segment's embedding is its mean over time and Mel bands (3 values); calls are counted."""
 
-    def __init__(self, monkeypatch) -> None:
-        import keras
+    width = 3
+    fingerprint = "frame-means"
 
-        from SpeechModel import SpeechModel
-
+    def __init__(self) -> None:
         self.calls = 0
-        self.model = keras.Sequential(
-            [keras.Input((None, *DEFAULT_FEATURES.segment_shape)), keras.layers.Lambda(lambda x: keras.ops.mean(x, axis=(2, 3)))]
-        )
-        make = SpeechModel.inference_function
 
-        def counted(model):
-            forward = make(model)
-
-            def call(inputs):
-                self.calls += 1
-                return forward(inputs)
-
-            return call
-
-        monkeypatch.setattr(SpeechModel, "inference_function", staticmethod(counted))
+    def __call__(self, segments: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return np.asarray(segments).mean(axis=(2, 3))
 
 
-def test_embeddings_are_cached_and_a_damaged_one_is_computed_again(clips, tmp_path, caplog, monkeypatch):
+def test_embeddings_are_cached_and_a_damaged_one_is_computed_again(clips, tmp_path, caplog):
     segments = extract_features(clips, workers=1).segments
-    model = FrameCounter(monkeypatch)
-    first = features.extract_embeddings(model.model, segments, cache_dir=tmp_path / "embeddings")
+    model = FrameCounter()
+
+    def embed():
+        return features.extract_embeddings(model, segments, width=model.width, fingerprint=model.fingerprint, cache_dir=tmp_path / "embeddings")
+
+    first = embed()
     assert list(first) == list(segments) and model.calls >= 1
     for name, embedding in first.items():
         np.testing.assert_allclose(embedding, np.asarray(segments[name]).mean(axis=(1, 2)), rtol=1e-6)
     calls = model.calls
-    assert features.extract_embeddings(model.model, segments, cache_dir=tmp_path / "embeddings").keys() == first.keys()
+    assert embed().keys() == first.keys()
     assert model.calls == calls  # all from the cache
     damaged, poisoned = sorted((tmp_path / "embeddings").rglob("*.npy"))[:2]
     damaged.write_bytes(b"garbage")
     np.save(poisoned, np.full_like(np.load(poisoned), np.nan))  # NaN would turn a whole speaker's normalisation into NaN
     with caplog.at_level(logging.WARNING):
-        again = features.extract_embeddings(model.model, segments, cache_dir=tmp_path / "embeddings")
+        again = embed()
     assert "2 cache entries were unusable" in caplog.text and model.calls == calls + 1  # both in one backbone call
     for name in segments:
         np.testing.assert_array_equal(again[name], first[name])
 
 
+def test_the_encoder_fingerprint_changes_with_the_weights():
+    from tiny_model import tiny_model
+
+    model = tiny_model(compile=False)
+    before = features.encoder_fingerprint(model.encoder)
+    assert features.encoder_fingerprint(model.encoder) == before
+    kernel = model.encoder.backbone.layers[0].kernel
+    kernel.assign(kernel + 1.0)
+    assert features.encoder_fingerprint(model.encoder) != before
+
+
 def test_many_utterances_share_a_backbone_call_up_to_the_segment_budget(clips, monkeypatch):
     segments = extract_features(clips, workers=1).segments
     total = sum(len(item) for item in segments.values())
-    model = FrameCounter(monkeypatch)
-    features.extract_embeddings(model.model, segments)
+    model = FrameCounter()
+    features.extract_embeddings(model, segments, width=model.width)
     assert model.calls == 1  # a few short clips: one call
     monkeypatch.setattr(features, "EMBEDDING_BATCH_SEGMENTS", max(len(item) for item in segments.values()))
-    model = FrameCounter(monkeypatch)
-    features.extract_embeddings(model.model, segments)
+    model = FrameCounter()
+    features.extract_embeddings(model, segments, width=model.width)
     assert 1 < model.calls <= total
 
 

@@ -43,17 +43,7 @@ def truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: max(1, path.stat().st_size // 3)])
 
 
-def damage_saved_model(run: Path) -> None:
-    truncate(run / "saved_model.pb")
-
-
-def damage_variables(run: Path) -> None:
-    for path in (run / "variables").glob("variables.data-*"):
-        truncate(path)
-
-
 def damage_model_keras(run: Path) -> None:
-    (run / "saved_model.pb").unlink()  # a run that only has model.keras (trained on JAX or PyTorch)
     truncate(run / "model.keras")
 
 
@@ -61,18 +51,11 @@ def damage_labels(run: Path) -> None:
     (run / "labels.json").write_text('["neutral", "sad"')
 
 
-def damage_features(run: Path) -> None:
-    (run / "features.json").write_text("{not json")
-
-
 @pytest.mark.parametrize(
     "damage, named",
     [
-        (damage_saved_model, "the SavedModel (saved_model.pb, variables/) does not load"),
-        (damage_variables, "the SavedModel (saved_model.pb, variables/) does not load"),
         (damage_model_keras, "model.keras does not load"),
         (damage_labels, "labels.json is damaged"),
-        (damage_features, "features.json is damaged"),
     ],
 )
 def test_a_damaged_run_is_one_line_and_the_default_skips_it(shared_run, clip, tmp_path, monkeypatch, capsys, caplog, damage, named):

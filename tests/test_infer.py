@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import json
 import shutil
@@ -91,33 +90,20 @@ def test_a_signal_in_memory_gives_what_its_file_gives(run_dir, write_audio):
     assert [(w.start, w.end) for w in from_memory.windows] == [(w.start, w.end) for w in from_file.windows]
     np.testing.assert_allclose(list(from_memory.probabilities.values()), list(from_file.probabilities.values()), atol=1e-5)
     resampled = infer.predict_signal(y44, sr44, run, window=5.0)  # another rate is brought to the run's
-    np.testing.assert_allclose(list(resampled.probabilities.values()), list(from_file.probabilities.values()), atol=0.02)
+    # The round trip through 44.1 kHz changes the top of the spectrum; the tiny test run is sensitive to it.
+    assert resampled.emotion == from_file.emotion
+    np.testing.assert_allclose(list(resampled.probabilities.values()), list(from_file.probabilities.values()), atol=0.06)
     with pytest.raises(ValueError, match="mono signal"):
         infer.predict_signal(np.zeros((100, 2), np.float32), 16000, run)
 
 
-def test_a_keras_only_run_gives_the_same_results(run_dir, clips, tmp_path):
-    keras_only = tmp_path / "keras-only"
-    keras_only.mkdir()
-    for name in ("model.keras", "labels.json", "features.json"):
-        shutil.copy(run_dir / name, keras_only / name)
-    saved, loaded = infer.predict(clips, run_dir), infer.predict(clips, keras_only)
-    for a, b in zip(saved, loaded, strict=True):
-        np.testing.assert_allclose(list(a.probabilities.values()), list(b.probabilities.values()), atol=1e-5)
-
-
-def test_bfloat16_gives_close_probabilities_and_needs_model_keras(run_dir, clips, tmp_path, capsys):
+def test_bfloat16_gives_close_probabilities(run_dir, clips):
     exact = infer.predict(clips, run_dir)
     fast = infer.predict(clips, run_dir, precision="bfloat16")
     pairs = [(list(a.probabilities.values()), list(b.probabilities.values())) for a, b in zip(exact, fast, strict=True)]
     for a, b in pairs:
         np.testing.assert_allclose(a, b, atol=0.03)
     assert any(a != b for a, b in pairs)  # bfloat16 really computed them
-    saved_only = tmp_path / "saved-only"
-    shutil.copytree(run_dir, saved_only)
-    (saved_only / "model.keras").unlink()
-    code, _, err = run_cli(infer.main, [clips[0], "--model", saved_only, "--precision", "bfloat16"], capsys)
-    assert code == 1 and "--precision bfloat16 needs model.keras" in err
 
 
 def test_a_long_file_is_read_in_windows_that_cover_it(run_dir, write_audio, capsys):
@@ -135,7 +121,7 @@ def test_a_long_file_is_read_in_windows_that_cover_it(run_dir, write_audio, caps
     np.testing.assert_allclose(list(record["probabilities"].values()), weighted, atol=1e-5)
 
     code, out, _ = run_cli(infer.main, [path, "--model", run_dir, "--timeline"], capsys)
-    assert len(out.splitlines()) == 1 + 1 + 8 and "56.00 -    60.00 s" in out  # header, file, windows
+    assert len(out.splitlines()) == 1 + 1 + 8 and "52.50 -    60.00 s" in out  # header, file, 8 equal windows
 
 
 @pytest.mark.parametrize(
@@ -143,10 +129,9 @@ def test_a_long_file_is_read_in_windows_that_cover_it(run_dir, write_audio, caps
     [
         (3.0, [(0.0, 3.0)]),
         (8.0, [(0.0, 8.0)]),
-        (11.0, [(0.0, 11.0)]),  # a 3 s tail is under half a window: it joins
-        (13.0, [(0.0, 8.0), (8.0, 13.0)]),
-        (19.0, [(0.0, 8.0), (8.0, 19.0)]),
-        (20.0, [(0.0, 8.0), (8.0, 16.0), (16.0, 20.0)]),  # a tail of half a window stays
+        (11.0, [(0.0, 11.0)]),  # 1.375 windows: one
+        (13.0, [(0.0, 6.5), (6.5, 13.0)]),  # equal windows, as the exported models cut them
+        (20.0, [(0.0, 20.0 / 3), (20.0 / 3, 40.0 / 3), (40.0 / 3, 20.0)]),
     ],
 )
 def test_window_spans(duration, spans):
@@ -186,7 +171,7 @@ def test_a_folder_that_is_not_a_run_says_what_it_lacks(clips, tmp_path, capsys):
     (tmp_path / "not-a-run" / "labels.json").write_text("[]")
     code, _, err = run_cli(infer.main, [clips[1], "--model", tmp_path / "not-a-run"], capsys)
     assert code == 2
-    assert "is not a training run: it lacks features.json, saved_model.pb or model.keras" in err
+    assert "is not a training run: it lacks model.keras" in err
 
 
 def test_missing_paths_and_folders_without_audio_are_one_sentence(run_dir, tmp_path, capsys):
@@ -212,20 +197,19 @@ def test_output_goes_to_a_file_when_asked(run_dir, clips, tmp_path, capsys):
 
 
 def test_speaker_norm_standardises_with_each_folders_or_files_own_statistics(speaker_norm_run, write_audio):
-    from SpeechModel import SpeechModel
-
     speaker = [write_audio(f"speaker_a/clip{index}.wav", tone(180 + 90 * index, 1.0 + 0.4 * index)) for index in range(3)]
     run = runs.load_run(speaker_norm_run)
     assert run.speaker_norm
     model = keras.models.load_model(speaker_norm_run / "model.keras")
-    embed, head = SpeechModel.embedding_model(model), SpeechModel.standardized_head(model)
-    embeddings = [embed.predict(utils.get_framed_log_melspectrogram(path, run.features)[np.newaxis], verbose=0)[0] for path in speaker]
+    embeddings = [np.asarray(model.embed(utils.get_framed_log_melspectrogram(path, run.features)[np.newaxis]))[0] for path in speaker]
 
-    def expected(groups):
+    def expected(groups):  # each group standardised by its own statistics, written out here
         rows = []
         for group in groups:
             stacked = np.concatenate(group)
-            rows += [head.predict(((e - stacked.mean(0)) / (stacked.std(0) + 1e-6))[np.newaxis], verbose=0)[0] for e in group]
+            mean, std = stacked.mean(0), stacked.std(0) + 1e-6
+            # the identity statistics of the layer: the embeddings arrive standardised already
+            rows += [np.asarray(model.classify(((e - mean) / std)[np.newaxis], np.zeros_like(mean), np.ones_like(std)))[0] for e in group]
         return np.array(rows)
 
     by_folder = infer.predict(speaker, run, speaker_norm="folder")
@@ -262,8 +246,8 @@ def test_speaker_norm_needs_a_run_trained_with_it(run_dir, clips, capsys):
 
 
 def test_a_non_finite_probability_is_an_error_naming_the_file_never_an_emotion(run_dir, clips, monkeypatch, capsys):
-    run = runs.load_run(run_dir)
-    broken = dataclasses.replace(run, forward=lambda segments: np.full((len(segments), len(run.labels)), np.nan, np.float32))
+    broken = runs.load_run(run_dir)
+    broken.forward = lambda segments: np.full((len(segments), len(broken.labels)), np.nan, np.float32)
     (prediction,) = infer.predict([clips[1]], broken)
     assert prediction.emotion is None and prediction.error.startswith(f"{clips[1]}: the model gave non-finite probabilities")
     signal = infer.predict_signal(tone(300, 1.0), 16000, broken, name="mic")
@@ -276,12 +260,14 @@ def test_a_non_finite_probability_is_an_error_naming_the_file_never_an_emotion(r
 def test_model_calls_hold_a_bounded_number_of_segments_whatever_the_batch_size(run_dir, write_audio, monkeypatch):
     run = runs.load_run(run_dir)
     shapes = []
+    forward = run.forward
 
     def recorded(segments):
         shapes.append(segments.shape[:2])
-        return run.forward(segments)
+        return forward(segments)
 
     long = write_audio("long.wav", tone(300, 60.0))  # 8 windows of about 25 segments
-    infer.predict([long], dataclasses.replace(run, forward=recorded), batch_size=16)
+    run.forward = recorded
+    infer.predict([long], run, batch_size=16)
     assert max(windows * steps for windows, steps in shapes) <= max(infer.BATCH_SEGMENTS, max(steps for _, steps in shapes))
     assert sum(windows for windows, _ in shapes) == 8

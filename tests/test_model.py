@@ -1,4 +1,4 @@
-"""SpeechModel.py: variable length, masking, attention, backends, save and export."""
+"""SpeechModel.py: the model object, variable length, masking, attention, speaker normalisation, backends, save."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tiny_model import SEGMENT_SHAPE, padded_batch, tiny_backbone, tiny_head, ti
 import SpeechModel as speech_model_module
 import utils
 from backbones import BackboneWeightsError
-from SpeechModel import HeadConfig, SegmentScaling, SpeechModel
+from SpeechModel import EmotionRecognizer, HeadConfig, RunningStatistics, SegmentScaling, SpeechModel, Standardization
 
 TESTS = Path(__file__).resolve().parent
 
@@ -38,7 +38,10 @@ def test_attention_weights_sum_to_one_over_real_segments_and_zero_on_padding():
     model = tiny_model()
     lengths = [2, 5, 3]
     batch = padded_batch(lengths)
-    probabilities, weights = SpeechModel.attention_model(model).predict(batch, verbose=0)
+    embeddings = np.array(model.embed(batch))
+    for row, length in enumerate(lengths):
+        embeddings[row, length:] = utils.PAD_VALUE  # padding rows, as a padded batch of embeddings has them
+    probabilities, weights = (np.asarray(x) for x in model.classify(embeddings, return_attention=True))
     np.testing.assert_allclose(probabilities, model.predict(batch, verbose=0), atol=1e-6)
     assert weights.shape == (3, 5)
     for row, length in enumerate(lengths):
@@ -50,8 +53,11 @@ def test_attention_weights_sum_to_one_over_real_segments_and_zero_on_padding():
 def test_an_utterance_of_pure_padding_gives_finite_probabilities():
     batch = padded_batch([3, 1])
     batch[1] = 0
-    probabilities, weights = SpeechModel.attention_model(tiny_model()).predict(batch, verbose=0)
-    assert np.isfinite(probabilities).all()
+    model = tiny_model()
+    embeddings = np.array(model.embed(batch))
+    embeddings[1] = utils.PAD_VALUE
+    probabilities, weights = (np.asarray(x) for x in model.classify(embeddings, return_attention=True))
+    assert np.isfinite(probabilities).all() and np.isfinite(model.predict(batch, verbose=0)).all()
     np.testing.assert_array_equal(weights[1], 0)
 
 
@@ -75,24 +81,14 @@ def test_keras_file_round_trip_gives_the_same_predictions(tmp_path):
     model.fit(batch, np.array([0, 2]), verbose=0)
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert isinstance(loaded, EmotionRecognizer)
+    assert [type(getattr(loaded, part)).__name__ for part in speech_model_module.PARTS] == [
+        "LogMelFrontEnd", "SegmentEncoder", "Standardization", "ClassifierHead"
+    ]
+    assert loaded.features == model.features and loaded.head.config == model.head.config
     np.testing.assert_allclose(loaded.predict(batch, verbose=0), model.predict(batch, verbose=0), atol=1e-6)
-    _, weights = SpeechModel.attention_model(loaded).predict(batch, verbose=0)
-    np.testing.assert_array_equal(weights[1, 2:], 0)
-
-
-def test_saved_model_export_serves_any_segment_count(tmp_path):
-    import tensorflow as tf
-
-    model = tiny_model()
-    SpeechModel.export(model, tmp_path / "export")
-    served = tf.saved_model.load(str(tmp_path / "export"))
-    for lengths in ([3], [7, 2, 5]):
-        batch = padded_batch(lengths)
-        expected = model.predict(batch, verbose=0)
-        np.testing.assert_allclose(served.serve(tf.constant(batch)).numpy(), expected, atol=1e-5)
-        signature = served.signatures["serving_default"]
-        (output,) = signature(segments=tf.constant(batch)).values()
-        np.testing.assert_allclose(output.numpy(), expected, atol=1e-5)
+    waveform = np.random.default_rng(0).normal(0, 0.1, (2, 4000)).astype("float32")
+    np.testing.assert_allclose(np.asarray(loaded.predict_waveform(waveform)), np.asarray(model.predict_waveform(waveform)), atol=1e-6)
 
 
 @pytest.mark.slow
@@ -115,7 +111,7 @@ def test_builds_trains_and_predicts_on_every_installed_backend(backend, tmp_path
 
 def test_mixed_precision_keeps_probabilities_in_float32_and_masking_exact():
     model = tiny_model(precision="bfloat16")
-    assert model.get_layer("blstm").dtype_policy.name == "mixed_bfloat16"
+    assert model.head.blstm.dtype_policy.name == "mixed_bfloat16"
     batch = padded_batch([2, 4])
     probabilities = model.predict(batch, verbose=0)
     alone = model.predict(batch[:1, :2], verbose=0)
@@ -138,19 +134,11 @@ def test_segment_scaling_maps_each_segment_channel_to_the_input_range():
     assert SegmentScaling.from_config(SegmentScaling((0.0, 255.0)).get_config()).input_range == (0.0, 255.0)
 
 
-def test_image_size_resizes_segments_inside_the_model_and_the_export_agrees(tmp_path):
-    model = SpeechModel.create_model(
-        3, weights=None, backbone=tiny_backbone((16, 16, 3)), segment_shape=SEGMENT_SHAPE, image_size=16,
-        head=HeadConfig(lstm_units=4, attention_units=4, dense_units=(8,)), compile=False,
-    )
+def test_image_size_resizes_segments_inside_the_model_and_round_trips(tmp_path):
+    model = tiny_model(backbone=tiny_backbone((16, 16, 3)), image_size=16, compile=False)
     batch = padded_batch([2, 3])
     expected = model.predict(batch, verbose=0)
     assert expected.shape == (2, 3)
-    import tensorflow as tf
-
-    SpeechModel.export(model, tmp_path / "exported")
-    exported = tf.saved_model.load(str(tmp_path / "exported"))  # held: serve() needs it alive
-    np.testing.assert_allclose(exported.serve(tf.constant(batch)).numpy(), expected, atol=1e-5)
     model.save(tmp_path / "model.keras")
     np.testing.assert_allclose(keras.models.load_model(tmp_path / "model.keras").predict(batch, verbose=0), expected, atol=1e-5)
 
@@ -158,8 +146,8 @@ def test_image_size_resizes_segments_inside_the_model_and_the_export_agrees(tmp_
 def test_real_resnet50v2_shapes():
     model = SpeechModel.create_model(weights=None)
     assert model.input_shape == (None, None, 64, 64, 3)
-    assert model.get_layer("segment_encoder").compute_output_shape((None, None, 64, 64, 3)) == (None, None, 2048)
-    assert model.get_layer("blstm").output.shape == (None, None, 256)
+    assert model.encoder.compute_output_shape((None, None, 64, 64, 3)) == (None, None, 2048)
+    assert model.head.blstm.compute_output_shape((None, None, 2048)) == (None, None, 256)
     probabilities = model.predict(np.random.default_rng(3).normal(size=(2, 3, 64, 64, 3)).astype("float32"), verbose=0)
     assert probabilities.shape == (2, 8)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
@@ -176,7 +164,7 @@ def test_a_local_weights_file_loads_into_the_backbone(tmp_path):
         legacy_h5_format.save_weights_to_hdf5_group(stream, source)
     for name in ("backbone.weights.h5", "downloaded_layout.h5"):
         model = SpeechModel.create_model(weights=tmp_path / name, compile=False)
-        backbone = model.get_layer("segment_encoder").backbone
+        backbone = model.encoder.backbone
         np.testing.assert_array_equal(keras.ops.convert_to_numpy(backbone.get_layer("conv1_conv").kernel), 0.5)
 
 
@@ -222,71 +210,71 @@ def test_bad_backbones_are_refused():
         tiny_model(backbone=feature_map)
 
 
-def test_export_refuses_the_torch_backend_with_the_way_out(monkeypatch):
-    model = tiny_model()
-    monkeypatch.setattr(speech_model_module.keras.backend, "backend", lambda: "torch")
-    with pytest.raises(RuntimeError, match="save model.keras and export it after loading"):
-        SpeechModel.export(model, "unused")
-
-
-def test_a_head_trained_on_embeddings_gives_the_full_model_the_same_predictions():
+def test_a_head_trained_on_embeddings_is_the_models_own_head():
     model = tiny_model()
     batch = padded_batch([3, 5, 1])
-    embeddings = SpeechModel.embedding_model(model).predict(batch, verbose=0)
+    embeddings = np.array(model.embed(batch))
     assert embeddings.shape == (3, 5, 4)
     # embedding all segments as one long sequence gives each segment's own embedding
     flat = batch.reshape(1, -1, *SEGMENT_SHAPE)
-    np.testing.assert_allclose(SpeechModel.embedding_model(model).predict(flat, verbose=0)[0], embeddings.reshape(-1, 4), atol=1e-5)
+    np.testing.assert_allclose(np.array(model.embed(flat))[0], embeddings.reshape(-1, 4), atol=1e-5)
     embeddings[0, 3:] = 0
     embeddings[2, 1:] = 0  # padding rows as the trainer leaves them
-    head = SpeechModel.create_head(3, embedding_size=4, head=tiny_head())
-    head.fit(embeddings, np.array([0, 1, 2]), epochs=2, verbose=0)
-    SpeechModel.load_head_weights(model, head)
+    head = model.head_model()
+    SpeechModel.compile_head(head)
+    head.fit(embeddings, np.array([0, 1, 2]), epochs=2, verbose=0)  # trains the model's own head: shared weights
     np.testing.assert_allclose(model.predict(batch, verbose=0), head.predict(embeddings, verbose=0), atol=1e-5)
 
 
-def test_adapted_normalization_standardises_embeddings_and_padding_stays_masked():
+def test_the_speaker_normalisation_standardises_with_stored_or_given_statistics():
     model = tiny_model()
     batch = padded_batch([3, 5])
-    embeddings = SpeechModel.embedding_model(model).predict(batch, verbose=0)
+    embeddings = np.array(model.embed(batch))
     real = np.concatenate([embeddings[0, :3], embeddings[1, :5]])
-    SpeechModel.adapt_normalization(model, real)
-    normalization = model.get_layer("embedding_normalization")
-    standardised = np.asarray(normalization(real[np.newaxis]))[0]
+    model.speaker_normalization.adapt(real)
+    standardised = np.asarray(model.speaker_normalization(real))
     np.testing.assert_allclose(standardised.mean(axis=0), 0, atol=1e-4)
     np.testing.assert_allclose(standardised.std(axis=0), 1, atol=1e-2)
     together = model.predict(batch, verbose=0)
     np.testing.assert_allclose(model.predict(batch[:1, :3], verbose=0)[0], together[0], atol=1e-5)
+    embeddings[0, 3:] = utils.PAD_VALUE
+    np.testing.assert_allclose(np.asarray(model.classify(embeddings)), together, atol=1e-5)  # the stored statistics
+    # a group's own statistics: embeddings moved and scaled with their group classify as before
+    group = RunningStatistics()
+    group.update(real * 3 + 1)
+    moved = np.where(embeddings == utils.PAD_VALUE, utils.PAD_VALUE, embeddings * 3 + 1)
+    np.testing.assert_allclose(np.asarray(model.classify(moved, group.mean, group.std)), together, atol=1e-4)
+
+
+def test_running_statistics_equal_the_statistics_of_everything_seen():
+    rng = np.random.default_rng(4)
+    parts = [rng.normal(2.0, 3.0, (length, 5)) for length in (3, 7, 1)]
+    statistics = RunningStatistics()
+    for part in parts:
+        statistics.update(part)
+    everything = np.concatenate(parts)
+    np.testing.assert_allclose(statistics.mean, everything.mean(axis=0), rtol=1e-5)
+    np.testing.assert_allclose(statistics.std, everything.std(axis=0) + RunningStatistics.EPSILON, rtol=1e-5)
+    constant = RunningStatistics()
+    constant.update(np.ones((4, 2)))
+    assert np.isfinite(np.asarray(Standardization()(np.ones((1, 4, 2), "float32"), constant.mean, constant.std))).all()
 
 
 def test_a_mixed_precision_copy_computes_in_bfloat16_with_the_same_weights_and_masking():
     model = tiny_model()
-    features = model.get_layer("segment_encoder").features
-    SpeechModel.adapt_normalization(model, np.random.default_rng(0).normal(0.5, 0.2, (40, features)).astype("float32"))
+    features = model.encoder.features
+    model.speaker_normalization.adapt(np.random.default_rng(0).normal(0.5, 0.2, (40, features)).astype("float32"))
     batch = padded_batch([2, 5, 3])
     copy = SpeechModel.precision_copy(model)
-    np.testing.assert_allclose(  # the adapted statistics (in bfloat16), not the identity
-        np.asarray(copy.get_layer("embedding_normalization").mean, np.float32),
-        np.asarray(model.get_layer("embedding_normalization").mean), atol=1e-2,
-    )
-    assert copy.get_layer("blstm").dtype_policy.name == "mixed_bfloat16"
-    assert copy.get_layer("segment_encoder").backbone.layers[0].dtype_policy.name == "mixed_bfloat16"
-    assert copy.get_layer("emotion").dtype_policy.name == "float32"
-    assert model.get_layer("blstm").dtype_policy.name == "float32"  # the original is untouched
+    np.testing.assert_allclose(np.asarray(copy.speaker_normalization.mean), np.asarray(model.speaker_normalization.mean), atol=1e-6)
+    assert copy.head.blstm.dtype_policy.name == "mixed_bfloat16"
+    assert copy.encoder.backbone.layers[0].dtype_policy.name == "mixed_bfloat16"
+    assert copy.head.output_dense.dtype_policy.name == "float32" and copy.front_end.dtype_policy.name == "float32"
+    assert model.head.blstm.dtype_policy.name == "float32"  # the original is untouched
     probabilities = copy.predict(batch, verbose=0)
     assert probabilities.dtype == np.float32
     np.testing.assert_allclose(probabilities, model.predict(batch, verbose=0), atol=0.03)
     np.testing.assert_allclose(copy.predict(batch[1:2, :5], verbose=0)[0], probabilities[1], atol=1e-2)
-
-
-def test_a_head_of_another_shape_is_refused_with_the_layers_that_differ():
-    model = tiny_model()
-    other = SpeechModel.create_head(3, embedding_size=4, head=HeadConfig(lstm_units=8, attention_units=8, dense_units=(16, 8)))
-    with pytest.raises(ValueError, match=r"layers \['dense_2', 'emotion'\] differ"):  # a layer more, another input size
-        SpeechModel.load_head_weights(model, other)
-    wider = SpeechModel.create_head(3, embedding_size=4, head=HeadConfig(lstm_units=6, attention_units=8, dense_units=(16,)))
-    with pytest.raises(ValueError, match="blstm"):
-        SpeechModel.load_head_weights(model, wider)
 
 
 def test_a_head_config_refuses_impossible_values():
@@ -299,22 +287,26 @@ def test_a_head_config_refuses_impossible_values():
 def test_the_inference_function_gives_predict_for_any_batch_and_length():
     model = tiny_model()
     forward = SpeechModel.inference_function(model)
+    embed = SpeechModel.inference_function(model.embed, (None, *SEGMENT_SHAPE))
     for lengths in ([2, 5], [1], [3, 3, 7]):
         batch = padded_batch(lengths)
         np.testing.assert_allclose(forward(batch), model.predict(batch, verbose=0), atol=1e-5)
+        np.testing.assert_allclose(embed(batch), np.array(model.embed(batch)), atol=1e-5)
 
 
 def test_the_statistics_head_masks_padding_exactly_and_round_trips(tmp_path):
     model = tiny_model(head=HeadConfig(kind="stats", dense_units=(16,)), compile=False)
-    assert "blstm" not in [layer.name for layer in model.layers]
+    assert not hasattr(model.head, "blstm")
     batch = padded_batch([2, 5, 1])
     together = model.predict(batch, verbose=0)
     for row, length in enumerate([2, 5, 1]):
         np.testing.assert_allclose(model.predict(batch[row : row + 1, :length], verbose=0)[0], together[row], atol=1e-5)
     model.save(tmp_path / "stats.keras")
     np.testing.assert_allclose(keras.models.load_model(tmp_path / "stats.keras").predict(batch, verbose=0), together, atol=1e-5)
-    with pytest.raises(ValueError, match="no attention layer"):
-        SpeechModel.attention_model(model)
+    embeddings = np.array(model.embed(batch))
+    embeddings[0, 2:] = utils.PAD_VALUE
+    _, weights = model.classify(embeddings, return_attention=True)  # an equal share of the real segments
+    np.testing.assert_allclose(np.asarray(weights)[0], [0.5, 0.5, 0, 0, 0], atol=1e-6)
     with pytest.raises(ValueError, match="kind must be one of"):
         HeadConfig(kind="transformer")
 
@@ -327,55 +319,37 @@ def test_embedding_dropout_acts_in_training_only():
     assert not np.allclose(model(batch, training=True), model(batch, training=False), atol=1e-6)
 
 
-def test_the_standardized_head_is_the_model_after_its_normalisation():
-    model = tiny_model(compile=False)
-    SpeechModel.adapt_normalization(model, np.random.default_rng(1).normal(0.3, 2.0, (40, 4)).astype("float32"))
-    batch = padded_batch([3, 5])
-    embeddings = SpeechModel.embedding_model(model).predict(batch, verbose=0)
-    normalised = np.array(model.get_layer("embedding_normalization")(embeddings))
-    normalised[0, 3:] = 0  # padding rows, masked
-    np.testing.assert_allclose(SpeechModel.standardized_head(model).predict(normalised, verbose=0), model.predict(batch, verbose=0), atol=1e-5)
-
-
 def test_the_statistics_head_is_a_logistic_regression_on_standardised_statistics():
     head = HeadConfig(kind="stats")
     assert (head.dense_units, head.weight_decay) == ((), 1e-2)  # the kind's own defaults
     assert (HeadConfig().dense_units, HeadConfig().weight_decay) == ((256, 128), 0.0)
     model = tiny_model(head=head)
-    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
-    assert [layer.name for layer in dense] == ["emotion"] and dense[0].kernel_regularizer.l2 == pytest.approx(1e-2)
+    assert model.head.dense == [] and model.head.output_dense.kernel_regularizer.l2 == pytest.approx(1e-2)
     rng = np.random.default_rng(2)
     utterances = [rng.normal(3.0, 2.0, (length, 4)).astype("float32") for length in rng.integers(2, 9, 30)]
-    SpeechModel.adapt_normalization(model, np.concatenate(utterances))
-    SpeechModel.adapt_statistics_normalization(model, utterances)
-    layers = [model.get_layer(name) for name in ("embedding_normalization", "statistics", "statistics_normalization")]
-    standardised = np.concatenate([np.asarray(layers[2](layers[1](layers[0](u[np.newaxis])))) for u in utterances])
+    model.head.adapt_statistics(utterances)
+    head = model.head
+    standardised = np.concatenate([np.asarray(head.statistics_normalization(head.statistics(u[np.newaxis]))) for u in utterances])
     np.testing.assert_allclose(standardised.mean(axis=0), 0, atol=1e-4)
     np.testing.assert_allclose(standardised.std(axis=0), 1, atol=1e-3)
     with pytest.raises(ValueError, match="weight_decay"):
         HeadConfig(weight_decay=-1.0)
 
 
-def test_the_statistics_normalisation_travels_with_the_head_weights_and_the_saved_model(tmp_path):
+def test_the_statistics_normalisation_travels_with_the_model_file(tmp_path):
     rng = np.random.default_rng(3)
-    utterances = [rng.normal(1.0, 3.0, (5, 4)).astype("float32") for _ in range(12)]
-    head = SpeechModel.create_head(3, embedding_size=4, head=HeadConfig(kind="stats"))
-    SpeechModel.adapt_normalization(head, np.concatenate(utterances))
-    SpeechModel.adapt_statistics_normalization(head, utterances)
     model = tiny_model(head=HeadConfig(kind="stats"), compile=False)
-    SpeechModel.load_head_weights(model, head)
+    model.head.adapt_statistics([rng.normal(1.0, 3.0, (5, 4)).astype("float32") for _ in range(12)])
     batch = padded_batch([3, 5])
-    embeddings = SpeechModel.embedding_model(model).predict(batch, verbose=0)
-    embeddings[0, 3:] = utils.PAD_VALUE
-    np.testing.assert_allclose(model.predict(batch, verbose=0), head.predict(embeddings, verbose=0), atol=1e-5)
     model.save(tmp_path / "stats.keras")
-    np.testing.assert_allclose(keras.models.load_model(tmp_path / "stats.keras").predict(batch, verbose=0), model.predict(batch, verbose=0), atol=1e-5)
+    loaded = keras.models.load_model(tmp_path / "stats.keras")
+    np.testing.assert_allclose(np.asarray(loaded.head.statistics_normalization.std), np.asarray(model.head.statistics_normalization.std))
+    np.testing.assert_allclose(loaded.predict(batch, verbose=0), model.predict(batch, verbose=0), atol=1e-5)
 
 
 def test_an_image_size_equal_to_the_segments_resizes_nothing():
-    model = tiny_model(image_size=SEGMENT_SHAPE[0], compile=False)
-    assert model.get_layer("segment_encoder").get_config()["image_size"] is None
-    assert tiny_model(image_size=SEGMENT_SHAPE[0] + 1, compile=False).get_layer("segment_encoder").get_config()["image_size"] == SEGMENT_SHAPE[0] + 1
+    assert tiny_model(image_size=SEGMENT_SHAPE[0], compile=False).encoder.image_size is None
+    assert tiny_model(image_size=SEGMENT_SHAPE[0] + 1, compile=False).encoder.image_size == SEGMENT_SHAPE[0] + 1
 
 
 def test_fine_tuning_settings_slow_the_backbone_and_keep_its_batchnorm(tmp_path):
@@ -383,11 +357,11 @@ def test_fine_tuning_settings_slow_the_backbone_and_keep_its_batchnorm(tmp_path)
 
     def one_step(**settings):
         model = tiny_model(**settings)
-        backbone = model.get_layer("segment_encoder").backbone
+        backbone = model.encoder.backbone
         conv, norm = backbone.layers[0], backbone.layers[1]
-        before = [np.array(conv.kernel), np.array(norm.moving_mean), np.array(model.get_layer("emotion").kernel)]
+        before = [np.array(conv.kernel), np.array(norm.moving_mean), np.array(model.head.output_dense.kernel)]
         model.train_on_batch(batch, labels)
-        after = [np.array(conv.kernel), np.array(norm.moving_mean), np.array(model.get_layer("emotion").kernel)]
+        after = [np.array(conv.kernel), np.array(norm.moving_mean), np.array(model.head.output_dense.kernel)]
         return model, [not np.allclose(b, a) for b, a in zip(before, after)]
 
     model, (conv_moved, statistics_moved, head_moved) = one_step(backbone_learning_rate_scale=0.0, freeze_batch_normalization=True)
@@ -406,13 +380,14 @@ def test_fine_tuning_settings_slow_the_backbone_and_keep_its_batchnorm(tmp_path)
 def test_mixed_precision_training_keeps_float32_variables_softmax_and_export(precision):
     shape = (32, 32, 3)
     model = SpeechModel.create_model(
-        3, weights=None, backbone="efficientnet_lite0", segment_shape=shape, head=tiny_head(), precision=precision,
+        3, weights=None, backbone="efficientnet_lite0", features=utils.FeatureConfig(n_mels=32, segment_frames=32, segment_hop=16),
+        head=tiny_head(), precision=precision,
         learning_rate=1e-3,
     )
     policy = f"mixed_{precision}"
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored after building
-    assert model.get_layer("segment_encoder").backbone.layers[2].dtype_policy.name == policy  # the backbone's too
-    assert model.get_layer("blstm").dtype_policy.name == policy and model.get_layer("emotion").dtype_policy.name == "float32"
+    assert model.encoder.backbone.layers[2].dtype_policy.name == policy  # the backbone's too
+    assert model.head.blstm.dtype_policy.name == policy and model.head.output_dense.dtype_policy.name == "float32"
     assert {variable.dtype for variable in model.trainable_variables} == {"float32"}
     # float16 needs loss scaling against underflowing gradients; Keras adds it when compiling.
     assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) == (precision == "float16")
@@ -425,5 +400,5 @@ def test_mixed_precision_training_keeps_float32_variables_softmax_and_export(pre
     probabilities = model.predict(batch, verbose=0)
     assert probabilities.dtype == np.float32
     exported = SpeechModel.precision_copy(model, "float32")
-    assert {layer.dtype_policy.name for layer in exported.layers} == {"float32"}
+    assert {layer.dtype_policy.name for layer in exported._flatten_layers()} == {"float32"}
     np.testing.assert_allclose(exported.predict(batch, verbose=0), probabilities, atol=0.05)

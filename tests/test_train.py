@@ -147,7 +147,7 @@ def run_files(run: Path) -> set[str]:
 def test_a_run_writes_a_complete_exported_model_and_honest_scores(shared_run):
     run = shared_run.folder
     assert not run.name.startswith(".") and list(run.parent.iterdir()) == [run]  # no partial folder left
-    assert {"saved_model.pb", "variables", "model.keras", "labels.json", "features.json", "metrics.json",
+    assert {"model.keras", "labels.json", "metrics.json",
             "confusion_matrix.png", "history.csv", "predictions.csv", "logs", "options.json"} <= run_files(run)
     assert runs.missing_files(run) == []  # what train.py writes is what infer.py needs
     assert folder_state(shared_run.corpus) == shared_run.corpus_before  # the dataset is only read
@@ -170,24 +170,18 @@ def test_a_run_writes_a_complete_exported_model_and_honest_scores(shared_run):
     assert len(predictions) == 6 and {row["true"] for row in predictions} == set(labels)
     assert sum(row["true"] == row["predicted"] for row in predictions) == np.trace(metrics["confusion_matrix"])
 
-    # features.json records the parameters the run was trained with, not the defaults.
-    recorded = utils.FeatureConfig.from_dict(json.loads((run / "features.json").read_text()))
-    assert recorded == utils.DEFAULT_FEATURES.replace(**SHARED_RUN_FEATURES)
-    # The exported SavedModel, the .keras file and the test predictions agree.
-    import tensorflow as tf
-
-    path = sorted(shared_run.corpus.rglob("*-04.wav"))[0]
-    segments = utils.get_framed_log_melspectrogram(path, recorded)[np.newaxis]
-    exported = tf.saved_model.load(str(run))  # held: serve() needs the loaded object alive
-    served = exported.serve(tf.constant(segments)).numpy()
+    # The model holds the feature parameters the run was trained with, not the defaults.
     model = keras.models.load_model(run / "model.keras")
-    np.testing.assert_allclose(served, model.predict(segments, verbose=0), atol=1e-5)
+    assert model.features == utils.DEFAULT_FEATURES.replace(**SHARED_RUN_FEATURES)
+    # Without per-speaker normalisation, the model file gives the test predictions.
+    path = sorted(shared_run.corpus.rglob("*-04.wav"))[0]
+    served = model.predict(utils.get_framed_log_melspectrogram(path, model.features)[np.newaxis], verbose=0)
     recorded_row = next(row for row in predictions if row["path"] == str(path))
     assert recorded_row["predicted"] == labels[int(served.argmax())]
     assert float(recorded_row["confidence"]) == pytest.approx(float(served.max()), abs=1e-4)
-    # The embedding normalisation was adapted on the training embeddings and travels with the model.
-    mean, variance = model.get_layer("embedding_normalization").get_weights()[:2]
-    assert np.abs(mean).max() > 0 and not np.allclose(variance, 1)
+    # The speaker normalisation was adapted on the training embeddings and travels with the model.
+    assert np.abs(np.asarray(model.speaker_normalization.mean)).max() > 0
+    assert not np.allclose(np.asarray(model.speaker_normalization.std), 1)
 
 
 def test_a_corrupt_training_file_is_skipped_and_reported(shared_run):
@@ -203,7 +197,7 @@ def test_finetuning_trains_end_to_end_and_exports(corpus, tmp_path):
     run = train.run(options_for(corpus, tmp_path, backbone_mode="finetune", epochs=1), backbone=small_backbone)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["options"]["backbone_mode"] == "finetune" and metrics["files"]["test"] == 6
-    assert runs.missing_files(run) == [] and (run / "saved_model.pb").is_file()
+    assert runs.missing_files(run) == []
 
 
 def test_folds_test_every_speaker_once_and_report_mean_and_spread(corpus, tmp_path, no_accelerator):
@@ -313,7 +307,7 @@ def test_finetuning_runs_on_jax_through_its_own_input_pipeline(corpus, tmp_path)
     run = Path(done.stdout.strip().splitlines()[-1])
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["backend"] == "jax" and metrics["files"]["test"] == 6
-    assert (run / "model.keras").is_file() and (run / "saved_model.pb").is_file()
+    assert runs.missing_files(run) == []
 
 
 def test_per_speaker_standardisation_uses_each_speakers_own_original_files():
@@ -324,7 +318,9 @@ def test_per_speaker_standardisation_uses_each_speakers_own_original_files():
         "b1.wav": rng.normal(-3, 0.5, (5, 3)),
     }
     speaker_of = {"a1.wav": "A", "a2.wav": "A", ("a1.wav", "enhanced"): "A", "b1.wav": "B"}
-    standardised = trainer.standardize_per_speaker(embeddings, speaker_of)
+    from SpeechModel import Standardization
+
+    standardised = trainer.standardize_per_speaker(Standardization(), embeddings, speaker_of)
     speaker_a = np.concatenate([standardised["a1.wav"], standardised["a2.wav"]])
     np.testing.assert_allclose(speaker_a.mean(axis=0), 0, atol=1e-6)
     np.testing.assert_allclose(speaker_a.std(axis=0), 1, atol=1e-3)
@@ -452,7 +448,7 @@ def test_a_full_disk_while_saving_leaves_no_truncated_model_and_a_failed_run(cor
         train.run(options_for(corpus, tmp_path, epochs=1), backbone=small_backbone)
     (partial,) = (tmp_path / "runs").iterdir()
     assert partial.name.startswith(runs.PARTIAL_PREFIX)
-    assert [path.name for path in partial.rglob("*.keras")] == [] and not (partial / "saved_model.pb").exists()
+    assert [path.name for path in partial.rglob("*.keras")] == []
     assert (partial / runs.FAILED).read_text().startswith("OSError: [Errno 28] No space left on device")
     monkeypatch.undo()  # space again: the failed run is continued by name, and completes
     run = train.run(options_for(corpus, tmp_path, epochs=1), resume=partial, backbone=small_backbone)

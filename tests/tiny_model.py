@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 SEGMENT_SHAPE = (8, 8, 3)
+# Features whose segments are SEGMENT_SHAPE: 8 Mel bands, 8 frames (80 ms) a segment.
+TINY_FEATURES = {"n_mels": 8, "segment_frames": 8, "segment_hop": 4}
 # What a train.run on tiny_backbone needs besides the recipe's defaults: the segments as
 # cut, and the backbone's one output (it has no named stages).
 TINY_BACKBONE_OPTIONS = {"image_size": None, "stages": "last"}
@@ -41,8 +43,9 @@ def tiny_head():
 
 def tiny_model(num_classes: int = 3, **kwargs):
     from SpeechModel import SpeechModel
+    from utils import FeatureConfig
 
-    options = dict(weights=None, backbone=tiny_backbone(), segment_shape=SEGMENT_SHAPE, head=tiny_head())
+    options = dict(weights=None, backbone=tiny_backbone(), features=FeatureConfig(**TINY_FEATURES), head=tiny_head())
     options.update(kwargs)
     return SpeechModel.create_model(num_classes, **options)
 

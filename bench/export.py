@@ -1,0 +1,120 @@
+"""Benchmark: the exported artefacts of a run, each in a plain loop of its own runtime, beside infer.py.
+
+For each format of export.py (SavedModel, ONNX, LiteRT): the artefact's size, the largest
+difference of its probabilities to the Keras model's (`runs.Run.predict_waveform`) over the
+folder, and files per second of a plain loop that a user without this project would write:
+read the file with soundfile, resample to 16 kHz with soxr, one call of the runtime on the whole
+recording. Beside them, in the same run: infer.py on the folder (`infer.predict`) and the plain
+per-file approach of the original repository (features, a fixed 8 segments, model.predict).
+Loading and the first call are not timed. ONNX Runtime and LiteRT use every core.
+
+    python bench/export.py RUN [--data ../shared/data/ravdess-mini]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[0] = str(ROOT)  # the project's modules, and bench.model
+
+DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
+
+
+def read_16k(path: Path):
+    """What a user's loop does: soundfile, mono, soxr to 16 kHz."""
+    import numpy as np
+    import soundfile as sf
+    import soxr
+
+    y, sr = sf.read(path, dtype="float32", always_2d=True)
+    y = y.mean(axis=1)
+    return np.ascontiguousarray(soxr.resample(y, sr, 16000) if sr != 16000 else y, dtype=np.float32)
+
+
+def runner(export_format: str, folder: Path):
+    """The runtime's call on one recording -> utterance probabilities, as a plain function."""
+    cores = len(os.sched_getaffinity(0))
+    if export_format == "onnx":
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = cores
+        session = ort.InferenceSession(str(folder / "model.onnx"), options)
+        return lambda y: session.run(["probabilities"], {"waveform": y})[0]
+    if export_format == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        runner = Interpreter(str(folder / "model.tflite"), num_threads=cores).get_signature_runner("serving_default")
+        return lambda y: runner(waveform=y)["probabilities"]
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(folder / "saved_model"))
+    return lambda y: loaded.serve(tf.constant(y))["probabilities"].numpy()
+
+
+def size_mb(path: Path) -> float:
+    return (sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size) / 1e6
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("model", metavar="RUN", type=Path, help="a run folder of train.py")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="folder of audio files (default: %(default)s)")
+    parser.add_argument("--plain-files", type=int, default=40, help="files timed for the plain approach (default: %(default)s)")
+    args = parser.parse_args()
+
+    import keras
+    import numpy as np
+
+    import export
+    import infer
+    import runs
+    import utils
+    from bench.model import fixed_length
+
+    files = infer.audio_files([args.data])
+    run = runs.load_run(args.model)
+    audio = [read_16k(path) for path in files]
+    expected = [run.predict_waveform(y, 16000, infer.WINDOW_SECONDS)[1] for y in audio]
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for export_format, (_, name, _) in export.FORMATS.items():
+            folder = Path(scratch) / export_format
+            export.export(run, export_format, folder)
+            call = runner(export_format, folder)
+            difference = max(float(np.abs(call(y) - want).max()) for y, want in zip(audio, expected))
+            start = time.perf_counter()
+            for path in files:
+                call(read_16k(path))
+            rows.append((f"{export_format}: a plain loop, {name}", size_mb(folder / name), difference, len(files) / (time.perf_counter() - start)))
+    infer.predict(files[:2], run, progress=False)  # traced once, not timed
+    start = time.perf_counter()
+    infer.predict(files, run, progress=False)
+    rows.append(("ours: infer.predict on the folder (model.keras)", None, None, len(files) / (time.perf_counter() - start)))
+    plain_files = files[: args.plain_files]
+    model = keras.models.load_model(args.model / runs.MODEL_KERAS, compile=False)
+    model.predict(fixed_length(utils.get_framed_log_melspectrogram(plain_files[0], run.features)), verbose=0)
+    start = time.perf_counter()
+    for path in plain_files:
+        model.predict(fixed_length(utils.get_framed_log_melspectrogram(path, run.features)), verbose=0)
+    plain = len(plain_files) / (time.perf_counter() - start)
+    rows.append(("plain: per file features, fixed 8 segments, model.predict", None, None, plain))
+
+    print(f"exported artefacts of {args.model.name}: {len(files)} files ({args.data}), {len(os.sched_getaffinity(0))} cores, "
+          f"Keras {keras.__version__} on {keras.backend.backend()}")
+    print(f"{'approach':<62}{'size MB':>9}{'max |diff|':>12}{'files/s':>9}{'vs plain':>10}")
+    for label, size, difference, rate in rows:
+        size_text = "-" if size is None else f"{size:.1f}"
+        difference_text = "-" if difference is None else f"{difference:.1e}"
+        print(f"{label:<62}{size_text:>9}{difference_text:>12}{rate:>9.1f}{rate / plain:>9.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""Export a trained run as one artefact that maps 16 kHz PCM to emotions: SavedModel, ONNX or LiteRT.
+
+    python export.py RUN [--format saved_model|onnx|litert] [--output FOLDER] [--window SECONDS]
+
+The artefact holds the whole recogniser (front end, backbone, the training speakers'
+normalisation statistics, head), so it runs with TensorFlow, ONNX Runtime or the LiteRT
+interpreter alone, without this project. Its one input, ``waveform``, is a recording as
+float32 mono PCM in [-1, 1] at the run's sample rate (16 kHz by default; resample first),
+any length; it is cut into equal windows of about ``--window`` seconds inside the graph
+(`frontend.split_windows`), as infer.py cuts files. Two outputs: ``window_probabilities``
+(windows, classes) and ``probabilities`` (classes,), the windows' mean. ``contract.json``
+beside the artefact says all of this, with the labels in output order.
+
+Written to RUN/export/FORMAT/ by default, whole or not at all: into a temporary folder,
+renamed when complete (an earlier export there is replaced only then).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shutil
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+import cli
+import runs
+from cli import positive_float
+from files import PARTIAL_PREFIX, folder_problem
+from infer import WINDOW_SECONDS
+
+logger = logging.getLogger("export")
+
+# Each format: the Keras export format, the artefact's name in the output folder, what runs it.
+FORMATS = {
+    "saved_model": ("tf_saved_model", "saved_model", "tensorflow (tf.saved_model.load(...).serve, or the serving_default signature)"),
+    "onnx": ("onnx", "model.onnx", "onnxruntime (InferenceSession), or any ONNX runtime"),
+    "litert": ("litert", "model.tflite", "ai-edge-litert (Interpreter, signature serving_default), or TensorFlow Lite"),
+}
+CONTRACT = "contract.json"
+
+
+class ExportError(Exception):
+    """An export that could not be made (the converter failed, a dependency is missing); one line."""
+
+
+def serving_model(model, window_samples: int):
+    """A Keras model around ``model`` (an `SpeechModel.EmotionRecognizer`): one recording (samples,) -> both outputs.
+
+    For export only: it is traced with a (samples,) float32 signature and never saved itself.
+    """
+    import keras
+    from keras import ops
+
+    import frontend
+
+    class Serving(keras.Model):
+        def __init__(self) -> None:
+            super().__init__(name="serving")
+            self.recognizer = model
+
+        def call(self, waveform):
+            windows = frontend.split_windows(waveform, window_samples)
+            probabilities = self.recognizer.predict_waveform(windows)
+            return {"window_probabilities": probabilities, "probabilities": ops.mean(probabilities, axis=0)}
+
+    return Serving()
+
+
+def contract(run: runs.Run, export_format: str, window_seconds: float) -> dict:
+    """What a caller of the artefact must know: the input, the windows, the outputs, the labels."""
+    features = run.features
+    window_samples = int(round(window_seconds * features.sr))
+    blstm = run.model.head.config.kind == "blstm-attention"
+    return {
+        "format": export_format,
+        "file": FORMATS[export_format][1],
+        "runs_with": FORMATS[export_format][2],
+        # Measured: the masked BLSTM converts to TensorList ops that only the Flex (Select TF ops) delegate runs.
+        "litert_needs_select_tf_ops": export_format == "litert" and blstm,
+        "run": run.folder.name,
+        "input": {
+            "name": "waveform",
+            "dtype": "float32",
+            "shape": ["samples"],
+            "sample_rate": features.sr,
+            "channels": 1,
+            "range": [-1.0, 1.0],
+            "note": "one recording, mono, any length; resample to sample_rate before (not in the graph)",
+        },
+        "windows": {
+            "seconds": window_seconds,
+            "samples": window_samples,
+            "rule": "count = max(1, floor(samples / window_samples + 0.5)); each window is samples // count samples; "
+            "the last samples % count samples are dropped",
+        },
+        "outputs": {
+            "window_probabilities": {"dtype": "float32", "shape": ["windows", len(run.labels)]},
+            "probabilities": {"dtype": "float32", "shape": [len(run.labels)], "note": "the mean over the windows"},
+        },
+        "labels": run.labels,
+        "speaker_normalization": "the training speakers' pooled statistics, stored in the artefact",
+        "features": features.to_dict(),
+    }
+
+
+def export(run: runs.Run, export_format: str, output: Path, *, window_seconds: float = WINDOW_SECONDS) -> Path:
+    """Write ``run`` as ``export_format`` into the folder ``output`` (the artefact and `CONTRACT`); returns the artefact's path.
+
+    Raises
+    ------
+    ExportError
+        If the converter is missing or fails (the message says which and why).
+    OSError
+        If ``output`` cannot be written (an earlier export there is left as it was).
+    """
+    import keras
+
+    if keras.backend.backend() not in ("tensorflow", "jax"):
+        raise ExportError(f"exporting works under KERAS_BACKEND=tensorflow or jax, not {keras.backend.backend()}")
+    keras_format, name, _ = FORMATS[export_format]
+    window_samples = int(round(window_seconds * run.features.sr))
+    scratch = output.with_name(f"{PARTIAL_PREFIX}{output.name}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        signature = [keras.InputSpec(shape=(None,), dtype="float32", name="waveform")]
+        try:
+            serving = serving_model(run.model, window_samples)
+            serving(np.zeros(window_samples, np.float32))  # built by one call, as Keras' export wants
+            serving.export(str(scratch / name), format=keras_format, input_signature=signature, verbose=False)
+        except ImportError as error:
+            raise ExportError(f"--format {export_format} needs {error.name or error}: pip install -r requirements.txt") from None
+        except Exception as error:  # the converters raise many kinds; each means this export failed
+            raise ExportError(f"--format {export_format}: the converter failed: {runs.first_line(error)}") from None
+        (scratch / CONTRACT).write_text(json.dumps(contract(run, export_format, window_seconds), indent=2))
+        if output.exists():
+            old = output.with_name(f"{PARTIAL_PREFIX}old-{output.name}")
+            shutil.rmtree(old, ignore_errors=True)
+            output.rename(old)
+            scratch.rename(output)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            scratch.rename(output)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return output / name
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="export.py",
+        description="Export a trained run as one artefact from 16 kHz PCM to emotions (runs without this project).",
+        formatter_class=cli.HelpFormatter,
+    )
+    parser.add_argument("model", metavar="RUN", help="run folder of train.py (saved_model/<run>)")
+    parser.add_argument("--format", choices=list(FORMATS), default="saved_model", help="saved_model: TensorFlow; onnx: ONNX Runtime and other ONNX runtimes; litert: LiteRT (TensorFlow Lite) on phones and small devices")
+    parser.add_argument("--output", type=Path, default=None, help=f"folder for the artefact and its {CONTRACT} (default: RUN/{runs.EXPORT}/FORMAT)")
+    parser.add_argument("--window", type=positive_float, default=WINDOW_SECONDS, help="seconds per window the artefact cuts a recording into (as infer.py --window)")
+    parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up and conversion logs")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cli.log_to_stderr(logging.INFO, "%(message)s")
+    output = args.output if args.output is not None else Path(args.model) / runs.EXPORT / args.format
+    problem = folder_problem(output.parent)
+    if problem:
+        parser.error(f"--output {output}: {output.parent} {problem}")
+
+    def work() -> int:
+        run = runs.load_run(args.model)
+        path = export(run, args.format, output, window_seconds=args.window)
+        logger.info("wrote %s and %s (input: float32 PCM at %d Hz, mono, any length)", path, output / CONTRACT, run.features.sr)
+        return 0
+
+    return cli.run_command(work, failures=(runs.RunError, ExportError), interrupted="nothing was written")
+
+
+if __name__ == "__main__":
+    cli.filter_library_noise(verbose="--verbose" in sys.argv[1:])
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""export.py: each format runs in a process that does not import this project and gives the Keras model's probabilities.
+
+The shared run has the default recipe's head (statistics) and speaker normalisation: the
+artefact standardises with the training speakers' statistics, as `runs.Run.predict_waveform`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from conftest import run_cli, tone
+
+import export
+import runs
+
+# Each runtime, loading the artefact with nothing of this project: prints its outputs as JSON.
+RUNNERS = {
+    "saved_model": """
+        import tensorflow as tf
+        model = tf.saved_model.load(folder + "/saved_model")
+        out = model.serve(tf.constant(y))
+        result = {name: value.numpy().tolist() for name, value in out.items()}
+    """,
+    "onnx": """
+        import onnxruntime as ort
+        session = ort.InferenceSession(folder + "/model.onnx")
+        names = [output.name for output in session.get_outputs()]
+        result = dict(zip(names, (value.tolist() for value in session.run(None, {"waveform": y}))))
+    """,
+    "litert": """
+        from ai_edge_litert.interpreter import Interpreter
+        interpreter = Interpreter(folder + "/model.tflite")
+        runner = interpreter.get_signature_runner("serving_default")
+        result = {name: value.tolist() for name, value in runner(waveform=y).items()}
+    """,
+}
+
+
+def outside_the_project(export_format: str, folder: Path, audio: Path, tmp_path: Path) -> dict:
+    code = "import json, sys\nimport numpy as np, soundfile as sf\n"
+    code += f"folder = {str(folder)!r}\ny = sf.read({str(audio)!r}, dtype='float32')[0]\n"
+    code += textwrap.dedent(RUNNERS[export_format]) + "print(json.dumps(result))\n"
+    environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
+    environment["TF_CPP_MIN_LOG_LEVEL"] = "3"
+    done = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("export_format", list(export.FORMATS))
+def test_each_format_runs_without_the_project_and_gives_the_keras_probabilities(export_format, speaker_norm_run, tmp_path, capsys):
+    audio = tmp_path / "speech.wav"
+    y = np.concatenate([tone(220, 2.5), tone(660, 3.0, amplitude=0.1), tone(330, 1.1)])
+    sf.write(audio, y, 16000, subtype="FLOAT")
+    output = tmp_path / "exported"
+    code, _, err = run_cli(export.main, [str(speaker_norm_run), "--format", export_format, "--output", str(output), "--window", "2"], capsys)
+    assert code == 0, err
+    contract = json.loads((output / export.CONTRACT).read_text())
+    run = runs.load_run(speaker_norm_run)
+    assert contract["labels"] == run.labels and contract["input"]["sample_rate"] == 16000
+    assert contract["windows"]["samples"] == 32000 and contract["format"] == export_format
+    served = outside_the_project(export_format, output, audio, tmp_path)
+    windows, utterance = run.predict_waveform(y, 16000, 2.0)
+    assert np.array(served["window_probabilities"]).shape == (3, len(run.labels))  # 6.6 s in 2 s windows: 3 equal ones
+    np.testing.assert_allclose(served["window_probabilities"], windows, atol=1e-4)
+    np.testing.assert_allclose(served["probabilities"], utterance, atol=1e-4)
+
+
+def test_the_waveform_path_agrees_with_infer_on_the_same_audio(speaker_norm_run, write_audio):
+    import infer
+
+    y = np.concatenate([tone(200, 3.0), tone(500, 4.0, amplitude=0.2)])
+    path = write_audio("speech.wav", y, 16000, "FLOAT")
+    run = runs.load_run(speaker_norm_run)
+    [prediction] = infer.predict([path], run, window=3.0)
+    windows, utterance = run.predict_waveform(y, 16000, 3.0)
+    np.testing.assert_allclose(windows, np.stack([w.probabilities for w in prediction.windows]), atol=1e-3)
+    np.testing.assert_allclose(utterance, list(prediction.probabilities.values()), atol=1e-3)
+
+
+def test_an_export_that_fails_leaves_the_earlier_one_and_says_why(speaker_norm_run, tmp_path, monkeypatch, capsys):
+    output = tmp_path / "exported"
+    output.mkdir()
+    (output / "model.onnx").write_bytes(b"an earlier export")
+
+    def failing(*args, **kwargs):
+        raise RuntimeError("converter crashed\nwith many lines")
+
+    import keras
+
+    monkeypatch.setattr(keras.Model, "export", failing)
+    code, _, err = run_cli(export.main, [str(speaker_norm_run), "--format", "onnx", "--output", str(output)], capsys)
+    assert code == 1 and err.strip() == "error: --format onnx: the converter failed: converter crashed with many lines"
+    assert (output / "model.onnx").read_bytes() == b"an earlier export" and sorted(p.name for p in tmp_path.iterdir()) == ["exported"]
+
+
+def test_bad_usage_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        export.main([str(tmp_path), "--format", "pickle"])
+    assert stop.value.code == 2 and "invalid choice" in capsys.readouterr().err
+    code, _, err = run_cli(export.main, [str(tmp_path / "no-run")], capsys)
+    assert code == 2 and "does not exist" in err
