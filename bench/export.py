@@ -1,8 +1,8 @@
 """Benchmark: the exported artefacts of a run, each in a plain loop of its own runtime, beside infer.py.
 
 For each format of export.py (SavedModel, ONNX, LiteRT): the artefact's size, the largest
-difference of its probabilities to the Keras model's (`runs.Run.predict_waveform`) over the
-folder, and files per second of a plain loop that a user without this project would write:
+difference of its probabilities to the Keras model's (`runs.Run.predict_waveform`) and to
+infer.py's (`infer.predict`, the NumPy front end) over the folder, and files per second of a plain loop that a user without this project would write:
 read the file with soundfile, resample to 16 kHz with soxr, one call of the runtime on the whole
 recording. Beside them, in the same run: infer.py on the folder (`infer.predict`) and the plain
 per-file approach of the original repository (features, a fixed 8 segments, model.predict).
@@ -83,21 +83,24 @@ def main() -> None:
     run = runs.load_run(args.model)
     audio = [read_16k(path) for path in files]
     expected = [run.predict_waveform(y, 16000, infer.WINDOW_SECONDS)[1] for y in audio]
+    inferred = [np.array(list(p.probabilities.values())) for p in infer.predict(files, run, progress=False)]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for export_format, (_, name, _) in export.FORMATS.items():
             folder = Path(scratch) / export_format
             export.export(run, export_format, folder)
             call = runner(export_format, folder)
-            difference = max(float(np.abs(call(y) - want).max()) for y, want in zip(audio, expected))
+            served = [call(y) for y in audio]
+            difference = max(float(np.abs(got - want).max()) for got, want in zip(served, expected))
+            to_infer = max(float(np.abs(got - want).max()) for got, want in zip(served, inferred))
             start = time.perf_counter()
             for path in files:
                 call(read_16k(path))
-            rows.append((f"{export_format}: a plain loop, {name}", size_mb(folder / name), difference, len(files) / (time.perf_counter() - start)))
+            rows.append((f"{export_format}: a plain loop, {name}", size_mb(folder / name), difference, to_infer, len(files) / (time.perf_counter() - start)))
     infer.predict(files[:2], run, progress=False)  # traced once, not timed
     start = time.perf_counter()
     infer.predict(files, run, progress=False)
-    rows.append(("ours: infer.predict on the folder (model.keras)", None, None, len(files) / (time.perf_counter() - start)))
+    rows.append(("ours: infer.predict on the folder (model.keras)", None, None, None, len(files) / (time.perf_counter() - start)))
     plain_files = files[: args.plain_files]
     model = keras.models.load_model(args.model / runs.MODEL_KERAS, compile=False)
     model.predict(fixed_length(utils.get_framed_log_melspectrogram(plain_files[0], run.features)), verbose=0)
@@ -105,15 +108,15 @@ def main() -> None:
     for path in plain_files:
         model.predict(fixed_length(utils.get_framed_log_melspectrogram(path, run.features)), verbose=0)
     plain = len(plain_files) / (time.perf_counter() - start)
-    rows.append(("plain: per file features, fixed 8 segments, model.predict", None, None, plain))
+    rows.append(("plain: per file features, fixed 8 segments, model.predict", None, None, None, plain))
 
     print(f"exported artefacts of {args.model.name}: {len(files)} files ({args.data}), {len(os.sched_getaffinity(0))} cores, "
           f"Keras {keras.__version__} on {keras.backend.backend()}")
-    print(f"{'approach':<62}{'size MB':>9}{'max |diff|':>12}{'files/s':>9}{'vs plain':>10}")
-    for label, size, difference, rate in rows:
+    print(f"{'approach':<62}{'size MB':>9}{'vs Keras':>10}{'vs infer':>10}{'files/s':>9}{'vs plain':>10}")
+    for label, size, difference, to_infer, rate in rows:
+        cells = ["-" if value is None else f"{value:.1e}" for value in (difference, to_infer)]
         size_text = "-" if size is None else f"{size:.1f}"
-        difference_text = "-" if difference is None else f"{difference:.1e}"
-        print(f"{label:<62}{size_text:>9}{difference_text:>12}{rate:>9.1f}{rate / plain:>9.1f}x")
+        print(f"{label:<62}{size_text:>9}{cells[0]:>10}{cells[1]:>10}{rate:>9.1f}{rate / plain:>9.1f}x")
 
 
 if __name__ == "__main__":
