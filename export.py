@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=cli.HelpFormatter,
     )
     parser.add_argument("model", metavar="RUN", help="run folder of train.py (saved_model/<run>)")
-    parser.add_argument("--format", choices=list(FORMATS), default="saved_model", help="saved_model: TensorFlow; onnx: ONNX Runtime and other ONNX runtimes; litert: LiteRT (TensorFlow Lite) on phones and small devices")
+    parser.add_argument("--format", choices=list(FORMATS), default="saved_model", help="saved_model: TensorFlow; onnx: ONNX Runtime and other ONNX runtimes; litert: LiteRT (TensorFlow Lite) on phones and small devices (a run with the BLSTM head needs its Flex delegate there)")
     parser.add_argument("--output", type=Path, default=None, help=f"folder for the artefact and its {CONTRACT} (default: RUN/{runs.EXPORT}/FORMAT)")
     parser.add_argument("--window", type=positive_float, default=WINDOW_SECONDS, help="seconds per window the artefact cuts a recording into (as infer.py --window)")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up and conversion logs")
@@ -169,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     cli.log_to_stderr(logging.INFO, "%(message)s")
+    if not Path(args.model).is_dir():
+        parser.error(f"RUN {args.model} is not a folder; name a run folder of train.py (saved_model/<run>)")
     output = args.output if args.output is not None else Path(args.model) / runs.EXPORT / args.format
     problem = folder_problem(output.parent)
     if problem:

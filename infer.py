@@ -514,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format; csv and json carry every class probability")
     parser.add_argument("--output", default=None, help="write the results to this file instead of standard output (checked before any work; written whole or not at all)")
     parser.add_argument("--top-k", type=positive_int, default=1, help="emotions listed per file (table and json)")
-    parser.add_argument("--window", type=positive_float, default=WINDOW_SECONDS, help="seconds per window for long files")
+    parser.add_argument("--window", type=positive_float, default=WINDOW_SECONDS, help="seconds per window: longer files are cut into equal windows of about this length, as the exports cut them")
     parser.add_argument("--timeline", action="store_true", help="also give every window's start, end and emotion")
     parser.add_argument("--batch-size", type=positive_int, default=BATCH_WINDOWS, help=f"windows per model call, at most: a call also holds at most {BATCH_SEGMENTS} segments, which bounds memory")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="mixed precision from model.keras: bfloat16 is about 1.5x faster on CPUs with bf16 units (float16: for GPUs), probabilities a little off float32's")

@@ -107,5 +107,8 @@ def test_bad_usage_exits_2(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         export.main([str(tmp_path), "--format", "pickle"])
     assert stop.value.code == 2 and "invalid choice" in capsys.readouterr().err
-    code, _, err = run_cli(export.main, [str(tmp_path / "no-run")], capsys)
-    assert code == 2 and "does not exist" in err
+    with pytest.raises(SystemExit) as stop:
+        export.main([str(tmp_path / "no-run")])
+    assert stop.value.code == 2 and "is not a folder; name a run folder of train.py" in capsys.readouterr().err
+    code, _, err = run_cli(export.main, [str(tmp_path)], capsys)  # a folder, but no run
+    assert code == 2 and "is not a training run: it lacks model.keras" in err
