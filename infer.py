@@ -29,6 +29,7 @@ import numpy as np
 
 import batching
 import runs
+import stream
 import utils
 import cli
 from cli import positive_float, positive_int
@@ -49,8 +50,9 @@ PROGRESS_DELAY = 2.0  # seconds of work before a progress bar appears (quick run
 
 
 SPEAKER_NORM_MODES = ("none", "folder", "file")  # whose statistics standardise the embeddings: see predict
+STREAM_NORM = "running"  # --stream's mode: the stream's own running statistics (stream.predict_stream)
+MICROPHONE = "microphone"  # --stream without a source
 SPEAKER = "speaker"  # predict's mode for a corpus whose reader knows each file's speaker (evaluate.py); no CLI choice
-SILENCE_PEAK = 1e-4  # a file whose samples never reach this (-80 dBFS) is called silent
 LOW_BIT_SUBTYPES = ("PCM_U8", "PCM_S8", "ULAW", "ALAW")  # 8-bit sample formats
 # Warnings a prediction may carry: it is still made, but on input unlike what models train on.
 SILENT, TOO_SHORT, LOW_SAMPLE_RATE, EIGHT_BIT = "silent", "too short", "low sample rate", "8-bit"
@@ -426,7 +428,7 @@ def _combine(
     weights = np.array([w.end - w.start for w in windows])
     probabilities = np.average(np.stack([w.probabilities for w in windows]), axis=0, weights=weights)
     best = int(np.argmax(probabilities))
-    if max(w.peak for w in windows) < SILENCE_PEAK:
+    if max(w.peak for w in windows) < utils.SILENCE_PEAK:
         warnings = [SILENT, *warnings]
     return Prediction(
         path, labels[best], float(probabilities[best]),
@@ -509,16 +511,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Predict the emotion of audio files with a trained DCNN-BLSTMwA run.",
         formatter_class=cli.HelpFormatter,
     )
-    parser.add_argument("paths", metavar="PATH", nargs="+", help="audio files and folders (searched recursively)")
+    parser.add_argument("paths", metavar="PATH", nargs="*", help="audio files and folders (searched recursively); none with --stream")
     parser.add_argument("--model", default=None, help=f"run folder of train.py (default: the newest usable run in {runs.MODEL_ROOT}/; damaged ones are skipped with a warning)")
-    parser.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format; csv and json carry every class probability")
+    parser.add_argument("--format", choices=["table", "csv", "json", "jsonl"], default="table", help="output format; csv and json carry every class probability; with --stream: table or jsonl (one JSON object per hop)")
     parser.add_argument("--output", default=None, help="write the results to this file instead of standard output (checked before any work; written whole or not at all)")
     parser.add_argument("--top-k", type=positive_int, default=1, help="emotions listed per file (table and json)")
     parser.add_argument("--window", type=positive_float, default=WINDOW_SECONDS, help="seconds per window: longer files are cut into equal windows of about this length, as the exports cut them")
     parser.add_argument("--timeline", action="store_true", help="also give every window's start, end and emotion")
     parser.add_argument("--batch-size", type=positive_int, default=BATCH_WINDOWS, help=f"windows per model call, at most: a call also holds at most {BATCH_SEGMENTS} segments, which bounds memory")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="mixed precision from model.keras: bfloat16 is about 1.5x faster on CPUs with bf16 units (float16: for GPUs), probabilities a little off float32's")
-    parser.add_argument("--speaker-norm", choices=SPEAKER_NORM_MODES, default="none", help="for runs trained with speaker normalisation (train.py's default in frozen mode): standardise with the statistics of each folder (one speaker per folder), of each file, or of the training speakers (none, as the exported model)")
+    parser.add_argument("--speaker-norm", choices=(*SPEAKER_NORM_MODES, STREAM_NORM), default=None, help="for runs trained with speaker normalisation (train.py's default in frozen mode): standardise with the statistics of each folder (one speaker per folder), of each file, of the stream so far (running, --stream only), or of the training speakers (none, as the exported model) (default: none for files; running for a stream of such a run)")
+    parser.add_argument("--stream", nargs="?", const=MICROPHONE, default=None, metavar="SOURCE", help=f"predict a live stream, one line per {stream.HOP_SECONDS:g} s hop over its last {stream.WINDOW_SECONDS:g} s, until it ends (exit 0) or Ctrl-C (130): the default microphone (needs the sounddevice package), or - for raw 16-bit little-endian mono PCM on standard input")
+    parser.add_argument("--stream-rate", type=positive_int, default=16000, help="sample rate of the PCM on standard input, in Hz (--stream -)")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up and progress logs")
     return parser
 
@@ -527,15 +531,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     cli.log_to_stderr(logging.WARNING, "%(levelname)s %(name)s: %(message)s")
+    if args.stream is not None:
+        if args.stream not in ("-", MICROPHONE):
+            parser.error(f"--stream {args.stream}: a stream is - (PCM on standard input) or nothing (the microphone); give files as PATH without --stream")
+        if args.paths:
+            parser.error("--stream reads a live stream: give it no PATH (or drop --stream to predict files)")
+        if args.format not in ("table", "jsonl") or args.output is not None or args.speaker_norm in SPEAKER_NORM_MODES[1:]:
+            parser.error("--stream prints lines as they come: --format table or jsonl, no --output, --speaker-norm running or none")
+    elif not args.paths:
+        parser.error("give at least one PATH (or --stream for a live stream)")
+    elif args.format == "jsonl" or args.speaker_norm == STREAM_NORM:
+        parser.error(f"--format jsonl and --speaker-norm {STREAM_NORM} go with --stream; for files use --format json and --speaker-norm folder or file")
     if args.output is not None:
         problem = file_problem(args.output)
         if problem:
             parser.error(f"--output {args.output}: {problem}")  # before any work, so no result is lost
 
+    def live() -> int:
+        run = load_run(args.model, precision=args.precision) if args.model is not None else load_newest_run(precision=args.precision)
+        speaker_norm = args.speaker_norm or (STREAM_NORM if run.speaker_norm else "none")
+        if speaker_norm == STREAM_NORM and not run.speaker_norm:
+            raise UsageError(f"--speaker-norm {STREAM_NORM}: run {run.folder} was not trained with --speaker-norm; use none")
+        return stream.run_stream(args.stream, run, rate=args.stream_rate, speaker_norm=speaker_norm, output_format=args.format)
+
+    if args.stream is not None:
+        return cli.run_command(live, failures=(runs.RunError,), interrupted="")
+
     def work() -> int:
         paths = audio_files(args.paths)  # path mistakes are reported before the model loads
         run = load_run(args.model, precision=args.precision) if args.model is not None else load_newest_run(precision=args.precision)
-        predictions = predict(paths, run, window=args.window, batch_size=args.batch_size, speaker_norm=args.speaker_norm)
+        predictions = predict(paths, run, window=args.window, batch_size=args.batch_size, speaker_norm=args.speaker_norm or "none")
         good = [p for p in predictions if p.error is None]
         for failed in predictions:
             if failed.error is not None:

@@ -45,6 +45,7 @@ AUDIO_EXTENSIONS = tuple(sorted({
     extension for name, extensions in _FORMAT_EXTENSIONS.items() if name in sf.available_formats() for extension in extensions
 }))
 PAD_VALUE = 0.0  # what fills padding segments in a batch; the model masks segments that are all PAD_VALUE
+SILENCE_PEAK = 1e-4  # audio whose samples never reach this (-80 dBFS) is called silent
 
 PathLike = Union[str, os.PathLike]
 

@@ -1,0 +1,146 @@
+"""stream.py and infer.py --stream: one line per hop from PCM on standard input, as infer predicts the same audio."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import run_cli, tone
+
+import infer
+import runs
+import stream
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pcm_bytes(y: np.ndarray) -> bytes:
+    return (np.clip(y, -1, 1 - 1 / 32768) * 32768).astype("<i2").tobytes()
+
+
+def speech(seconds_each: float = 2.0) -> np.ndarray:
+    """Tones, digital silence, tones: what the lines must follow."""
+    return np.concatenate([tone(220, seconds_each), tone(660, seconds_each, amplitude=0.2), np.zeros(int(1.5 * 16000), np.float32), tone(330, 1.6)])
+
+
+def test_pcm_chunks_are_hops_of_float_samples_and_a_short_last_one():
+    import io
+
+    y = (np.arange(40000) % 200 - 100).astype(np.float32) / 1000
+    chunks = list(stream.pcm_chunks(io.BytesIO(pcm_bytes(y) + b"\x01"), 16000, seconds=1.0))  # an odd trailing byte
+    assert [len(chunk) for chunk in chunks] == [16000, 16000, 8000]
+    np.testing.assert_allclose(np.concatenate(chunks), y, atol=1 / 32768)
+
+
+def test_each_hop_is_the_prediction_of_the_last_window_and_silence_is_said(speaker_norm_run):
+    run = runs.load_run(speaker_norm_run)
+    y = (np.round(speech() * 32768) / 32768).astype(np.float32)  # what 16-bit PCM holds
+    hop = 16000
+    predictions = list(stream.predict_stream((y[i : i + hop] for i in range(0, len(y), hop)), run, 16000, speaker_norm="none"))
+    assert len(predictions) == int(np.ceil(len(y) / hop))
+    for index, prediction in enumerate(predictions):
+        end = min((index + 1) * hop, len(y))
+        assert prediction.time == pytest.approx(end / 16000)
+        piece = y[max(0, end - int(stream.WINDOW_SECONDS * 16000)) : end]
+        if np.abs(y[index * hop : end]).max() < 1e-4:
+            assert prediction.emotion is None and prediction.probabilities is None
+            continue
+        expected = infer.predict_signal(piece, 16000, run, window=60.0)
+        np.testing.assert_allclose(list(prediction.probabilities.values()), list(expected.probabilities.values()), atol=1e-5)
+    assert sum(p.emotion is None for p in predictions) >= 1  # the silent stretch
+
+
+def test_the_running_normalisation_uses_the_streams_own_statistics(speaker_norm_run):
+    from SpeechModel import RunningStatistics
+    import utils
+
+    run = runs.load_run(speaker_norm_run)
+    y = np.concatenate([tone(200 + 60 * k, 1.0) for k in range(8)]).astype(np.float32)
+    predictions = list(stream.predict_stream((y[i : i + 16000] for i in range(0, len(y), 16000)), run, 16000))
+    statistics, expected = RunningStatistics(), []
+    for index in range(len(predictions)):
+        end = (index + 1) * 16000
+        segments = utils.get_framed_log_melspectrogram(y[max(0, end - 48000) : end], run.features)
+        embeddings = run.embed(segments[np.newaxis])
+        statistics.update(embeddings[0])
+        own = statistics.count >= stream.RUNNING_MIN_SEGMENTS
+        expected.append(run.classify(embeddings, statistics.mean, statistics.std)[0] if own else run.classify(embeddings)[0])
+    got = np.array([list(p.probabilities.values()) for p in predictions])
+    np.testing.assert_allclose(got, np.array(expected), atol=1e-5)
+    pooled = np.array([list(p.probabilities.values()) for p in stream.predict_stream((y[i : i + 16000] for i in range(0, len(y), 16000)), run, 16000, speaker_norm="none")])
+    assert not np.allclose(got[-1], pooled[-1], atol=1e-3)  # the stream's statistics took over
+
+
+def stream_process(run: Path, *extra: str) -> subprocess.Popen:
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "infer.py"), "--stream", "-", "--model", str(run), *extra],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment, cwd=ROOT,
+    )
+
+
+@pytest.mark.slow
+def test_piped_pcm_gives_one_json_line_per_hop_and_ends_with_the_input(speaker_norm_run):
+    run = runs.load_run(speaker_norm_run)
+    y = np.round(speech() * 32768) / 32768
+    process = stream_process(speaker_norm_run, "--format", "jsonl", "--speaker-norm", "none", "--stream-rate", "16000")
+    out, err = process.communicate(pcm_bytes(y), timeout=300)
+    assert process.returncode == 0, err.decode()[-2000:]
+    lines = [json.loads(line) for line in out.decode().splitlines()]
+    expected = list(stream.predict_stream((y[i : i + 16000].astype(np.float32) for i in range(0, len(y), 16000)), run, 16000, speaker_norm="none"))
+    assert [line["time"] for line in lines] == [round(p.time, 3) for p in expected]
+    for line, prediction in zip(lines, expected):
+        assert line["emotion"] == prediction.emotion and line.get("silence", False) == (prediction.emotion is None)
+        if prediction.emotion is not None:
+            np.testing.assert_allclose(list(line["probabilities"].values()), list(prediction.probabilities.values()), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_stream_with_130_and_no_traceback(speaker_norm_run):
+    process = stream_process(speaker_norm_run)
+    process.stdin.write(pcm_bytes(tone(300, 1.0)))
+    process.stdin.flush()
+    first = process.stdout.readline().decode()  # a line came: the stream is running
+    assert first.strip().endswith(tuple("0123456789")) and " s " in first
+    time.sleep(0.2)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130 and "Traceback" not in err.decode()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--stream", "some.wav"], "a stream is - (PCM on standard input) or nothing"),
+        (["a.wav", "--stream", "-"], "give it no PATH"),
+        (["--stream", "-", "--format", "csv"], "--format table or jsonl"),
+        (["a.wav", "--format", "jsonl"], "--format jsonl and --speaker-norm running go with --stream"),
+        ([], "give at least one PATH (or --stream"),
+    ],
+)
+def test_stream_usage_mistakes_exit_2_naming_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        infer.main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_a_microphone_that_cannot_be_opened_is_one_line(speaker_norm_run, monkeypatch, capsys):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_sounddevice(name, *args, **kwargs):
+        if name == "sounddevice":
+            raise ImportError("No module named 'sounddevice'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sounddevice)
+    code, _, err = run_cli(infer.main, ["--stream", "--model", speaker_norm_run], capsys)
+    assert code == 2 and "needs sounddevice" in err and "pip install sounddevice" in err and "--stream -" in err
