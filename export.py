@@ -31,7 +31,7 @@ import cli
 import runs
 from cli import positive_float
 from files import PARTIAL_PREFIX, folder_problem
-from infer import WINDOW_SECONDS
+from utils import WINDOW_SECONDS
 
 logger = logging.getLogger("export")
 
@@ -42,6 +42,7 @@ FORMATS = {
     "litert": ("litert", "model.tflite", "ai-edge-litert (Interpreter, signature serving_default), or TensorFlow Lite"),
 }
 CONTRACT = "contract.json"
+RUNTIMES = {"onnxruntime": "onnx", "litert": "litert"}  # infer.py --runtime: the format each runtime runs
 
 
 class ExportError(Exception):
@@ -149,6 +150,48 @@ def export(run: runs.Run, export_format: str, output: Path, *, window_seconds: f
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return output / name
+
+
+def load_artefact(folder: Path, export_format: str):
+    """The artefact in ``folder`` as a plain function: one recording (samples,) float32 at 16 kHz -> probabilities (classes,).
+
+    Loaded with its own runtime only (TensorFlow, ONNX Runtime, the LiteRT interpreter), using
+    every core, as a program without this project would.
+    """
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    name = FORMATS[export_format][1]
+    if export_format == "onnx":
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = cores
+        session = onnxruntime.InferenceSession(str(folder / name), options)
+        return lambda y: session.run(["probabilities"], {"waveform": y})[0]
+    if export_format == "litert":
+        from ai_edge_litert.interpreter import Interpreter
+
+        runner = Interpreter(str(folder / name), num_threads=cores).get_signature_runner("serving_default")
+        return lambda y: runner(waveform=y)["probabilities"]
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(folder / name))
+    return lambda y: loaded.serve(tf.constant(y))["probabilities"].numpy()
+
+
+def exported_forward(run: runs.Run, runtime: str, window_seconds: float = WINDOW_SECONDS):
+    """`load_artefact` for ``runtime`` (`RUNTIMES`) on the run's export with windows of ``window_seconds``.
+
+    The export is made once, into RUN/export/FORMAT, where it is missing or cuts other windows.
+    """
+    export_format = RUNTIMES[runtime]
+    folder = run.folder / runs.EXPORT / export_format
+    contract = folder / CONTRACT
+    if not contract.is_file() or json.loads(contract.read_text()).get("windows", {}).get("seconds") != window_seconds:
+        logger.warning("exporting %s for --runtime %s once (about 30 s) into %s", run.folder.name, runtime, folder)
+        export(run, export_format, folder, window_seconds=window_seconds)
+    return load_artefact(folder, export_format)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 import batching
+import export
 import runs
 import stream
 import utils
@@ -40,7 +41,6 @@ from runs import Run, load_newest_run, load_run
 
 logger = logging.getLogger("infer")
 
-WINDOW_SECONDS = 8.0  # longer files are cut into windows of about this length
 BATCH_WINDOWS = 16  # windows per model call, at most
 # Segments per model call, at most: the backbone's activations, not the audio, set the
 # memory of inference (about 12 MB a segment at 224x224 on TensorFlow's CPU kernels).
@@ -50,6 +50,7 @@ PROGRESS_DELAY = 2.0  # seconds of work before a progress bar appears (quick run
 
 
 SPEAKER_NORM_MODES = ("none", "folder", "file")  # whose statistics standardise the embeddings: see predict
+RUNTIMES = ("keras", "onnxruntime", "litert")  # what runs the model: model.keras, or its export (export.RUNTIMES)
 STREAM_NORM = "running"  # --stream's mode: the stream's own running statistics (stream.predict_stream)
 MICROPHONE = "microphone"  # --stream without a source
 SPEAKER = "speaker"  # predict's mode for a corpus whose reader knows each file's speaker (evaluate.py); no CLI choice
@@ -139,7 +140,7 @@ def audio_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
     return list(found)
 
 
-def window_spans(duration: float, window: float = WINDOW_SECONDS) -> list[tuple[float, float]]:
+def window_spans(duration: float, window: float = utils.WINDOW_SECONDS) -> list[tuple[float, float]]:
     """Contiguous, equal (start, end) spans in seconds that cover ``duration``, each about ``window`` long.
 
     As many as the nearest whole number of windows (`frontend.window_count`, at least one),
@@ -165,17 +166,19 @@ class _Window:
     segments: np.ndarray | None = None
     error: str | None = None
     peak: float = 0.0  # largest absolute sample
+    audio: np.ndarray | None = None  # the window's samples, for an exported model (segments are then not computed)
 
 
 def predict(
     paths: Sequence[str | os.PathLike],
     model_dir: str | os.PathLike | Run | None = None,
     *,
-    window: float = WINDOW_SECONDS,
+    window: float = utils.WINDOW_SECONDS,
     batch_size: int = BATCH_WINDOWS,
     precision: str = "float32",
     speaker_norm: str = "none",
     speakers: Sequence[Hashable] | None = None,
+    runtime: str = "keras",
     progress: bool | None = None,
 ) -> list[Prediction]:
     """The emotion of every audio file in ``paths`` (files, and folders searched recursively).
@@ -206,6 +209,10 @@ def predict(
     speakers : sequence of hashable or None
         With ``speaker_norm="speaker"`` (and only then): the speaker of each file, in the
         order of ``paths``, which must then be files.
+    runtime : "keras", "onnxruntime" or "litert"
+        What runs the model: the run's model.keras, or its export (`export.RUNTIMES`, made
+        once into the run folder where missing) fed each window's audio; the exports
+        standardise with the training speakers' statistics, so only with ``speaker_norm="none"``.
     progress : bool or None
         Progress bar on stderr; None shows it when stderr is a terminal and the work takes over `PROGRESS_DELAY` seconds.
 
@@ -235,6 +242,11 @@ def predict(
         run = load_run(model_dir, precision=precision) if model_dir is not None else load_newest_run(precision=precision)
     if speaker_norm != "none" and not run.speaker_norm:
         raise UsageError(f"--speaker-norm {speaker_norm}: run {run.folder} was not trained with --speaker-norm; use none")
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if runtime != "keras" and speaker_norm != "none":
+        raise UsageError(f"--runtime {runtime} runs the exported model, which standardises with the training speakers' statistics: "
+                         f"use --speaker-norm none, or --runtime keras for --speaker-norm {speaker_norm}")
     durations: list[float] = []
     errors: dict[int, str] = {}
     warnings: dict[int, list[str]] = {index: [] for index in range(len(files))}
@@ -261,7 +273,9 @@ def predict(
     # disable=None: tqdm shows the bar on a terminal only, never in a log or a pipe.
     bar = tqdm(total=len(jobs), unit="window", desc="inference", disable=None if progress is None else not progress, delay=PROGRESS_DELAY)
     with bar:
-        if speaker_norm == "none":
+        if runtime != "keras":
+            results = _forward_exported(jobs, files, run, runtime, window)
+        elif speaker_norm == "none":
             results = _forward_windows(_computed(jobs, files, run.features), run, batch_size)
         else:
             group = {
@@ -290,7 +304,7 @@ def predict_signal(
     run: Run,
     *,
     name: str = "<signal>",
-    window: float = WINDOW_SECONDS,
+    window: float = utils.WINDOW_SECONDS,
     batch_size: int = BATCH_WINDOWS,
 ) -> Prediction:
     """The emotion of audio held in memory, exactly as `predict` would give it for a file.
@@ -377,13 +391,24 @@ def _forward_standardized(
         yield from zip(usable, probabilities)
 
 
-def _computed(jobs: list[_Window], files: list[Path], config: utils.FeatureConfig) -> Iterator[_Window]:
-    """Each window with its segments (or its error), computed ahead in threads, in job order."""
+def _forward_exported(
+    jobs: list[_Window], files: list[Path], run: Run, runtime: str, window: float
+) -> Iterator[tuple[_Window, np.ndarray | None]]:
+    """Each window with its class probabilities from the run's export in ``runtime``, one window's audio a call."""
+    forward = export.exported_forward(run, runtime, window)
+    for item in _computed(jobs, files, run.features, audio=True):
+        yield item, None if item.error is not None else forward(item.audio)
+
+
+def _computed(jobs: list[_Window], files: list[Path], config: utils.FeatureConfig, *, audio: bool = False) -> Iterator[_Window]:
+    """Each window with its segments, or with ``audio`` its samples (or its error), computed ahead in threads, in job order."""
 
     def compute(job: _Window) -> _Window:
         # A new object: the job list must not keep every window's segments alive.
         try:
             y = utils.load_wav(files[job.file], sr=config.sr, offset=job.start, duration=job.end - job.start)
+            if audio:
+                return dataclasses.replace(job, audio=y, peak=_peak(y))
             return dataclasses.replace(job, segments=utils.get_framed_log_melspectrogram(y, config), peak=_peak(y))
         except utils.AudioError as error:
             return dataclasses.replace(job, error=str(error))
@@ -516,13 +541,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--format", choices=["table", "csv", "json", "jsonl"], default="table", help="output format; csv and json carry every class probability; with --stream: table or jsonl (one JSON object per hop)")
     parser.add_argument("--output", default=None, help="write the results to this file instead of standard output (checked before any work; written whole or not at all)")
     parser.add_argument("--top-k", type=positive_int, default=1, help="emotions listed per file (table and json)")
-    parser.add_argument("--window", type=positive_float, default=WINDOW_SECONDS, help="seconds per window: longer files are cut into equal windows of about this length, as the exports cut them")
+    parser.add_argument("--window", type=positive_float, default=utils.WINDOW_SECONDS, help="seconds per window: longer files are cut into equal windows of about this length, as the exports cut them")
     parser.add_argument("--timeline", action="store_true", help="also give every window's start, end and emotion")
     parser.add_argument("--batch-size", type=positive_int, default=BATCH_WINDOWS, help=f"windows per model call, at most: a call also holds at most {BATCH_SEGMENTS} segments, which bounds memory")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="mixed precision from model.keras: bfloat16 is about 1.5x faster on CPUs with bf16 units (float16: for GPUs), probabilities a little off float32's")
     parser.add_argument("--speaker-norm", choices=(*SPEAKER_NORM_MODES, STREAM_NORM), default=None, help="for runs trained with speaker normalisation (train.py's default in frozen mode): standardise with the statistics of each folder (one speaker per folder), of each file, of the stream so far (running, --stream only), or of the training speakers (none, as the exported model) (default: none for files; running for a stream of such a run)")
     parser.add_argument("--stream", nargs="?", const=MICROPHONE, default=None, metavar="SOURCE", help=f"predict a live stream, one line per {stream.HOP_SECONDS:g} s hop over its last {stream.WINDOW_SECONDS:g} s, until it ends (exit 0) or Ctrl-C (130): the default microphone (needs the sounddevice package), or - for raw 16-bit little-endian mono PCM on standard input")
     parser.add_argument("--stream-rate", type=positive_int, default=16000, help="sample rate of the PCM on standard input, in Hz (--stream -)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="keras", help="what runs the model: its model.keras, or its ONNX or LiteRT export (made once into RUN/export/ where missing, about 30 s; training speakers' statistics only, so --speaker-norm none)")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up and progress logs")
     return parser
 
@@ -536,8 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--stream {args.stream}: a stream is - (PCM on standard input) or nothing (the microphone); give files as PATH without --stream")
         if args.paths:
             parser.error("--stream reads a live stream: give it no PATH (or drop --stream to predict files)")
-        if args.format not in ("table", "jsonl") or args.output is not None or args.speaker_norm in SPEAKER_NORM_MODES[1:]:
-            parser.error("--stream prints lines as they come: --format table or jsonl, no --output, --speaker-norm running or none")
+        if args.format not in ("table", "jsonl") or args.output is not None or args.speaker_norm in SPEAKER_NORM_MODES[1:] or args.runtime != "keras":
+            parser.error("--stream prints lines as they come: --format table or jsonl, no --output, --speaker-norm running or none, --runtime keras")
     elif not args.paths:
         parser.error("give at least one PATH (or --stream for a live stream)")
     elif args.format == "jsonl" or args.speaker_norm == STREAM_NORM:
@@ -560,7 +586,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         paths = audio_files(args.paths)  # path mistakes are reported before the model loads
         run = load_run(args.model, precision=args.precision) if args.model is not None else load_newest_run(precision=args.precision)
-        predictions = predict(paths, run, window=args.window, batch_size=args.batch_size, speaker_norm=args.speaker_norm or "none")
+        predictions = predict(
+            paths, run, window=args.window, batch_size=args.batch_size, speaker_norm=args.speaker_norm or "none", runtime=args.runtime
+        )
         good = [p for p in predictions if p.error is None]
         for failed in predictions:
             if failed.error is not None:
@@ -577,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(text)
         return 0 if len(good) == len(predictions) else cli.EXIT_FAILURE
 
-    return cli.run_command(work, failures=(runs.RunError,), interrupted="no results were written")
+    return cli.run_command(work, failures=(runs.RunError, export.ExportError), interrupted="no results were written")
 
 
 if __name__ == "__main__":

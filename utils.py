@@ -46,6 +46,7 @@ AUDIO_EXTENSIONS = tuple(sorted({
 }))
 PAD_VALUE = 0.0  # what fills padding segments in a batch; the model masks segments that are all PAD_VALUE
 SILENCE_PEAK = 1e-4  # audio whose samples never reach this (-80 dBFS) is called silent
+WINDOW_SECONDS = 8.0  # recordings longer than this are cut into equal windows of about this length (infer.py, the exports)
 
 PathLike = Union[str, os.PathLike]
 

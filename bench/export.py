@@ -38,27 +38,6 @@ def read_16k(path: Path):
     return np.ascontiguousarray(soxr.resample(y, sr, 16000) if sr != 16000 else y, dtype=np.float32)
 
 
-def runner(export_format: str, folder: Path):
-    """The runtime's call on one recording -> utterance probabilities, as a plain function."""
-    cores = len(os.sched_getaffinity(0))
-    if export_format == "onnx":
-        import onnxruntime as ort
-
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = cores
-        session = ort.InferenceSession(str(folder / "model.onnx"), options)
-        return lambda y: session.run(["probabilities"], {"waveform": y})[0]
-    if export_format == "litert":
-        from ai_edge_litert.interpreter import Interpreter
-
-        runner = Interpreter(str(folder / "model.tflite"), num_threads=cores).get_signature_runner("serving_default")
-        return lambda y: runner(waveform=y)["probabilities"]
-    import tensorflow as tf
-
-    loaded = tf.saved_model.load(str(folder / "saved_model"))
-    return lambda y: loaded.serve(tf.constant(y))["probabilities"].numpy()
-
-
 def size_mb(path: Path) -> float:
     return (sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) if path.is_dir() else path.stat().st_size) / 1e6
 
@@ -82,14 +61,14 @@ def main() -> None:
     files = infer.audio_files([args.data])
     run = runs.load_run(args.model)
     audio = [read_16k(path) for path in files]
-    expected = [run.predict_waveform(y, 16000, infer.WINDOW_SECONDS)[1] for y in audio]
+    expected = [run.predict_waveform(y, 16000, utils.WINDOW_SECONDS)[1] for y in audio]
     inferred = [np.array(list(p.probabilities.values())) for p in infer.predict(files, run, progress=False)]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for export_format, (_, name, _) in export.FORMATS.items():
             folder = Path(scratch) / export_format
             export.export(run, export_format, folder)
-            call = runner(export_format, folder)
+            call = export.load_artefact(folder, export_format)
             served = [call(y) for y in audio]
             difference = max(float(np.abs(got - want).max()) for got, want in zip(served, expected))
             to_infer = max(float(np.abs(got - want).max()) for got, want in zip(served, inferred))

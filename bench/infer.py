@@ -10,6 +10,8 @@
 (e) ours as (d) with --speaker-norm folder (each folder's embeddings standardised with
     its own statistics).
 (f) ours as (b), the fast recipe: EfficientNet-Lite0 at 64x64, every stage, statistics head.
+(g) ours as (d) with --runtime onnxruntime: the run's ONNX export, one window's audio a call.
+(h) ours as (d) with --runtime litert: the run's LiteRT export.
 
 All analyse every file from audio to emotion; (b)-(f) read all of each file where (a)
 stops at 8 segments (2.9 s). (a)-(c) run a ResNet50V2 model at 64x64 (the paper's
@@ -63,10 +65,10 @@ def time_plain(run: Path, files: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def time_ours(run: runs.Run, files: list[Path], speaker_norm: str = "none") -> float:
-    infer.predict(files[:2], run, progress=False, speaker_norm=speaker_norm)  # warm up, not timed
+def time_ours(run: runs.Run, files: list[Path], speaker_norm: str = "none", runtime: str = "keras") -> float:
+    infer.predict(files[:2], run, progress=False, speaker_norm=speaker_norm, runtime=runtime)  # warm up (and export), not timed
     start = time.perf_counter()
-    predictions = infer.predict(files, run, progress=False, speaker_norm=speaker_norm)
+    predictions = infer.predict(files, run, progress=False, speaker_norm=speaker_norm, runtime=runtime)
     seconds = time.perf_counter() - start
     assert all(p.error is None for p in predictions), [p.error for p in predictions if p.error]
     return seconds
@@ -94,6 +96,8 @@ def main() -> None:
         trained_with_norm.speaker_norm = True
         default_folder_norm = len(files) / time_ours(trained_with_norm, files, speaker_norm="folder")
         fast = len(files) / time_ours(runs.load_run(export_run(folder / "fast", **RECIPES["fast"].architecture())), files)
+        onnx = len(files) / time_ours(runs.load_run(default_dir), files, runtime="onnxruntime")
+        litert = len(files) / time_ours(runs.load_run(default_dir), files, runtime="litert")
     finally:
         shutil.rmtree(folder)
     import keras
@@ -111,6 +115,8 @@ def main() -> None:
         (f"(d) ours as (b), default recipe: {describe(RECIPES['default'])}", default),
         ("(e) ours as (d), --speaker-norm folder", default_folder_norm),
         (f"(f) ours as (b), fast recipe: {describe(RECIPES['fast'])}", fast),
+        ("(g) ours as (d), --runtime onnxruntime", onnx),
+        ("(h) ours as (d), --runtime litert", litert),
     ]:
         print(f"{name:<84}{rate:>9.1f}{rate / plain:>7.1f}x")
 

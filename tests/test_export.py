@@ -112,3 +112,22 @@ def test_bad_usage_exits_2(tmp_path, capsys):
     assert stop.value.code == 2 and "is not a folder; name a run folder of train.py" in capsys.readouterr().err
     code, _, err = run_cli(export.main, [str(tmp_path)], capsys)  # a folder, but no run
     assert code == 2 and "is not a training run: it lacks model.keras" in err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("runtime", ["onnxruntime", "litert"])
+def test_infer_runs_the_export_with_its_runtime_and_gives_keras_probabilities(runtime, speaker_norm_run, tmp_path, write_audio, capsys):
+    import shutil
+
+    import infer
+
+    run_dir = shutil.copytree(speaker_norm_run, tmp_path / "run")  # the export is written into the run folder
+    paths = [write_audio("a/one.wav", tone(220, 2.0)), write_audio("a/long.wav", np.concatenate([tone(300, 9.0), tone(500, 5.0)]))]
+    keras_run = infer.predict(paths, run_dir, window=4.0)
+    exported = infer.predict(paths, run_dir, window=4.0, runtime=runtime)
+    for a, b in zip(keras_run, exported, strict=True):
+        assert [(w.start, w.end) for w in a.windows] == [(w.start, w.end) for w in b.windows]
+        np.testing.assert_allclose(list(b.probabilities.values()), list(a.probabilities.values()), atol=1e-3)  # graph vs NumPy front end
+    assert json.loads((Path(run_dir) / runs.EXPORT / export.RUNTIMES[runtime] / export.CONTRACT).read_text())["windows"]["seconds"] == 4.0
+    code, _, err = run_cli(infer.main, [paths[0], "--model", run_dir, "--runtime", runtime, "--speaker-norm", "folder"], capsys)
+    assert code == 2 and f"--runtime {runtime} runs the exported model" in err and "--speaker-norm none" in err

@@ -83,6 +83,8 @@ def stream_process(run: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, str(ROOT / "infer.py"), "--stream", "-", "--model", str(run), *extra],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=environment, cwd=ROOT,
+        # Ctrl-C as at a terminal, even where the test runs in the background (whose jobs start with SIGINT ignored).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
