@@ -26,7 +26,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import keras
@@ -209,9 +209,7 @@ class Standardization(layers.Layer):
 
     def adapt(self, values: np.ndarray | Sequence[np.ndarray]) -> None:
         """Store the statistics of ``values`` (rows of features, or a sequence of such arrays)."""
-        statistics = RunningStatistics()
-        for array in [values] if isinstance(values, np.ndarray) else values:
-            statistics.update(array)
+        statistics = RunningStatistics.of([values] if isinstance(values, np.ndarray) else values)
         if not self.built:
             self.build((None, len(statistics.mean)))
         self.mean.assign(statistics.mean)
@@ -246,6 +244,14 @@ class RunningStatistics:
         self.count = np.zeros(())
         self._sum = np.zeros(())
         self._squares = np.zeros(())
+
+    @classmethod
+    def of(cls, arrays: Iterable[np.ndarray]) -> RunningStatistics:
+        """The statistics of every row of ``arrays`` (each (steps, features)): a whole group's."""
+        statistics = cls()
+        for rows in arrays:
+            statistics.update(rows)
+        return statistics
 
     def update(self, rows: np.ndarray) -> None:
         """Add ``rows`` (steps, features) to the statistics."""

@@ -384,9 +384,7 @@ def _forward_standardized(
         if not usable:
             continue
         embeddings = [run.embed(item.segments[np.newaxis])[0] for item in usable]
-        statistics = RunningStatistics()
-        for array in embeddings:
-            statistics.update(array)
+        statistics = RunningStatistics.of(embeddings)
         probabilities = batching.predict(lambda batch: run.classify(batch, statistics.mean, statistics.std), embeddings, batch_size)
         yield from zip(usable, probabilities)
 

@@ -171,7 +171,7 @@ class Run:
     - ``classify(embeddings, mean=None, std=None)``: embeddings (padding rows
       `utils.PAD_VALUE`) -> probabilities, standardised with a group's ``mean`` and ``std``
       (features,) when given (`SpeechModel.RunningStatistics`);
-    - ``predict_waveform(y, sr)``: a recording -> (window probabilities, probabilities),
+    - ``predict_waveform(y, sr, window_seconds)``: a recording -> (window probabilities, probabilities),
       through the in-graph front end, as the exported models compute them.
     """
 

@@ -195,9 +195,7 @@ def standardize_per_speaker(normalization, embeddings: dict, speaker_of: dict) -
     for speaker in set(speaker_of.values()):
         sources = [s for s, who in speaker_of.items() if who == speaker and s in embeddings]
         originals = [s for s in sources if isinstance(s, str)] or sources
-        statistics[speaker] = RunningStatistics()
-        for source in originals:
-            statistics[speaker].update(embeddings[source])
+        statistics[speaker] = RunningStatistics.of(embeddings[source] for source in originals)
     return {
         source: ops.convert_to_numpy(normalization(array, statistics[speaker_of[source]].mean, statistics[speaker_of[source]].std))
         for source, array in embeddings.items()
