@@ -414,6 +414,40 @@ def add_deltas(log_mel: np.ndarray, config: FeatureConfig = DEFAULT_FEATURES) ->
     return np.stack([log_mel, delta, delta2], axis=-1).transpose(1, 0, 2).astype(np.float32)
 
 
+def segment_starts(frames: int, config: FeatureConfig = DEFAULT_FEATURES) -> list[int]:
+    """The first frame of each segment `frame_segments` cuts from ``frames`` frames.
+
+    Every ``config.segment_hop`` frames, plus one ending at the last frame when the
+    regular ones stop short of it; ``[0]`` when ``frames <= segment_frames`` (one padded segment).
+    """
+    length = config.segment_frames
+    starts = list(range(0, max(frames - length, 0) + 1, config.segment_hop))
+    if starts[-1] + length < frames:
+        starts.append(frames - length)
+    return starts
+
+
+def segment_spans(samples: int, config: FeatureConfig = DEFAULT_FEATURES) -> np.ndarray:
+    """Where each segment of a signal lies in it: what `get_framed_log_melspectrogram` cuts.
+
+    Parameters
+    ----------
+    samples : int > 0
+        The signal's length, at ``config.sr``.
+    config : FeatureConfig
+
+    Returns
+    -------
+    spans : np.ndarray [shape=(num_segments, 2), dtype=float64], in seconds
+        Each segment's start and end (its frames' centres), the end capped at the signal's end.
+    """
+    frames = 1 + max(samples, min_samples(config)) // config.hop_length
+    starts = np.asarray(segment_starts(frames, config), dtype=np.float64)
+    seconds_per_frame = config.hop_length / config.sr
+    ends = np.minimum(starts + config.segment_frames - 1, frames - 1)
+    return np.minimum(np.stack([starts, ends], axis=1) * seconds_per_frame, samples / config.sr)
+
+
 def frame_segments(features: np.ndarray, config: FeatureConfig = DEFAULT_FEATURES) -> np.ndarray:
     """Cut an utterance's features into overlapping fixed-length segments.
 
@@ -436,16 +470,14 @@ def frame_segments(features: np.ndarray, config: FeatureConfig = DEFAULT_FEATURE
         ``num_segments = 1`` for ``frames <= segment_frames``, else
         ``ceil((frames - segment_frames) / segment_hop) + 1``.
     """
-    length, hop = config.segment_frames, config.segment_hop
+    length = config.segment_frames
     features = np.asarray(features, dtype=np.float32)
     frames = features.shape[0]
     if frames < length:
         fill = np.zeros((length - frames, *features.shape[1:]), dtype=np.float32)
         fill[..., 0] = features[..., 0].min()
         return np.concatenate([features, fill])[np.newaxis]
-    starts = list(range(0, frames - length + 1, hop))
-    if starts[-1] + length < frames:
-        starts.append(frames - length)
+    starts = segment_starts(frames, config)
     windows = np.lib.stride_tricks.sliding_window_view(features, length, axis=0)
     # sliding_window_view puts the window axis last; move it back to axis 1 (time).
     return np.ascontiguousarray(np.moveaxis(windows[starts], -1, 1))

@@ -19,7 +19,7 @@ import pytest
 import cli
 
 ROOT = Path(__file__).resolve().parent.parent
-SCRIPTS = ["train.py", "infer.py", "evaluate.py", "export.py", *sorted(f"bench/{path.name}" for path in (ROOT / "bench").glob("*.py"))]
+SCRIPTS = ["train.py", "infer.py", "evaluate.py", "export.py", "demo.py", *sorted(f"bench/{path.name}" for path in (ROOT / "bench").glob("*.py"))]
 HEAVY = ("keras", "tensorflow", "jax", "torch", "sklearn", "librosa.feature", "matplotlib")  # what -h must not load
 HELP_SECONDS = 2.0  # the goal for -h on a 2-core machine
 

@@ -59,6 +59,16 @@ def test_segment_counts_cover_the_tail(seconds, expected_segments):
                 np.testing.assert_array_equal(segments[index], features[32 * index : 32 * index + 64])
 
 
+@pytest.mark.parametrize("samples", [1, 5000, 10240, 20479, 48000])
+def test_segment_spans_say_where_each_segment_lies(samples):
+    spans = utils.segment_spans(samples)
+    assert len(spans) == len(get_framed_log_melspectrogram(np.full(samples, 0.1, np.float32)))
+    assert spans[0, 0] == 0 and (np.diff(spans[:, 0]) > 0).all() and (spans[:, 1] > spans[:, 0]).all()
+    last_frame = max(samples, utils.min_samples()) // 160  # frames are centred every 10 ms, short signals padded
+    assert spans[-1, 1] == pytest.approx(min(samples / 16000, last_frame * 0.01))  # the tail segment ends at the last frame
+    assert (spans[:, 1] - spans[:, 0] <= 0.63 + 1e-9).all()
+
+
 def test_deltas_are_computed_over_the_whole_utterance_before_cutting():
     y = np.random.default_rng(1).normal(0, 0.1, 32000).astype(np.float32)
     segments = get_framed_log_melspectrogram(y)
