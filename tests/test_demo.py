@@ -183,6 +183,8 @@ def server(shared_run):
     process = subprocess.Popen(
         [sys.executable, "demo.py", "--model", str(shared_run.folder), "--port", str(port), "--window", "1"],
         cwd=ROOT, stderr=subprocess.PIPE, text=True, env={**os.environ, "KERAS_BACKEND": "tensorflow"},
+        # Ctrl-C as at a terminal, even where the test runs in the background (whose jobs start with SIGINT ignored).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     started = process.stderr.readline()
     assert f"at http://127.0.0.1:{port}/ (this machine only)" in started, started + process.stderr.read()
