@@ -12,6 +12,10 @@
 (f) ours as (b), the fast recipe: EfficientNet-Lite0 at 64x64, every stage, statistics head.
 (g) ours as (d) with --runtime onnxruntime: the run's ONNX export, one window's audio a call.
 (h) ours as (d) with --runtime litert: the run's LiteRT export.
+(i) ours as (d) with the segments resized to 96, 128 and 160 pixels instead of 224
+    (train.py --image-size), with (g)'s runtime at 160 too.
+Then the NumPy front end's share: seconds per file of `utils.get_framed_log_melspectrogram`
+on one thread, against (d)'s seconds per file (infer computes it in threads beside the model).
 
 All analyse every file from audio to emotion; (b)-(f) read all of each file where (a)
 stops at 8 segments (2.9 s). (a)-(c) run a ResNet50V2 model at 64x64 (the paper's
@@ -24,6 +28,7 @@ loading is not timed. The exported artefacts are timed by bench/export.py.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -43,6 +48,7 @@ from bench.model import RECIPES, describe, fixed_length  # noqa: E402
 from corpora.ravdess import RAVDESS  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
+IMAGE_SIZES = (96, 128, 160)  # (i): the default recipe's segments resized to these instead of 224; the last also through ONNX Runtime
 
 
 def export_run(folder: Path, **recipe) -> Path:
@@ -98,6 +104,15 @@ def main() -> None:
         fast = len(files) / time_ours(runs.load_run(export_run(folder / "fast", **RECIPES["fast"].architecture())), files)
         onnx = len(files) / time_ours(runs.load_run(default_dir), files, runtime="onnxruntime")
         litert = len(files) / time_ours(runs.load_run(default_dir), files, runtime="litert")
+        sizes = {}
+        for size in IMAGE_SIZES:
+            size_dir = export_run(folder / f"size{size}", **dataclasses.replace(RECIPES["default"], image_size=size).architecture())
+            sizes[size] = len(files) / time_ours(runs.load_run(size_dir), files)
+        size_onnx = len(files) / time_ours(runs.load_run(size_dir), files, runtime="onnxruntime")
+        start = time.perf_counter()
+        for path in files:
+            utils.get_framed_log_melspectrogram(path)
+        front_end = (time.perf_counter() - start) / len(files)
     finally:
         shutil.rmtree(folder)
     import keras
@@ -117,8 +132,11 @@ def main() -> None:
         (f"(f) ours as (b), fast recipe: {describe(RECIPES['fast'])}", fast),
         ("(g) ours as (d), --runtime onnxruntime", onnx),
         ("(h) ours as (d), --runtime litert", litert),
+        *[(f"(i) ours as (d) at {size}x{size}", sizes[size]) for size in IMAGE_SIZES],
+        (f"(i) ours as (d) at {IMAGE_SIZES[-1]}x{IMAGE_SIZES[-1]}, --runtime onnxruntime", size_onnx),
     ]:
         print(f"{name:<84}{rate:>9.1f}{rate / plain:>7.1f}x")
+    print(f"front end (NumPy, one thread): {1000 * front_end:.0f} ms per file, {front_end * default:.0%} of (d)'s time per file")
 
 
 if __name__ == "__main__":
