@@ -3,7 +3,7 @@
     python export.py RUN [--format saved_model|onnx|litert] [--output FOLDER] [--window SECONDS]
 
 The artefact holds the whole recogniser (front end, backbone, the training speakers'
-normalisation statistics, head), so it runs with TensorFlow, ONNX Runtime or the LiteRT
+normalisation statistics, head), so it runs with TensorFlow, ONNX Runtime (or OpenVINO) or the LiteRT
 interpreter alone, without this project. Its one input, ``waveform``, is a recording as
 float32 mono PCM in [-1, 1] at the run's sample rate (16 kHz by default; resample first),
 any length; it is cut into equal windows of about ``--window`` seconds inside the graph
@@ -38,11 +38,12 @@ logger = logging.getLogger("export")
 # Each format: the Keras export format, the artefact's name in the output folder, what runs it.
 FORMATS = {
     "saved_model": ("tf_saved_model", "saved_model", "tensorflow (tf.saved_model.load(...).serve, or the serving_default signature)"),
-    "onnx": ("onnx", "model.onnx", "onnxruntime (InferenceSession), or any ONNX runtime"),
+    "onnx": ("onnx", "model.onnx", "onnxruntime (InferenceSession), OpenVINO (Core().compile_model), or any ONNX runtime"),
     "litert": ("litert", "model.tflite", "ai-edge-litert (Interpreter, signature serving_default), or TensorFlow Lite"),
 }
 CONTRACT = "contract.json"
-RUNTIMES = {"onnxruntime": "onnx", "litert": "litert"}  # infer.py --runtime: the format each runtime runs
+RUNTIMES = {"onnxruntime": "onnx", "openvino": "onnx", "litert": "litert"}  # infer.py --runtime: the format each runtime runs
+OPENVINO_PRECISIONS = {"float32": "f32", "bfloat16": "bf16"}  # infer.py --precision -> OpenVINO's inference precision on a CPU
 
 
 class ExportError(Exception):
@@ -152,16 +153,25 @@ def export(run: runs.Run, export_format: str, output: Path, *, window_seconds: f
     return output / name
 
 
-def load_artefact(folder: Path, export_format: str):
+def load_artefact(folder: Path, export_format: str, runtime: str | None = None, precision: str = "float32"):
     """The artefact in ``folder`` as a plain function: one recording (samples,) float32 at 16 kHz -> probabilities (classes,).
 
-    Loaded with its own runtime only (TensorFlow, ONNX Runtime, the LiteRT interpreter), using
-    every core, as a program without this project would.
+    Loaded with one runtime only, using every core, as a program without this project would:
+    the format's own (TensorFlow, ONNX Runtime, the LiteRT interpreter), or ``runtime``
+    "openvino" for the ONNX artefact, computing in ``precision`` (`OPENVINO_PRECISIONS`; the
+    other runtimes compute in float32).
     """
     import os
 
     cores = len(os.sched_getaffinity(0))
     name = FORMATS[export_format][1]
+    if runtime == "openvino":
+        import openvino
+
+        settings = {"INFERENCE_NUM_THREADS": cores, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
+        compiled = openvino.Core().compile_model(str(folder / name), "CPU", settings)
+        output = compiled.output("probabilities")
+        return lambda y: compiled(y)[output]
     if export_format == "onnx":
         import onnxruntime
 
@@ -180,7 +190,7 @@ def load_artefact(folder: Path, export_format: str):
     return lambda y: loaded.serve(tf.constant(y))["probabilities"].numpy()
 
 
-def exported_forward(run: runs.Run, runtime: str, window_seconds: float = WINDOW_SECONDS):
+def exported_forward(run: runs.Run, runtime: str, window_seconds: float = WINDOW_SECONDS, precision: str = "float32"):
     """`load_artefact` for ``runtime`` (`RUNTIMES`) on the run's export with windows of ``window_seconds``.
 
     The export is made once, into RUN/export/FORMAT, where it is missing or cuts other windows.
@@ -191,7 +201,7 @@ def exported_forward(run: runs.Run, runtime: str, window_seconds: float = WINDOW
     if not contract.is_file() or json.loads(contract.read_text()).get("windows", {}).get("seconds") != window_seconds:
         logger.warning("exporting %s for --runtime %s once (about 30 s) into %s", run.folder.name, runtime, folder)
         export(run, export_format, folder, window_seconds=window_seconds)
-    return load_artefact(folder, export_format)
+    return load_artefact(folder, export_format, runtime, precision)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -154,7 +154,9 @@ class LogMelFrontEnd(layers.Layer):
         frames = ops.shape(values)[1]
         edge_head = ops.matmul(head, values[:, :width])  # (half, width) x (batch, width, n_mels)
         edge_tail = ops.matmul(tail, values[:, frames - width :])
-        inner = sum(middle[k] * values[:, k : frames - width + 1 + k] for k in range(width))
+        # The middle as one depthwise convolution over time (each Mel band its own channel, the same weights).
+        kernel = ops.broadcast_to(ops.reshape(middle, (width, 1, 1)), (width, ops.shape(values)[2], 1))
+        inner = ops.depthwise_conv(values, kernel, strides=1, padding="valid")
         return ops.concatenate([edge_head, inner, edge_tail], axis=1)
 
     def _segments(self, features):

@@ -50,7 +50,7 @@ PROGRESS_DELAY = 2.0  # seconds of work before a progress bar appears (quick run
 
 
 SPEAKER_NORM_MODES = ("none", "folder", "file")  # whose statistics standardise the embeddings: see predict
-RUNTIMES = ("keras", "onnxruntime", "litert")  # what runs the model: model.keras, or its export (export.RUNTIMES)
+RUNTIMES = ("keras", *export.RUNTIMES)  # what runs the model: model.keras, or its export
 STREAM_NORM = "running"  # --stream's mode: the stream's own running statistics (stream.predict_stream)
 MICROPHONE = "microphone"  # --stream without a source
 SPEAKER = "speaker"  # predict's mode for a corpus whose reader knows each file's speaker (evaluate.py); no CLI choice
@@ -198,7 +198,8 @@ def predict(
     batch_size : int > 0
         Windows per model call.
     precision : "float32", "bfloat16" or "float16"
-        How the model computes when ``model_dir`` is loaded here (see `runs.load_run`).
+        How the model computes: when ``model_dir`` is loaded here (see `runs.load_run`), and
+        with ``runtime="openvino"`` (float32 or bfloat16; the other exports compute in float32).
     speaker_norm : "none", "folder", "file" or "speaker"
         For a run trained with ``--speaker-norm``: standardise the segment embeddings with
         the statistics of all files in the same folder (one folder = one speaker), of the
@@ -209,7 +210,7 @@ def predict(
     speakers : sequence of hashable or None
         With ``speaker_norm="speaker"`` (and only then): the speaker of each file, in the
         order of ``paths``, which must then be files.
-    runtime : "keras", "onnxruntime" or "litert"
+    runtime : "keras", "onnxruntime", "openvino" or "litert"
         What runs the model: the run's model.keras, or its export (`export.RUNTIMES`, made
         once into the run folder where missing) fed each window's audio; the exports
         standardise with the training speakers' statistics, so only with ``speaker_norm="none"``.
@@ -247,6 +248,9 @@ def predict(
     if runtime != "keras" and speaker_norm != "none":
         raise UsageError(f"--runtime {runtime} runs the exported model, which standardises with the training speakers' statistics: "
                          f"use --speaker-norm none, or --runtime keras for --speaker-norm {speaker_norm}")
+    if runtime not in ("keras", "openvino") and precision != "float32" or runtime == "openvino" and precision not in export.OPENVINO_PRECISIONS:
+        raise UsageError(f"--precision {precision} with --runtime {runtime}: ONNX Runtime and LiteRT compute in float32, "
+                         f"OpenVINO in {' or '.join(export.OPENVINO_PRECISIONS)}; --runtime keras takes every --precision")
     durations: list[float] = []
     errors: dict[int, str] = {}
     warnings: dict[int, list[str]] = {index: [] for index in range(len(files))}
@@ -274,7 +278,7 @@ def predict(
     bar = tqdm(total=len(jobs), unit="window", desc="inference", disable=None if progress is None else not progress, delay=PROGRESS_DELAY)
     with bar:
         if runtime != "keras":
-            results = _forward_exported(jobs, files, run, runtime, window)
+            results = _forward_exported(jobs, files, run, runtime, window, precision)
         elif speaker_norm == "none":
             results = _forward_windows(_computed(jobs, files, run.features), run, batch_size)
         else:
@@ -390,10 +394,10 @@ def _forward_standardized(
 
 
 def _forward_exported(
-    jobs: list[_Window], files: list[Path], run: Run, runtime: str, window: float
+    jobs: list[_Window], files: list[Path], run: Run, runtime: str, window: float, precision: str
 ) -> Iterator[tuple[_Window, np.ndarray | None]]:
     """Each window with its class probabilities from the run's export in ``runtime``, one window's audio a call."""
-    forward = export.exported_forward(run, runtime, window)
+    forward = export.exported_forward(run, runtime, window, precision)
     for item in _computed(jobs, files, run.features, audio=True):
         yield item, None if item.error is not None else forward(item.audio)
 
@@ -542,11 +546,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--window", type=positive_float, default=utils.WINDOW_SECONDS, help="seconds per window: longer files are cut into equal windows of about this length, as the exports cut them")
     parser.add_argument("--timeline", action="store_true", help="also give every window's start, end and emotion")
     parser.add_argument("--batch-size", type=positive_int, default=BATCH_WINDOWS, help=f"windows per model call, at most: a call also holds at most {BATCH_SEGMENTS} segments, which bounds memory")
-    parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="mixed precision from model.keras: bfloat16 is about 1.5x faster on CPUs with bf16 units (float16: for GPUs), probabilities a little off float32's")
+    parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="how the model computes, with --runtime keras (mixed precision from model.keras: float16 for GPUs) or openvino (float32 or bfloat16): bfloat16 is about 1.5x faster on CPUs with bf16 units, probabilities a little off float32's")
     parser.add_argument("--speaker-norm", choices=(*SPEAKER_NORM_MODES, STREAM_NORM), default=None, help="for runs trained with speaker normalisation (train.py's default in frozen mode): standardise with the statistics of each folder (one speaker per folder), of each file, of the stream so far (running, --stream only), or of the training speakers (none, as the exported model) (default: none for files; running for a stream of such a run)")
     parser.add_argument("--stream", nargs="?", const=MICROPHONE, default=None, metavar="SOURCE", help=f"predict a live stream, one line per {stream.HOP_SECONDS:g} s hop over its last {stream.WINDOW_SECONDS:g} s, until it ends (exit 0) or Ctrl-C (130): the default microphone (needs the sounddevice package), or - for raw 16-bit little-endian mono PCM on standard input")
     parser.add_argument("--stream-rate", type=positive_int, default=16000, help="sample rate of the PCM on standard input, in Hz (--stream -)")
-    parser.add_argument("--runtime", choices=RUNTIMES, default="keras", help="what runs the model: its model.keras, or its ONNX or LiteRT export (made once into RUN/export/ where missing, about 30 s; training speakers' statistics only, so --speaker-norm none)")
+    parser.add_argument("--runtime", choices=RUNTIMES, default="keras", help="what runs the model: its model.keras, or its ONNX export with ONNX Runtime or OpenVINO, or its LiteRT export (made once into RUN/export/ where missing, about 30 s; training speakers' statistics only, so --speaker-norm none); openvino --precision bfloat16 is the fastest on CPUs with bf16 units")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up and progress logs")
     return parser
 
@@ -585,7 +589,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = audio_files(args.paths)  # path mistakes are reported before the model loads
         run = load_run(args.model, precision=args.precision) if args.model is not None else load_newest_run(precision=args.precision)
         predictions = predict(
-            paths, run, window=args.window, batch_size=args.batch_size, speaker_norm=args.speaker_norm or "none", runtime=args.runtime
+            paths, run, window=args.window, batch_size=args.batch_size, precision=args.precision,
+            speaker_norm=args.speaker_norm or "none", runtime=args.runtime,
         )
         good = [p for p in predictions if p.error is None]
         for failed in predictions:

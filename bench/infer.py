@@ -12,7 +12,9 @@
 (f) ours as (b), the fast recipe: EfficientNet-Lite0 at 64x64, every stage, statistics head.
 (g) ours as (d) with --runtime onnxruntime: the run's ONNX export, one window's audio a call.
 (h) ours as (d) with --runtime litert: the run's LiteRT export.
-(i) ours as (d) with the segments resized to 96, 128 and 160 pixels instead of 224
+(i) ours as (d) with --runtime openvino: (g)'s ONNX export run by OpenVINO, in float32 and
+    with --precision bfloat16 (the whole graph in bf16 on CPUs with bf16 units).
+(j) ours as (d) with the segments resized to 96, 128 and 160 pixels instead of 224
     (train.py --image-size), with (g)'s runtime at 160 too.
 Then the NumPy front end's share: seconds per file of `utils.get_framed_log_melspectrogram`
 on one thread, against (d)'s seconds per file (infer computes it in threads beside the model).
@@ -41,6 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # the project's modules, and bench.model
 
 # Keras loads where a model is made or run: -h answers without it.
+import export  # noqa: E402
 import infer  # noqa: E402
 import runs  # noqa: E402
 import utils  # noqa: E402
@@ -48,7 +51,7 @@ from bench.model import RECIPES, describe, fixed_length  # noqa: E402
 from corpora.ravdess import RAVDESS  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "ravdess-mini"
-IMAGE_SIZES = (96, 128, 160)  # (i): the default recipe's segments resized to these instead of 224; the last also through ONNX Runtime
+IMAGE_SIZES = (96, 128, 160)  # (j): the default recipe's segments resized to these instead of 224; the last also through ONNX Runtime
 
 
 def export_run(folder: Path, **recipe) -> Path:
@@ -71,10 +74,11 @@ def time_plain(run: Path, files: list[Path]) -> float:
     return time.perf_counter() - start
 
 
-def time_ours(run: runs.Run, files: list[Path], speaker_norm: str = "none", runtime: str = "keras") -> float:
-    infer.predict(files[:2], run, progress=False, speaker_norm=speaker_norm, runtime=runtime)  # warm up (and export), not timed
+def time_ours(run: runs.Run, files: list[Path], speaker_norm: str = "none", runtime: str = "keras", precision: str = "float32") -> float:
+    settings = dict(progress=False, speaker_norm=speaker_norm, runtime=runtime, precision=precision)
+    infer.predict(files[:2], run, **settings)  # warm up (and export), not timed
     start = time.perf_counter()
-    predictions = infer.predict(files, run, progress=False, speaker_norm=speaker_norm, runtime=runtime)
+    predictions = infer.predict(files, run, **settings)
     seconds = time.perf_counter() - start
     assert all(p.error is None for p in predictions), [p.error for p in predictions if p.error]
     return seconds
@@ -104,6 +108,10 @@ def main() -> None:
         fast = len(files) / time_ours(runs.load_run(export_run(folder / "fast", **RECIPES["fast"].architecture())), files)
         onnx = len(files) / time_ours(runs.load_run(default_dir), files, runtime="onnxruntime")
         litert = len(files) / time_ours(runs.load_run(default_dir), files, runtime="litert")
+        openvino = {
+            precision: len(files) / time_ours(runs.load_run(default_dir), files, runtime="openvino", precision=precision)
+            for precision in export.OPENVINO_PRECISIONS
+        }
         sizes = {}
         for size in IMAGE_SIZES:
             size_dir = export_run(folder / f"size{size}", **dataclasses.replace(RECIPES["default"], image_size=size).architecture())
@@ -132,8 +140,9 @@ def main() -> None:
         (f"(f) ours as (b), fast recipe: {describe(RECIPES['fast'])}", fast),
         ("(g) ours as (d), --runtime onnxruntime", onnx),
         ("(h) ours as (d), --runtime litert", litert),
-        *[(f"(i) ours as (d) at {size}x{size}", sizes[size]) for size in IMAGE_SIZES],
-        (f"(i) ours as (d) at {IMAGE_SIZES[-1]}x{IMAGE_SIZES[-1]}, --runtime onnxruntime", size_onnx),
+        *[(f"(i) ours as (d), --runtime openvino --precision {precision}", rate) for precision, rate in openvino.items()],
+        *[(f"(j) ours as (d) at {size}x{size}", sizes[size]) for size in IMAGE_SIZES],
+        (f"(j) ours as (d) at {IMAGE_SIZES[-1]}x{IMAGE_SIZES[-1]}, --runtime onnxruntime", size_onnx),
     ]:
         print(f"{name:<84}{rate:>9.1f}{rate / plain:>7.1f}x")
     print(f"front end (NumPy, one thread): {1000 * front_end:.0f} ms per file, {front_end * default:.0%} of (d)'s time per file")
