@@ -18,6 +18,7 @@ is low, its level is within 40 dB of the recording's loudest frame and its F0 li
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable
 
 import librosa
@@ -199,6 +200,10 @@ def egemaps_features(y: np.ndarray, sr: int = SR) -> np.ndarray:
     ------
     ImportError
         When the optional ``opensmile`` package is missing, saying how to install it.
+    RuntimeError
+        When TensorFlow was imported in this process before the first call: openSMILE's
+        native library then crashes the process (opensmile 2.6 with TensorFlow 2.21, seen
+        here), so it is refused; compute the set first, or in another process.
     """
     y = np.pad(np.asarray(y, dtype=np.float32), (0, max(0, PITCH_FRAME - len(y))))
     values = _egemaps_extractor().process_signal(y, sr).to_numpy()[0]
@@ -207,6 +212,11 @@ def egemaps_features(y: np.ndarray, sr: int = SR) -> np.ndarray:
 
 @functools.cache
 def _egemaps_extractor():
+    if "tensorflow" in sys.modules:
+        raise RuntimeError(
+            "the egemaps set cannot start in a process that has imported TensorFlow (openSMILE's library then crashes it): "
+            "compute it before TensorFlow loads, or in a worker process"
+        )
     try:
         import opensmile
     except ImportError:

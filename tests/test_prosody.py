@@ -1,6 +1,8 @@
 """The prosodic sets: YIN's F0 and aperiodicity, the permissive utterance vector, eGeMAPS' optional path, on generated audio."""
 
+import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,13 +82,28 @@ def test_other_rates_are_resampled_first():
 
 def test_egemaps_without_opensmile_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "opensmile", None)  # import opensmile now fails
+    monkeypatch.delitem(sys.modules, "tensorflow", raising=False)  # (checked first)
     prosody._egemaps_extractor.cache_clear()
     with pytest.raises(ImportError, match="pip install opensmile.*commercial"):
         prosody.egemaps_features(harmonic_tone(150.0, 1.0))
     prosody._egemaps_extractor.cache_clear()
 
 
-def test_egemaps_gives_its_88_functionals():
+def test_egemaps_gives_its_88_functionals_in_a_process_without_tensorflow():
     pytest.importorskip("opensmile")
-    values = prosody.FEATURE_SETS["egemaps"](harmonic_tone(150.0, 1.0), SR)
-    assert values.shape == (88,) and values.dtype == np.float32 and np.isfinite(values).all()
+    code = (
+        "import numpy as np, prosody\n"
+        "values = prosody.FEATURE_SETS['egemaps'](np.sin(np.arange(16000) * 2 * np.pi * 150 / 16000) * 0.3, 16000)\n"
+        "assert values.shape == (88,) and values.dtype == np.float32 and np.isfinite(values).all()\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(prosody.__file__).parent, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]
+
+
+def test_egemaps_refuses_to_start_after_tensorflow_instead_of_crashing(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow", sys.modules.get("tensorflow", object()))
+    prosody._egemaps_extractor.cache_clear()
+    with pytest.raises(RuntimeError, match="imported TensorFlow"):
+        prosody.egemaps_features(harmonic_tone(150.0, 1.0))
+    prosody._egemaps_extractor.cache_clear()
