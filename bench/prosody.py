@@ -13,12 +13,13 @@ from train.py's cache (the same key), so a corpus train.py has seen is not embed
 Per-speaker statistics make every row but the baseline and the "no speaker normalisation"
 ones transductive: each test speaker's unlabelled files are seen together first.
 
-    python bench/prosody.py --data DATA [--folds 5] [--image-sizes 224,64] [--sets permissive,egemaps]
+    python bench/prosody.py --data DATA [--folds 5] [--image-sizes 224,64] [--sets permissive,egemaps] [--target DATA2]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import itertools
 import os
@@ -124,7 +125,8 @@ def main() -> None:
     parser.add_argument("--corpus", choices=[corpora.AUTO, *corpora.CORPORA], default=corpora.AUTO, help="which corpus --data holds (default: %(default)s)")
     parser.add_argument("--folds", type=int, default=5, help="speaker folds, as train.py --folds (default: %(default)s)")
     parser.add_argument("--image-sizes", default="224,64", help="comma-separated image sizes of the CNN statistics (default: %(default)s)")
-    parser.add_argument("--sets", default="permissive", help=f"comma-separated prosodic sets to measure, of {', '.join(prosody.FEATURE_SETS)} (default: %(default)s)")
+    parser.add_argument("--sets", default="permissive", help=f"comma-separated prosodic sets to measure, of {', '.join(prosody.FEATURE_SETS)}; egemaps needs pip install opensmile, whose licence forbids commercial use (default: %(default)s)")
+    parser.add_argument("--target", type=Path, default=None, help="a second corpus folder: also train on every --data speaker (the first fold's validation speakers for the weight) and score on it, over the emotions both share")
     parser.add_argument("--prosody-weights", default="1,2,3,5,7,10,15,20", help="weights of the prosodic block to choose from on validation speakers (default: %(default)s)")
     args = parser.parse_args()
     try:
@@ -135,6 +137,11 @@ def main() -> None:
     sets = tuple(args.sets.split(","))
     if unknown := set(sets) - set(prosody.FEATURE_SETS):
         parser.error(f"--sets: unknown set {', '.join(sorted(unknown))}; choose from {', '.join(prosody.FEATURE_SETS)}")
+    for name in sets:
+        try:
+            prosody.FEATURE_SETS[name](np.zeros(prosody.SR, np.float32), prosody.SR)  # a missing package is said before any work
+        except ImportError as error:
+            parser.exit(1, f"error: --sets {name}: {error}\n")
     try:
         corpus = corpora.resolve_corpus(args.corpus, args.data)
         utterances = corpora.read_corpus(corpus, args.data, download=False, url=None, cache_dir=Path("."))
@@ -142,33 +149,84 @@ def main() -> None:
     except corpora.CorpusError as error:
         parser.exit(1, f"error: {error}\n")
 
+    described = describe(utterances, sets, sizes)
+    print(f"UAR, {corpus.title}, {args.folds} folds by speaker groups of {len({u.speaker for u in utterances})} speakers "
+          f"({len(utterances)} files, {args.data}), {len(os.sched_getaffinity(0))} cores; MFCC and prosodic sets of every file "
+          f"in {described.seconds:.0f} s")
+    print_rows(table(described, splits, sets, sizes, weights))
+    if args.target is None:
+        return
+    try:
+        target_corpus = corpora.resolve_corpus(corpora.AUTO, args.target)
+        target = corpora.read_corpus(target_corpus, args.target, download=False, url=None, cache_dir=Path("."))
+    except corpora.CorpusError as error:
+        parser.exit(1, f"error: --target: {error}\n")
+    shared = {u.label for u in utterances} & {u.label for u in target}
+    both = described.merged(describe(target, sets, sizes))
+    validation = {u.speaker for u in splits[0].validation}
+    source = [u for u in utterances if u.label in shared]
+    split = corpora.SpeakerSplit(
+        train=[u for u in source if u.speaker not in validation],
+        validation=[u for u in source if u.speaker in validation],
+        test=[u for u in target if u.label in shared],
+    )
+    print(f"UAR across corpora: trained on {corpus.title} ({len(split.train)} files; validation speakers {sorted(validation)}), "
+          f"scored on {target_corpus.title} ({len(split.test)} files), over the shared emotions {', '.join(sorted(shared))}; "
+          "each corpus's speakers standardised by their own statistics")
+    print_rows(table(both, [split], sets, sizes, weights))
+
+
+@dataclasses.dataclass
+class Described:
+    """Every file's descriptions: MFCC statistics, the prosodic sets (raw and per speaker), the CNN statistics."""
+
+    mfcc: dict
+    raw: dict  # set name -> path -> vector
+    prosodic: dict  # set name -> path -> per-speaker standardised vector
+    statistics: dict  # (size, per-speaker normalised) -> path -> vector
+    seconds: float  # to compute the MFCCs and the prosodic sets
+
+    def merged(self, other: Described) -> Described:
+        def union(mine: dict, theirs: dict) -> dict:
+            return {key: {**mine[key], **theirs[key]} for key in mine}
+
+        return Described({**self.mfcc, **other.mfcc}, union(self.raw, other.raw), union(self.prosodic, other.prosodic),
+                         union(self.statistics, other.statistics), self.seconds + other.seconds)
+
+
+def describe(utterances: list, sets: tuple[str, ...], sizes: list[int]) -> Described:
     start = time.perf_counter()
     paths = [u.path for u in utterances]
     with ProcessPoolExecutor(len(os.sched_getaffinity(0))) as pool:
         mfcc = dict(zip(paths, pool.map(mfcc_statistics, paths, chunksize=8)))
-        described = list(pool.map(functools.partial(prosody_of, sets=sets), paths, chunksize=8))
-    prosody_seconds = time.perf_counter() - start
-    raw = {name: {path: vectors[index] for path, vectors in zip(paths, described)} for index, name in enumerate(sets)}
+        vectors = list(pool.map(functools.partial(prosody_of, sets=sets), paths, chunksize=8))
+    seconds = time.perf_counter() - start
+    raw = {name: {path: row[index] for path, row in zip(paths, vectors)} for index, name in enumerate(sets)}
     prosodic = {name: per_speaker(values, utterances) for name, values in raw.items()}
-    statistics = statistics_by_size(utterances, sizes, len({u.label for u in utterances}))
+    return Described(mfcc, raw, prosodic, statistics_by_size(utterances, sizes, len({u.label for u in utterances})), seconds)
+
+
+def table(described: Described, splits: list, sets: tuple[str, ...], sizes: list[int], weights: list[float]) -> list[tuple[str, list[float]]]:
+    """Every row's UAR per split: the baseline, each set alone, each combination of sizes with and without each set."""
 
     def uars(blocks: list[dict], fused: dict | None) -> list[float]:
         return [fused_uar(blocks, fused, split, weights) for split in splits]
 
-    rows = [("baseline: MFCC mean/std + SVM", [baseline_uar(utterances, mfcc, split) for split in splits])]
-    rows += [(f"{name} alone ({len(next(iter(raw[name].values())))} values)", uars([], prosodic[name])) for name in sets]
+    rows = [("baseline: MFCC mean/std + SVM", [baseline_uar([], described.mfcc, split) for split in splits])]
+    rows += [(f"{name} alone ({len(next(iter(described.raw[name].values())))} values)", uars([], described.prosodic[name])) for name in sets]
     for count in range(1, len(sizes) + 1):
         for chosen in itertools.combinations(sizes, count):
             title = " + ".join(f"{size} statistics" for size in chosen)
-            blocks = [statistics[size, True] for size in chosen]
+            blocks = [described.statistics[size, True] for size in chosen]
             rows.append((title, uars(blocks, None)))
-            rows += [(f"{title} + {name}", uars(blocks, prosodic[name])) for name in sets]
-    plain = [statistics[sizes[0], False]]
+            rows += [(f"{title} + {name}", uars(blocks, described.prosodic[name])) for name in sets]
+    plain = [described.statistics[sizes[0], False]]
     rows.append((f"{sizes[0]} statistics, no speaker normalisation", uars(plain, None)))
-    rows += [(f"{sizes[0]} statistics + {name}, no speaker normalisation", uars(plain, raw[name])) for name in sets]
-    speakers = sorted({u.speaker for u in utterances})
-    print(f"UAR, {corpus.title}, {args.folds} folds by speaker groups of {len(speakers)} speakers ({len(utterances)} files, {args.data}), "
-          f"{len(os.sched_getaffinity(0))} cores; MFCC and prosodic sets of every file in {prosody_seconds:.0f} s")
+    rows += [(f"{sizes[0]} statistics + {name}, no speaker normalisation", uars(plain, described.raw[name])) for name in sets]
+    return rows
+
+
+def print_rows(rows: list[tuple[str, list[float]]]) -> None:
     for name, uars in rows:
         folds = " ".join(f"{uar:.3f}" for uar in uars)
         print(f"  {np.mean(uars):.3f} ± {np.std(uars):.3f}   folds {folds}   {name}")
