@@ -248,7 +248,7 @@ def predict(
     if runtime != "keras" and speaker_norm != "none":
         raise UsageError(f"--runtime {runtime} runs the exported model, which standardises with the training speakers' statistics: "
                          f"use --speaker-norm none, or --runtime keras for --speaker-norm {speaker_norm}")
-    if runtime not in ("keras", "openvino") and precision != "float32" or runtime == "openvino" and precision not in export.OPENVINO_PRECISIONS:
+    if precision not in {"keras": PRECISIONS, "openvino": tuple(export.OPENVINO_PRECISIONS)}.get(runtime, ("float32",)):
         raise UsageError(f"--precision {precision} with --runtime {runtime}: ONNX Runtime and LiteRT compute in float32, "
                          f"OpenVINO in {' or '.join(export.OPENVINO_PRECISIONS)}; --runtime keras takes every --precision")
     durations: list[float] = []

@@ -38,7 +38,7 @@ import corpora  # noqa: E402
 import files  # noqa: E402
 import prosody  # noqa: E402
 import utils  # noqa: E402
-from bench.recipe import baseline_uar, mfcc_statistics  # noqa: E402
+from bench.recipe import baseline_uar, mfcc_statistics, read_folds  # noqa: E402
 
 
 def prosody_of(path: Path, sets: tuple[str, ...]) -> list[np.ndarray]:
@@ -84,13 +84,14 @@ def statistics_by_size(utterances: list, sizes: list[int], labels: int) -> dict[
 
 
 def per_speaker(values: dict[Path, np.ndarray], utterances: list) -> dict[Path, np.ndarray]:
-    """Each speaker's vectors standardised by that speaker's mean and deviation."""
+    """Each speaker's vectors (of ``utterances``) standardised by that speaker's statistics (`RunningStatistics`)."""
+    from SpeechModel import RunningStatistics
+
     out = {}
     for speaker in {u.speaker for u in utterances}:
         own = [u.path for u in utterances if u.speaker == speaker]
-        stacked = np.stack([values[path] for path in own])
-        mean, std = stacked.mean(axis=0), stacked.std(axis=0) + 1e-6
-        out.update({path: (values[path] - mean) / std for path in own})
+        statistics = RunningStatistics.of([np.stack([values[path] for path in own])])
+        out.update({path: (values[path] - statistics.mean) / statistics.std for path in own})
     return out
 
 
@@ -142,27 +143,26 @@ def main() -> None:
             prosody.FEATURE_SETS[name](np.zeros(prosody.SR, np.float32), prosody.SR)  # a missing package is said before any work
         except ImportError as error:
             parser.exit(1, f"error: --sets {name}: {error}\n")
-    try:
-        corpus = corpora.resolve_corpus(args.corpus, args.data)
-        utterances = corpora.read_corpus(corpus, args.data, download=False, url=None, cache_dir=Path("."))
-        splits = corpora.speaker_folds(utterances, args.folds, group=corpus.fold_group)
-    except corpora.CorpusError as error:
-        parser.exit(1, f"error: {error}\n")
+    corpus, utterances, splits = read_folds(parser, args.corpus, args.data, args.folds)
+    target = []
+    if args.target is not None:
+        try:
+            target_corpus = corpora.resolve_corpus(corpora.AUTO, args.target)
+            target = corpora.read_corpus(target_corpus, args.target, download=False, url=None, cache_dir=Path("."))
+        except corpora.CorpusError as error:
+            parser.exit(1, f"error: --target: {error}\n")
 
-    described = describe(utterances, sets, sizes)
+    start = time.perf_counter()
+    mfcc, raw = audio_descriptions([u.path for u in utterances + target], sets)
     print(f"UAR, {corpus.title}, {args.folds} folds by speaker groups of {len({u.speaker for u in utterances})} speakers "
           f"({len(utterances)} files, {args.data}), {len(os.sched_getaffinity(0))} cores; MFCC and prosodic sets of every file "
-          f"in {described.seconds:.0f} s")
+          f"in {time.perf_counter() - start:.0f} s")
+    described = describe(utterances, mfcc, raw, sizes)
     print_rows(table(described, splits, sets, sizes, weights))
     if args.target is None:
         return
-    try:
-        target_corpus = corpora.resolve_corpus(corpora.AUTO, args.target)
-        target = corpora.read_corpus(target_corpus, args.target, download=False, url=None, cache_dir=Path("."))
-    except corpora.CorpusError as error:
-        parser.exit(1, f"error: --target: {error}\n")
     shared = {u.label for u in utterances} & {u.label for u in target}
-    both = described.merged(describe(target, sets, sizes))
+    both = described.merged(describe(target, mfcc, raw, sizes))
     validation = {u.speaker for u in splits[0].validation}
     source = [u for u in utterances if u.label in shared]
     split = corpora.SpeakerSplit(
@@ -180,30 +180,38 @@ def main() -> None:
 class Described:
     """Every file's descriptions: MFCC statistics, the prosodic sets (raw and per speaker), the CNN statistics."""
 
-    mfcc: dict
+    mfcc: dict  # path -> vector
     raw: dict  # set name -> path -> vector
     prosodic: dict  # set name -> path -> per-speaker standardised vector
     statistics: dict  # (size, per-speaker normalised) -> path -> vector
-    seconds: float  # to compute the MFCCs and the prosodic sets
 
     def merged(self, other: Described) -> Described:
+        """Both corpora's descriptions (each standardised by its own speakers' statistics)."""
+
         def union(mine: dict, theirs: dict) -> dict:
             return {key: {**mine[key], **theirs[key]} for key in mine}
 
         return Described({**self.mfcc, **other.mfcc}, union(self.raw, other.raw), union(self.prosodic, other.prosodic),
-                         union(self.statistics, other.statistics), self.seconds + other.seconds)
+                         union(self.statistics, other.statistics))
 
 
-def describe(utterances: list, sets: tuple[str, ...], sizes: list[int]) -> Described:
-    start = time.perf_counter()
-    paths = [u.path for u in utterances]
+def audio_descriptions(paths: list[Path], sets: tuple[str, ...]) -> tuple[dict, dict]:
+    """MFCC statistics and each prosodic set of every file, in worker processes started before TensorFlow loads (eGeMAPS needs that)."""
     with ProcessPoolExecutor(len(os.sched_getaffinity(0))) as pool:
         mfcc = dict(zip(paths, pool.map(mfcc_statistics, paths, chunksize=8)))
         vectors = list(pool.map(functools.partial(prosody_of, sets=sets), paths, chunksize=8))
-    seconds = time.perf_counter() - start
-    raw = {name: {path: row[index] for path, row in zip(paths, vectors)} for index, name in enumerate(sets)}
-    prosodic = {name: per_speaker(values, utterances) for name, values in raw.items()}
-    return Described(mfcc, raw, prosodic, statistics_by_size(utterances, sizes, len({u.label for u in utterances})), seconds)
+    return mfcc, {name: {path: row[index] for path, row in zip(paths, vectors)} for index, name in enumerate(sets)}
+
+
+def describe(utterances: list, mfcc: dict, raw: dict, sizes: list[int]) -> Described:
+    """One corpus's descriptions, its speakers standardised by their own statistics."""
+    own = {u.path for u in utterances}
+    return Described(
+        {path: vector for path, vector in mfcc.items() if path in own},
+        {name: {path: vector for path, vector in values.items() if path in own} for name, values in raw.items()},
+        {name: per_speaker(values, utterances) for name, values in raw.items()},
+        statistics_by_size(utterances, sizes, len({u.label for u in utterances})),
+    )
 
 
 def table(described: Described, splits: list, sets: tuple[str, ...], sizes: list[int], weights: list[float]) -> list[tuple[str, list[float]]]:

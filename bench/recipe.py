@@ -72,6 +72,18 @@ def run_uars(run: Path, splits: list[corpora.SpeakerSplit]) -> tuple[str, list[f
     return name, [fold["uar"] for fold in metrics["folds"]]
 
 
+def read_folds(
+    parser: argparse.ArgumentParser, name: str, data: Path, folds: int
+) -> tuple[corpora.Corpus, list[corpora.Utterance], list[corpora.SpeakerSplit]]:
+    """The corpus in ``data`` (``name`` or auto), its utterances and train.py's speaker folds; one error line and exit 1 otherwise."""
+    try:
+        corpus = corpora.resolve_corpus(name, data)
+        utterances = corpora.read_corpus(corpus, data, download=False, url=None, cache_dir=Path("."))
+        return corpus, utterances, corpora.speaker_folds(utterances, folds, group=corpus.fold_group)
+    except corpora.CorpusError as error:
+        parser.exit(1, f"error: {error}\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", nargs="*", type=Path, help="train.py cross-validation run folders to show beside the baseline")
@@ -79,12 +91,7 @@ def main() -> None:
     parser.add_argument("--corpus", choices=[corpora.AUTO, *corpora.CORPORA], default=corpora.AUTO, help="which corpus --data holds (default: %(default)s)")
     parser.add_argument("--folds", type=int, default=5, help="speaker folds, as the runs' --folds (default: %(default)s)")
     args = parser.parse_args()
-    try:
-        corpus = corpora.resolve_corpus(args.corpus, args.data)
-        utterances = corpora.read_corpus(corpus, args.data, download=False, url=None, cache_dir=Path("."))
-        splits = corpora.speaker_folds(utterances, args.folds, group=corpus.fold_group)
-    except corpora.CorpusError as error:
-        parser.exit(1, f"error: {error}\n")
+    corpus, utterances, splits = read_folds(parser, args.corpus, args.data, args.folds)
     with ProcessPoolExecutor(len(os.sched_getaffinity(0))) as pool:
         descriptors = dict(zip((u.path for u in utterances), pool.map(mfcc_statistics, [u.path for u in utterances], chunksize=8)))
 
