@@ -9,12 +9,15 @@ that round-trips through ``get_config`` and ``.keras`` files (keras-hub's style)
                            segment of the batch at once -> (batch, segments, features)
     speaker_normalization  Standardization: the training speakers' pooled statistics, or a
                            group's own (a speaker's, a folder's, a stream's running estimate)
+    prosody_normalization  Standardization of the utterance-level prosodic vector, alike
+                           (None for a model without a prosodic branch)
     head                   ClassifierHead: BLSTM, attention pooling, Dense 256, Dense 128 and
-                           softmax (the paper's), or statistics pooling and a logistic regression
+                           softmax (the paper's), or statistics pooling and a logistic regression;
+                           the prosodic vector joins the pooled one before the dense layers
 
 The model itself is functional on segments (what training feeds from the feature cache):
-segments (batch, segments, frames, n_mels, 3) -> probabilities (batch, classes), segments of
-`utils.PAD_VALUE` are padding. `embed`, `classify` and `predict_waveform` are the forward API
+segments (batch, segments, frames, n_mels, 3) [and prosody (batch, values)] -> probabilities
+(batch, classes), segments of `utils.PAD_VALUE` are padding. `embed`, `classify` and `predict_waveform` are the forward API
 every consumer uses; `SpeechModel.create_model` builds the object.
 
 Only `keras.ops` and `keras.layers` inside, so the same model builds, trains and
@@ -36,11 +39,13 @@ from keras import layers, ops
 from backbones import BackboneWeightsError, build_backbone, get_backbone, load_weights_file
 from devices import dtype_policy
 from frontend import PACKAGE, LogMelFrontEnd
+from prosody import FEATURE_WIDTHS as PROSODY_WIDTHS
 from heads import HEADS, HeadConfig  # noqa: F401  (HEADS: part of this module's interface)
 from utils import DEFAULT_FEATURES, PAD_VALUE, FeatureConfig
 
 NUM_CLASSES = 8  # the RAVDESS emotions
 LEARNING_RATE = 1e-4  # Adam, as in the paper's recipe
+PROSODY_CLIP = 5.0  # standard deviations: standardised prosodic values are clipped to +-this
 CONSTANT_SPAN = 1e-2  # dB: SegmentScaling's floor on a channel's half range
 FLOAT32_LAYERS = ("front_end", "emotion")  # layers that compute in float32 under any precision: the features, the output softmax
 
@@ -413,7 +418,10 @@ class ClassifierHead(layers.Layer):
     ``HeadConfig(kind="blstm-attention")`` (the paper's): a BLSTM over the segments, additive
     attention pooling, the dense layers. ``kind="stats"``: the mean and standard deviation of
     the segments (`StatisticsPooling`), standardised (`Standardization`, set by
-    `adapt_statistics`), the dense layers (none by default: a logistic regression). Its
+    `adapt_statistics`), the dense layers (none by default: a logistic regression). With
+    ``prosody_features``, the standardised utterance-level prosodic vector, clipped to
+    +-`PROSODY_CLIP` and times ``prosody_weight``, is joined to the pooled vector before the
+    dense layers. Its
     parts are attributes (``blstm``, ``attention``, ``statistics``, ``statistics_normalization``,
     ``dense``, ``output_dense``); the output is float32 under any precision.
 
@@ -464,12 +472,14 @@ class ClassifierHead(layers.Layer):
             self.blstm.build((None, None, features))
             self.attention.build((None, None, 2 * self.config.lstm_units))
             width = 2 * self.config.lstm_units
+        width += self.config.prosody_features
         for dense in self.dense:
             dense.build((None, width))
             width = dense.units
         self.output_dense.build((None, width))
 
-    def call(self, embeddings, mask=None, training=None, return_attention=False):
+    def call(self, embeddings, prosody=None, mask=None, training=None, return_attention=False):
+        """``embeddings`` (batch, segments, features) and, with a prosodic branch, ``prosody`` (batch, prosody_features) standardised."""
         x = self.embedding_dropout(embeddings, training=training)
         if self.config.kind == "stats":
             x = self.statistics_normalization(self.statistics(x, mask=mask))
@@ -477,6 +487,13 @@ class ClassifierHead(layers.Layer):
             weights = real / ops.maximum(ops.sum(real, axis=1, keepdims=True), 1.0)
         else:
             x, weights = self.attention(self.blstm(x, mask=mask, training=training), mask=mask)
+        if self.config.prosody_features:
+            if prosody is None:
+                raise ValueError(f"this head joins a prosodic vector of {self.config.prosody_features} values: pass prosody")
+            # Clipped: a value far outside the training speakers' range (a feature nearly constant
+            # among them, a synthetic or silent recording) must not outweigh everything else.
+            prosody = ops.clip(ops.cast(prosody, x.dtype), -PROSODY_CLIP, PROSODY_CLIP)
+            x = ops.concatenate([x, prosody * self.config.prosody_weight], axis=-1)
         for dense, dropout in zip(self.dense, self.dropouts):
             x = dropout(dense(x), training=training)
         probabilities = self.output_dense(x)
@@ -504,20 +521,29 @@ class EmotionRecognizer(keras.Model):
     """The whole recogniser: front end, segment encoder, speaker normalisation and head, from waveform to emotion.
 
     Called on segments (batch, segments, frames, n_mels, 3) it gives class probabilities
-    (batch, classes): training feeds it cached segments. The forward API:
+    (batch, classes): training feeds it cached segments. With a prosodic branch
+    (``prosody_set``, a name in `prosody.FEATURE_SETS`) it takes a second input, each
+    utterance's prosodic vector (batch, values) as `prosody.FEATURE_SETS` computes it from the
+    same audio (outside the graph: YIN's search is not a tensor program), standardised by
+    ``prosody_normalization`` like the embeddings. The forward API:
 
     - ``embed(segments)``: (batch, segments, features) backbone embeddings;
-    - ``classify(embeddings, mean=None, std=None, return_attention=False)``: probabilities
-      of embeddings (padding rows `utils.PAD_VALUE`) standardised with the stored training
-      statistics, or with a group's own ``mean`` and ``std`` (features,);
-    - ``predict_waveform(waveform)``: (windows, samples) PCM at ``front_end.features.sr``
-      -> per-window probabilities, through the in-graph front end.
+    - ``classify(embeddings, mean=None, std=None, prosody=None, prosody_mean=None,
+      prosody_std=None, return_attention=False)``: probabilities of embeddings (padding rows
+      `utils.PAD_VALUE`) and prosodic vectors, standardised with the stored training
+      statistics, or with a group's own means and deviations (`RunningStatistics`);
+    - ``predict_waveform(waveform, prosody=None)``: (windows, samples) PCM at
+      ``front_end.features.sr`` (and each window's prosodic vector) -> per-window probabilities.
 
     Args:
         front_end: frontend.LogMelFrontEnd. Its features are the run's.
         encoder: SegmentEncoder. Scaling and backbone.
         head: ClassifierHead.
         speaker_normalization: Standardization or None. A new (identity) one when None.
+        prosody_set: str or None. The prosodic set of the head's branch (its width is the
+            head's ``prosody_features``); None for a head without one.
+        prosody_normalization: Standardization or None. A new (identity) one when None and
+            ``prosody_set`` is set.
 
     Example:
     >>> model = SpeechModel.create_model(3, weights=None, backbone="efficientnet_lite0", features=FeatureConfig(n_mels=32, segment_frames=32, segment_hop=16))
@@ -531,18 +557,33 @@ class EmotionRecognizer(keras.Model):
         encoder: SegmentEncoder,
         head: ClassifierHead,
         speaker_normalization: Standardization | None = None,
+        prosody_set: str | None = None,
+        prosody_normalization: Standardization | None = None,
         **kwargs: Any,
     ) -> None:
+        width = head.config.prosody_features
+        if (prosody_set is None) != (width == 0) or (prosody_set is not None and PROSODY_WIDTHS.get(prosody_set) != width):
+            raise ValueError(f"prosody_set {prosody_set!r} does not fit a head with prosody_features={width} "
+                             f"(the sets' widths: {PROSODY_WIDTHS})")
         speaker_normalization = speaker_normalization or Standardization(name="speaker_normalization")
+        if prosody_set is not None:
+            prosody_normalization = prosody_normalization or Standardization(name="prosody_normalization")
         segments = keras.Input(shape=(None, *front_end.features.segment_shape), name="segments")
-        probabilities = head(speaker_normalization(encoder(segments)))
-        super().__init__(inputs=segments, outputs=probabilities, **kwargs)
+        embeddings = speaker_normalization(encoder(segments))
+        if prosody_set is None:
+            inputs, probabilities = segments, head(embeddings)
+        else:
+            prosody = keras.Input(shape=(width,), name="prosody")
+            inputs, probabilities = [segments, prosody], head(embeddings, prosody_normalization(prosody))
+        super().__init__(inputs=inputs, outputs=probabilities, **kwargs)
         self.front_end = front_end
         if not front_end.built:
             front_end.build((None, None))  # fixed matrices: built now, so they save and load alike
         self.encoder = encoder
         self.speaker_normalization = speaker_normalization
         self.head = head
+        self.prosody_set = prosody_set
+        self.prosody_normalization = prosody_normalization
 
     @property
     def features(self) -> FeatureConfig:
@@ -553,35 +594,53 @@ class EmotionRecognizer(keras.Model):
         """Segments (batch, segments, frames, n_mels, 3) -> backbone embeddings (batch, segments, features)."""
         return self.encoder(segments)
 
-    def classify(self, embeddings, mean=None, std=None, return_attention: bool = False):
-        """Embeddings (batch, segments, features), rows of `utils.PAD_VALUE` padding -> probabilities (batch, classes).
+    def classify(self, embeddings, mean=None, std=None, prosody=None, prosody_mean=None, prosody_std=None, return_attention: bool = False):
+        """Embeddings (batch, segments, features), rows of `utils.PAD_VALUE` padding, and prosodic vectors (batch, values) -> probabilities (batch, classes).
 
-        Standardised with ``mean`` and ``std`` (features,) when given (a group's own
-        statistics, `RunningStatistics`), else with the training speakers' pooled ones. With
-        ``return_attention``, also each segment's weight (batch, segments).
+        Standardised with ``mean`` and ``std`` (features,), ``prosody_mean`` and
+        ``prosody_std`` (values,) when given (a group's own statistics, `RunningStatistics`),
+        else with the training speakers' pooled ones. With ``return_attention``, also each
+        segment's weight (batch, segments).
         """
         mask = ops.any(ops.not_equal(embeddings, PAD_VALUE), axis=-1)
-        return self.head(self.speaker_normalization(embeddings, mean, std), mask=mask, return_attention=return_attention)
+        return self.head(
+            self.speaker_normalization(embeddings, mean, std), self._standardized_prosody(prosody, prosody_mean, prosody_std),
+            mask=mask, return_attention=return_attention,
+        )
 
-    def predict_waveform(self, waveform, return_attention: bool = False):
-        """PCM windows (windows, samples), float32 at ``features.sr``, each row a whole window -> probabilities (windows, classes)."""
+    def predict_waveform(self, waveform, prosody=None, return_attention: bool = False):
+        """PCM windows (windows, samples), float32 at ``features.sr``, each row a whole window, and their prosodic vectors (windows, values) -> probabilities (windows, classes)."""
         segments = self.front_end(waveform)
-        return self.head(self.speaker_normalization(self.encoder(segments)), return_attention=return_attention)
+        return self.head(
+            self.speaker_normalization(self.encoder(segments)), self._standardized_prosody(prosody), return_attention=return_attention
+        )
+
+    def _standardized_prosody(self, prosody, mean=None, std=None):
+        if self.prosody_set is None:
+            return None
+        if prosody is None:
+            raise ValueError(f"this model joins the {self.prosody_set} prosodic set: pass each utterance's prosody")
+        return self.prosody_normalization(prosody, mean, std)
 
     def head_model(self) -> keras.Model:
         """The head as a model of its own for training on precomputed, standardised embeddings (frozen backbone).
 
         Input "embeddings" float32 (batch, segments, features), rows of `utils.PAD_VALUE`
-        padding; output probabilities. Shares the head's layers (and weights) with this model.
+        padding, and with a prosodic branch "prosody" (batch, values), standardised; output
+        probabilities. Shares the head's layers (and weights) with this model.
         """
         embeddings = keras.Input(shape=(None, self.encoder.features), name="embeddings")
-        probabilities = self.head(layers.Masking(PAD_VALUE, name="padding_mask")(embeddings))
-        return keras.Model(embeddings, probabilities, name=f"{self.name}_head")
+        masked = layers.Masking(PAD_VALUE, name="padding_mask")(embeddings)
+        if self.prosody_set is None:
+            return keras.Model(embeddings, self.head(masked), name=f"{self.name}_head")
+        prosody = keras.Input(shape=(self.head.config.prosody_features,), name="prosody")
+        return keras.Model([embeddings, prosody], self.head(masked, prosody), name=f"{self.name}_head")
 
     def get_config(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "trainable": self.trainable,
+            "prosody_set": self.prosody_set,
             **{part: keras.saving.serialize_keras_object(getattr(self, part)) for part in PARTS},
         }
 
@@ -589,11 +648,11 @@ class EmotionRecognizer(keras.Model):
     def from_config(cls, config: dict[str, Any]) -> EmotionRecognizer:
         config = dict(config)
         for part in PARTS:
-            config[part] = keras.saving.deserialize_keras_object(config[part])
+            config[part] = keras.saving.deserialize_keras_object(config.get(part))
         return cls(**config)
 
 
-PARTS = ("front_end", "encoder", "speaker_normalization", "head")  # the attributes of an EmotionRecognizer, in the order data flows
+PARTS = ("front_end", "encoder", "speaker_normalization", "prosody_normalization", "head")  # the attributes of an EmotionRecognizer, in the order data flows
 
 
 class SpeechModel:
@@ -616,6 +675,7 @@ class SpeechModel:
         stages: str = "last",
         input_range: Sequence[float] | None = None,
         head: HeadConfig = HeadConfig(),
+        prosody_set: str | None = None,
         learning_rate: float = LEARNING_RATE,
         backbone_learning_rate_scale: float = 1.0,
         freeze_batch_normalization: bool = False,
@@ -646,6 +706,9 @@ class SpeechModel:
             input_range: tuple of 2 floats or None. Range the backbone expects; None takes
                 the named backbone's own, or (-1, 1) for a keras.Model. Defaults to None.
             head: HeadConfig. The classifier (`ClassifierHead`). Defaults to HeadConfig().
+            prosody_set: str or None. A name in `prosody.FEATURE_SETS`: the head joins each
+                utterance's vector of that set (the model's second input, "prosody"); its
+                ``prosody_features`` is set to the set's width. None: segments only. Defaults to None.
             learning_rate: float. Adam learning rate. Defaults to 1e-4.
             backbone_learning_rate_scale: float >= 0. The backbone trains at this times
                 ``learning_rate`` (`BackboneScaledAdam`), for fine-tuning. Defaults to 1.
@@ -661,14 +724,16 @@ class SpeechModel:
 
         Returns:
             EmotionRecognizer: input "segments" float32 (batch, segments, *segment_shape) with
-            any number of segments, padding segments masked; output class probabilities
-            (batch, num_classes). Its speaker normalisation is the identity until adapted.
+            any number of segments, padding segments masked (and "prosody" (batch, values) with
+            ``prosody_set``); output class probabilities (batch, num_classes). Its
+            normalisations are the identity until adapted.
 
         Raises:
             BackboneWeightsError: if ImageNet weights cannot be downloaded, or a weights
                 path is missing, is a whole saved model, or does not fit the backbone.
         """
         segment_shape = features.segment_shape
+        head = dataclasses.replace(head, prosody_features=0 if prosody_set is None else PROSODY_WIDTHS[prosody_set])
         if image_size == segment_shape[0] == segment_shape[1]:
             image_size = None  # the segments' own size: nothing to resize
         image_shape = (image_size, image_size, segment_shape[2]) if image_size else segment_shape
@@ -682,6 +747,7 @@ class SpeechModel:
                 LogMelFrontEnd(features, dtype="float32", name="front_end"),
                 SegmentEncoder(backbone_model, image_size=image_size, input_range=input_range or default_range, name="encoder"),
                 ClassifierHead(num_classes, head, name="head"),
+                prosody_set=prosody_set,
                 name="dcnn_blstmwa",
             )
         if compile:
@@ -722,12 +788,12 @@ class SpeechModel:
         passes the same batch; its rows are filled up to split evenly over the devices).
         """
         if isinstance(function, keras.Model) and not trailing_shapes:
-            trailing_shapes = [tuple(function.inputs[0].shape[1:])]
+            trailing_shapes = [tuple(tensor.shape[1:]) for tensor in function.inputs]
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
             signature = [tf.TensorSpec((None, *shape), tf.float32) for shape in trailing_shapes]
-            call = (lambda *inputs: function(*inputs, training=False)) if isinstance(function, keras.Model) else function
+            call = (lambda *inputs: function(list(inputs) if len(inputs) > 1 else inputs[0], training=False)) if isinstance(function, keras.Model) else function
             traced = tf.function(call, input_signature=signature)
             return lambda *inputs: keras.tree.map_structure(lambda x: x.numpy(), traced(*(tf.constant(x) for x in inputs)))
         if not isinstance(function, keras.Model):
@@ -743,7 +809,7 @@ class SpeechModel:
                 return np.asarray(multihost_utils.process_allgather(function.predict_on_batch(filled), tiled=True))[:rows]
 
             return distributed
-        return lambda inputs: np.asarray(function.predict_on_batch(inputs))
+        return lambda *inputs: np.asarray(function.predict_on_batch(list(inputs) if len(inputs) > 1 else inputs[0]))
 
 
 def _set_dtype_policies(config: Any, policy: str, layer: str | None = None) -> None:

@@ -152,7 +152,9 @@ class PaddedBatches:
     data-parallel step gets an equal share. With a seed, every epoch shuffles utterances
     within equal lengths and the order of the batches; without one, batches come in
     ascending length, the same every time. Yields ``(inputs, labels, sample_weights)`` of
-    shapes (rows, bucket, *item_shape), (rows,) and (rows,).
+    shapes (rows, bucket, *item_shape), (rows,) and (rows,); with ``vectors`` (one
+    fixed-length vector per utterance, such as its prosody), inputs are the pair
+    ``(padded, vectors)`` of shapes (rows, bucket, *item_shape) and (rows, values).
 
     ``shard=(index, count)``: this process of ``count`` (several hosts under JAX, where each
     process feeds its own part of the global batch) takes rows ``index * rows`` to
@@ -169,12 +171,14 @@ class PaddedBatches:
         weights: dict[int, float] | None = None,
         seed: int | None = None,
         shard: tuple[int, int] = (0, 1),
+        vectors: Sequence[np.ndarray] | None = None,
     ) -> None:
         index, count = shard
         if batch_size % count:
             raise ValueError(f"batch_size={batch_size} does not split into {count} equal shards")
         self.arrays = list(arrays)
         self.labels = np.asarray(labels, dtype=np.int32)
+        self.vectors = None if vectors is None else np.stack(vectors).astype(np.float32)
         self.batch_size = batch_size
         self.rows = slice(index * batch_size // count, (index + 1) * batch_size // count)
         self.weights = weights
@@ -199,8 +203,8 @@ class PaddedBatches:
             self.rng.shuffle(batches)
         return [np.array(batch) for batch in batches]
 
-    def assemble(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The padded inputs, labels and sample weights of one batch, this process's rows of it."""
+    def assemble(self, indices: np.ndarray) -> tuple[np.ndarray | tuple[np.ndarray, np.ndarray], np.ndarray, np.ndarray]:
+        """The padded inputs (and vectors), labels and sample weights of one batch, this process's rows of it."""
         steps = bucket_for(self.buckets, max(self.lengths[i] for i in indices))
         local = indices[self.rows]
         inputs = pad_batch([self.arrays[i] for i in local], steps=steps)
@@ -208,7 +212,7 @@ class PaddedBatches:
         weights = np.ones(len(local), np.float32) if self.weights is None else np.array(
             [self.weights[int(label)] for label in labels], np.float32
         )
-        return inputs, labels, weights
+        return (inputs if self.vectors is None else (inputs, self.vectors[local])), labels, weights
 
     def batch(self, number: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return self.assemble(self.order[number])
@@ -241,11 +245,18 @@ class PaddedBatches:
                 yield from order
 
             rows = self.rows.stop - self.rows.start
-            shapes = ((rows, None, *self.item_shape), (rows,), (rows,))
+            inputs = [(rows, None, *self.item_shape)] + ([] if self.vectors is None else [(rows, self.vectors.shape[1])])
+            shapes = (*inputs, (rows,), (rows,))
+            types = (tf.float32,) * len(inputs) + (tf.int32, tf.float32)
+
+            def flat(indices: np.ndarray) -> list[np.ndarray]:
+                inputs, labels, weights = self.assemble(indices)
+                return [*(inputs if isinstance(inputs, tuple) else [inputs]), labels, weights]
 
             def assemble(indices):
-                batch = tf.numpy_function(self.assemble, [indices], (tf.float32, tf.int32, tf.float32), stateful=False)
-                return tuple(tf.ensure_shape(tensor, shape) for tensor, shape in zip(batch, shapes))
+                batch = tf.numpy_function(flat, [indices], types, stateful=False)
+                *x, labels, weights = (tf.ensure_shape(tensor, shape) for tensor, shape in zip(batch, shapes))
+                return (x[0] if len(x) == 1 else tuple(x)), labels, weights
 
             batches = tf.data.Dataset.from_generator(plan, output_signature=tf.TensorSpec((self.batch_size,), tf.int64))
             batches = batches.map(assemble, num_parallel_calls=workers, deterministic=True)
@@ -271,7 +282,12 @@ class PaddedBatches:
 
 
 def predict(
-    forward: Callable[[np.ndarray], np.ndarray], arrays: Sequence[np.ndarray], batch_size: int, *, bucketed: bool = False
+    forward: Callable[..., np.ndarray],
+    arrays: Sequence[np.ndarray],
+    batch_size: int,
+    *,
+    bucketed: bool = False,
+    vectors: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
     """``forward`` over many utterances in length-grouped padded batches.
 
@@ -285,6 +301,8 @@ def predict(
     bucketed : bool
         Pad every batch to one of the `bucket_lengths` of ``arrays`` instead of its own
         longest: a few shapes, for a forward function that XLA compiles per shape.
+    vectors : sequence of np.ndarray [shape=(values,)] or None
+        One vector per utterance, given to ``forward`` as its second argument (batch, values).
 
     Returns
     -------
@@ -296,6 +314,9 @@ def predict(
     outputs: list[np.ndarray | None] = [None] * len(arrays)
     for indices in similar_length_batches(range(len(arrays)), batch_size, length=lengths.__getitem__):
         steps = None if buckets is None else bucket_for(buckets, max(lengths[i] for i in indices))
-        for index, row in zip(indices, np.asarray(forward(pad_batch([arrays[i] for i in indices], steps=steps)))):
+        inputs = [pad_batch([arrays[i] for i in indices], steps=steps)]
+        if vectors is not None:
+            inputs.append(np.stack([vectors[i] for i in indices]).astype(np.float32))
+        for index, row in zip(indices, np.asarray(forward(*inputs))):
             outputs[index] = row
     return np.stack(outputs)

@@ -147,7 +147,9 @@ def attention_spans(y: np.ndarray, run: Run, windows: Sequence[infer.WindowPredi
     for index, window in enumerate(windows):
         piece = y[int(round(window.start * sr)) : int(round(window.end * sr))]
         segments = utils.get_framed_log_melspectrogram(piece, run.features)
-        _, weights = run.model.classify(run.embed(segments[np.newaxis]), return_attention=True)
+        vector = run.prosody_of(piece)  # the head needs it, though the attention comes before it
+        prosody = None if vector is None else vector[np.newaxis]
+        _, weights = run.model.classify(run.embed(segments[np.newaxis]), prosody=prosody, return_attention=True)
         times = utils.segment_spans(len(piece), run.features) + window.start
         spans += [{"window": index, "start": float(start), "end": float(end), "weight": float(weight)}
                   for (start, end), weight in zip(times, np.asarray(weights)[0])]

@@ -7,9 +7,13 @@ normalisation statistics, head), so it runs with TensorFlow, ONNX Runtime (or Op
 interpreter alone, without this project. Its one input, ``waveform``, is a recording as
 float32 mono PCM in [-1, 1] at the run's sample rate (16 kHz by default; resample first),
 any length; it is cut into equal windows of about ``--window`` seconds inside the graph
-(`frontend.split_windows`), as infer.py cuts files. Two outputs: ``window_probabilities``
-(windows, classes) and ``probabilities`` (classes,), the windows' mean. ``contract.json``
-beside the artefact says all of this, with the labels in output order.
+(`frontend.split_windows`), as infer.py cuts files. A run with a prosodic branch takes a
+second input, ``prosody`` (windows, values): each window's vector of the run's set,
+`prosody.FEATURE_SETS` computed on the window's samples outside the graph (YIN's period search
+and openSMILE are not tensor programs); the contract states the set, its function and its
+value names. Two outputs: ``window_probabilities`` (windows, classes) and ``probabilities``
+(classes,), the windows' mean. ``contract.json`` beside the artefact says all of this, with
+the labels in output order.
 
 Written to RUN/export/FORMAT/ by default, whole or not at all: into a temporary folder,
 renamed when complete (an earlier export there is replaced only then).
@@ -28,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 import cli
+import prosody
 import runs
 from cli import positive_float
 from files import PARTIAL_PREFIX, folder_problem
@@ -51,9 +56,10 @@ class ExportError(Exception):
 
 
 def serving_model(model, window_samples: int):
-    """A Keras model around ``model`` (an `SpeechModel.EmotionRecognizer`): one recording (samples,) -> both outputs.
+    """A Keras model around ``model`` (an `SpeechModel.EmotionRecognizer`): one recording (samples,) [and its windows' prosody] -> both outputs.
 
-    For export only: it is traced with a (samples,) float32 signature and never saved itself.
+    For export only: it is traced with a (samples,) float32 signature (and (windows, values)
+    for a prosodic branch) and never saved itself.
     """
     import keras
     from keras import ops
@@ -65,9 +71,11 @@ def serving_model(model, window_samples: int):
             super().__init__(name="serving")
             self.recognizer = model
 
-        def call(self, waveform):
+        def call(self, inputs):
+            # One argument, as every Keras exporter traces it: the waveform, or both inputs by name.
+            waveform, prosody = (inputs["waveform"], inputs["prosody"]) if isinstance(inputs, dict) else (inputs, None)
             windows = frontend.split_windows(waveform, window_samples)
-            probabilities = self.recognizer.predict_waveform(windows)
+            probabilities = self.recognizer.predict_waveform(windows, prosody)
             return {"window_probabilities": probabilities, "probabilities": ops.mean(probabilities, axis=0)}
 
     return Serving()
@@ -100,6 +108,16 @@ def contract(run: runs.Run, export_format: str, window_seconds: float) -> dict:
             "rule": "count = max(1, floor(samples / window_samples + 0.5)); each window is samples // count samples; "
             "the last samples % count samples are dropped",
         },
+        "prosody": None if run.prosody_set is None else {
+            "name": "prosody",
+            "dtype": "float32",
+            "shape": ["windows", run.model.head.config.prosody_features],
+            "set": run.prosody_set,
+            "function": f"prosody.FEATURE_SETS[{run.prosody_set!r}](window, sample_rate) of this project's prosody.py",
+            "note": "one row per window, in order: each window's samples cut by the windows rule, its vector computed outside "
+            "the graph (YIN's search is not a tensor program); the artefact standardises it with the training speakers' statistics",
+            "values": list(prosody.FEATURE_NAMES) if run.prosody_set == "permissive" else "openSMILE's eGeMAPSv02 functionals, in its order",
+        },
         "outputs": {
             "window_probabilities": {"dtype": "float32", "shape": ["windows", len(run.labels)]},
             "probabilities": {"dtype": "float32", "shape": [len(run.labels)], "note": "the mean over the windows"},
@@ -130,15 +148,22 @@ def export(run: runs.Run, export_format: str, output: Path, *, window_seconds: f
     shutil.rmtree(scratch, ignore_errors=True)
     scratch.mkdir(parents=True)
     try:
-        signature = [keras.InputSpec(shape=(None,), dtype="float32", name="waveform")]
+        waveform = keras.InputSpec(shape=(None,), dtype="float32", name="waveform")
+        example = np.zeros(window_samples, np.float32)
+        if run.prosody_set is None:
+            signature = [waveform]
+        else:
+            values = run.model.head.config.prosody_features
+            signature = [{"waveform": waveform, "prosody": keras.InputSpec(shape=(None, values), dtype="float32", name="prosody")}]
+            example = {"waveform": example, "prosody": np.zeros((1, values), np.float32)}
         try:
             serving = serving_model(run.model, window_samples)
-            serving(np.zeros(window_samples, np.float32))  # built by one call, as Keras' export wants
+            serving(example)  # built by one call, as Keras' export wants
             serving.export(str(scratch / name), format=keras_format, input_signature=signature, verbose=False)
         except ImportError as error:
             raise ExportError(f"--format {export_format} needs {error.name or error}: pip install -r requirements.txt") from None
         except Exception as error:  # the converters raise many kinds; each means this export failed
-            raise ExportError(f"--format {export_format}: the converter failed: {runs.first_line(error)}") from None
+            raise ExportError(f"--format {export_format}: the converter failed: {runs.first_line(error)}") from error
         (scratch / CONTRACT).write_text(json.dumps(contract(run, export_format, window_seconds), indent=2))
         if output.exists():
             old = output.with_name(f"{PARTIAL_PREFIX}old-{output.name}")
@@ -154,7 +179,7 @@ def export(run: runs.Run, export_format: str, output: Path, *, window_seconds: f
 
 
 def load_artefact(folder: Path, export_format: str, runtime: str | None = None, precision: str = "float32"):
-    """The artefact in ``folder`` as a plain function: one recording (samples,) float32 at 16 kHz -> probabilities (classes,).
+    """The artefact in ``folder`` as a plain function: one recording (samples,) float32 at 16 kHz [, its windows' prosody (windows, values)] -> probabilities (classes,).
 
     Loaded with one runtime only, using every core, as a program without this project would:
     the format's own (TensorFlow, ONNX Runtime, the LiteRT interpreter), or ``runtime``
@@ -171,23 +196,29 @@ def load_artefact(folder: Path, export_format: str, runtime: str | None = None, 
         settings = {"INFERENCE_NUM_THREADS": cores, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": OPENVINO_PRECISIONS[precision]}
         compiled = openvino.Core().compile_model(str(folder / name), "CPU", settings)
         output = compiled.output("probabilities")
-        return lambda y: compiled(y)[output]
+        return lambda y, prosody=None: compiled(_named(waveform=y, prosody=prosody))[output]
     if export_format == "onnx":
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = cores
         session = onnxruntime.InferenceSession(str(folder / name), options)
-        return lambda y: session.run(["probabilities"], {"waveform": y})[0]
+        return lambda y, prosody=None: session.run(["probabilities"], _named(waveform=y, prosody=prosody))[0]
     if export_format == "litert":
         from ai_edge_litert.interpreter import Interpreter
 
         runner = Interpreter(str(folder / name), num_threads=cores).get_signature_runner("serving_default")
-        return lambda y: runner(waveform=y)["probabilities"]
+        return lambda y, prosody=None: runner(**_named(waveform=y, prosody=prosody))["probabilities"]
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(folder / name))
-    return lambda y: loaded.serve(tf.constant(y))["probabilities"].numpy()
+    serving = loaded.signatures["serving_default"]
+    return lambda y, prosody=None: serving(**{name: tf.constant(x) for name, x in _named(waveform=y, prosody=prosody).items()})["probabilities"].numpy()
+
+
+def _named(**inputs: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The artefact's inputs by name, those given (a run without a prosodic branch has no ``prosody``)."""
+    return {name: value for name, value in inputs.items() if value is not None}
 
 
 def exported_forward(run: runs.Run, runtime: str, window_seconds: float = WINDOW_SECONDS, precision: str = "float32"):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -237,6 +238,73 @@ def extract_features(
         Segments of the usable files and the reason for each unusable one;
         an unusable file is logged once as a warning and skipped.
     """
+    return _extract(
+        sources, functools.partial(_segments, config=config), lambda name: cache_key(name, config),
+        (None, *config.segment_shape), config.sr, cache_dir, workers, progress, "features",
+    )
+
+
+def extract_prosody(
+    sources: Iterable[Source],
+    feature_set: str,
+    *,
+    config: utils.FeatureConfig = utils.DEFAULT_FEATURES,
+    cache_dir: utils.PathLike | None = None,
+    workers: int | None = None,
+    progress: bool | None = None,
+) -> dict[SourceKey, np.ndarray]:
+    """Each file's prosodic vector of ``feature_set`` (`prosody.FEATURE_SETS`), computed on all cores or read from the cache.
+
+    The audio is read (and transformed) at ``config.sr``, as for `extract_features`; the
+    cache key is the features' (`cache_key`) with the set's name and `prosody.VERSION`.
+    Workers start without TensorFlow even when this process has loaded it (a fresh
+    interpreter: `_process_context`), which the ``egemaps`` set needs.
+
+    Returns
+    -------
+    vectors : dict[SourceKey, np.ndarray [shape=(prosody.FEATURE_WIDTHS[feature_set],), dtype=float32]]
+        Of the usable sources, in input order; an unusable file is logged once and skipped.
+    """
+    import prosody
+
+    def key(name: SourceKey) -> str | None:
+        features_key = cache_key(name, config)
+        return None if features_key is None else hashlib.sha256(f"{features_key}:{feature_set}:{prosody.VERSION}".encode()).hexdigest()
+
+    return _extract(
+        sources, functools.partial(_prosody, feature_set=feature_set), key, (prosody.FEATURE_WIDTHS[feature_set],),
+        config.sr, cache_dir, workers, progress, "prosody", isolated=feature_set == "egemaps",
+    ).segments
+
+
+def _segments(y: np.ndarray, sr: int, config: utils.FeatureConfig) -> np.ndarray:
+    return utils.get_framed_log_melspectrogram(y, config)
+
+
+def _prosody(y: np.ndarray, sr: int, feature_set: str) -> np.ndarray:
+    import prosody
+
+    return prosody.FEATURE_SETS[feature_set](y, sr)
+
+
+def _extract(
+    sources: Iterable[Source],
+    describe: Callable[[np.ndarray, int], np.ndarray],
+    key_of: Callable[[SourceKey], str | None],
+    shape: tuple[int | None, ...],
+    sr: int,
+    cache_dir: utils.PathLike | None,
+    workers: int | None,
+    progress: bool | None,
+    desc: str,
+    *,
+    isolated: bool = False,
+) -> ExtractedFeatures:
+    """``describe(audio, sr)`` of every source (its audio at ``sr``, transformed), an array of ``shape``: from the cache under ``key_of(source)``, or computed in worker processes.
+
+    ``isolated``: always in worker processes, even for one job (openSMILE cannot run in a
+    process that has loaded TensorFlow).
+    """
     if workers is None:
         workers = len(os.sched_getaffinity(0))
     if workers < 1:
@@ -248,52 +316,52 @@ def extract_features(
     found: dict[SourceKey, np.ndarray] = {}
     to_compute: dict[SourceKey, str | None] = {}
     for name in names:
-        key = None if cache is None else cache_key(name, config)
-        segments = None if key is None else cache.read(key, (None, *config.segment_shape))
-        if segments is None:
+        key = None if cache is None else key_of(name)
+        array = None if key is None else cache.read(key, shape)
+        if array is None:
             to_compute[name] = key
         else:
-            found[name] = segments
+            found[name] = array
     result.cache_hits = len(found)
     if cache is not None:
         cache.report_rejected()
 
-    jobs = [(name, key, config, cache) for name, key in to_compute.items()]
-    bar = tqdm(total=len(jobs), unit="file", desc="features", disable=None if progress is None else not progress)
+    jobs = [(name, key, sr, describe, cache) for name, key in to_compute.items()]
+    bar = tqdm(total=len(jobs), unit="file", desc=desc, disable=None if progress is None else not progress)
     with bar:
-        for name, segments, error in _run(jobs, min(workers, len(jobs))):
+        for name, array, error in _run(jobs, min(workers, len(jobs)), isolated=isolated):
             bar.update()
             if error is not None:
                 path = name if isinstance(name, str) else name[0]
                 if path not in result.errors:  # a file and its enhanced copies fail alike: one report
                     logger.warning("skipped: %s", error)
                     result.errors[path] = error
-            elif segments is None:
+            elif array is None:
                 # The worker wrote it to the cache: map it rather than ship it between processes.
-                found[name] = cache.read(to_compute[name], (None, *config.segment_shape))
+                found[name] = cache.read(to_compute[name], shape)
             else:
-                segments.flags.writeable = False  # as read-only as the cached arrays
-                found[name] = segments
+                array.flags.writeable = False  # as read-only as the cached arrays
+                found[name] = array
     result.segments = {name: found[name] for name in names if name in found}
     return result
 
 
 def _compute(
-    job: tuple[SourceKey, str | None, utils.FeatureConfig, FileCache | None],
+    job: tuple[SourceKey, str | None, int, Callable[[np.ndarray, int], np.ndarray], FileCache | None],
 ) -> tuple[SourceKey, np.ndarray | None, str | None]:
-    """Features of one source: (source, segments, None), or (source, None, None)
+    """What ``describe`` makes of one source: (source, array, None), or (source, None, None)
     once written to the cache, or (source, None, reason) for an unusable file."""
-    source, key, config, cache = job
+    source, key, sr, describe, cache = job
     path, transform = source if isinstance(source, tuple) else (source, None)
     try:
-        y = utils.load_wav(path, sr=config.sr)
+        y = utils.load_wav(path, sr=sr)
     except utils.AudioError as error:
         return source, None, str(error)
     if transform is not None:
-        y = transform.apply(y, config.sr)
-    segments = utils.get_framed_log_melspectrogram(y, config)
-    if key is None or not cache.write(key, segments):
-        return source, segments, None
+        y = transform.apply(y, sr)
+    array = describe(y, sr)
+    if key is None or not cache.write(key, array):
+        return source, array, None
     return source, None, None
 
 
@@ -379,12 +447,12 @@ def extract_embeddings(
     return {source: embeddings[source] for source in segments}
 
 
-def _run(jobs: list, workers: int) -> Iterable[tuple[SourceKey, np.ndarray | None, str | None]]:
-    if workers <= 1:
+def _run(jobs: list, workers: int, *, isolated: bool = False) -> Iterable[tuple[SourceKey, np.ndarray | None, str | None]]:
+    if workers <= 1 and not (isolated and jobs):
         yield from map(_compute, jobs)
         return
     chunksize = max(1, min(16, len(jobs) // (workers * 8)))
-    pool = ProcessPoolExecutor(workers, mp_context=_process_context(), initializer=_single_threaded)
+    pool = ProcessPoolExecutor(max(1, workers), mp_context=_process_context(), initializer=_single_threaded)
     with _workers_ignore_ctrl_c():
         results = pool.map(_compute, jobs, chunksize=chunksize)  # starts the workers
     try:

@@ -13,9 +13,12 @@ HEADS = ("blstm-attention", "stats")  # the paper's head, and statistics pooling
 # (two hidden layers, regularised by dropout and early stopping); the statistics head is
 # a multinomial logistic regression on the standardised statistics, regularised by
 # weight decay and trained to convergence.
+# The prosodic block's weight (`HeadConfig.prosody_weight`): the dense layers of the BLSTM
+# head learn their own scale of it; the logistic regression's weight decay would shrink ~80
+# prosodic coefficients as hard as thousands of statistics ones, so the block counts more.
 HEAD_DEFAULTS = {
-    "blstm-attention": {"dense_units": (256, 128), "weight_decay": 0.0},
-    "stats": {"dense_units": (), "weight_decay": 1e-2},
+    "blstm-attention": {"dense_units": (256, 128), "weight_decay": 0.0, "prosody_weight": 1.0},
+    "stats": {"dense_units": (), "weight_decay": 1e-2, "prosody_weight": 5.0},
 }
 
 
@@ -37,6 +40,12 @@ class HeadConfig:
         weight_decay: float >= 0 or None. L2 penalty on the Dense kernels (added to the loss
             as ``weight_decay * sum(kernel ** 2)``); None takes the kind's own (0 for
             "blstm-attention", 1e-2 for "stats").
+        prosody_features: int >= 0. Length of the utterance-level prosodic vector
+            (`prosody.FEATURE_SETS`) joined to the pooled segments (after attention, or beside
+            the statistics); 0: no prosodic branch. Defaults to 0.
+        prosody_weight: float > 0 or None. The standardised prosodic vector is multiplied by
+            this before it is joined; None takes the kind's own (1 for "blstm-attention", 5
+            for "stats", `HEAD_DEFAULTS`).
     """
 
     kind: str = "blstm-attention"
@@ -46,6 +55,8 @@ class HeadConfig:
     dropout: float = 0.25
     embedding_dropout: float = 0.0
     weight_decay: float | None = None
+    prosody_features: int = 0
+    prosody_weight: float | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in HEADS:
@@ -53,11 +64,14 @@ class HeadConfig:
         defaults = HEAD_DEFAULTS[self.kind]
         dense_units = defaults["dense_units"] if self.dense_units is None else self.dense_units
         object.__setattr__(self, "dense_units", tuple(int(units) for units in dense_units))
-        if self.weight_decay is None:
-            object.__setattr__(self, "weight_decay", defaults["weight_decay"])
+        for name in ("weight_decay", "prosody_weight"):
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, defaults[name])
         if min(self.lstm_units, self.attention_units, *self.dense_units) < 1:
             raise ValueError(f"units must be >= 1, got {self!r}")
         if not (0 <= self.dropout < 1 and 0 <= self.embedding_dropout < 1):
             raise ValueError(f"dropout and embedding_dropout must be in [0, 1), got {self.dropout!r}, {self.embedding_dropout!r}")
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay!r}")
+        if self.prosody_features < 0 or self.prosody_weight <= 0:
+            raise ValueError(f"prosody_features must be >= 0 and prosody_weight > 0, got {self.prosody_features!r}, {self.prosody_weight!r}")

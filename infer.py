@@ -167,6 +167,7 @@ class _Window:
     error: str | None = None
     peak: float = 0.0  # largest absolute sample
     audio: np.ndarray | None = None  # the window's samples, for an exported model (segments are then not computed)
+    prosody: np.ndarray | None = None  # the window's prosodic vector, for a run with a prosodic branch
 
 
 def predict(
@@ -280,7 +281,7 @@ def predict(
         if runtime != "keras":
             results = _forward_exported(jobs, files, run, runtime, window, precision)
         elif speaker_norm == "none":
-            results = _forward_windows(_computed(jobs, files, run.features), run, batch_size)
+            results = _forward_windows(_computed(jobs, files, run), run, batch_size)
         else:
             group = {
                 "folder": lambda job: files[job.file].parent,
@@ -338,7 +339,7 @@ def predict_signal(
     spans = window_spans(duration, window)
     pieces = [y[int(round(start * run.features.sr)) : int(round(end * run.features.sr))] for start, end in spans]
     jobs = [
-        _Window(0, start, end, segments=utils.get_framed_log_melspectrogram(piece, run.features), peak=_peak(piece))
+        _Window(0, start, end, segments=utils.get_framed_log_melspectrogram(piece, run.features), peak=_peak(piece), prosody=run.prosody_of(piece))
         for (start, end), piece in zip(spans, pieces)
     ]
     windows, error = [], None
@@ -365,7 +366,8 @@ def _forward_windows(
     for batch in batching.similar_length_batches(windows, batch_size, length=_length, pending=pending):
         usable = [item for item in batch if item.error is None]
         for part in batching.within_budget(usable, BATCH_SEGMENTS, length=_length):
-            yield from zip(part, run.forward(batching.pad_batch([item.segments for item in part])))
+            prosody = None if run.prosody_set is None else np.stack([item.prosody for item in part])
+            yield from zip(part, run.forward(batching.pad_batch([item.segments for item in part]), prosody))
         yield from ((item, None) for item in batch if item.error is not None)
 
 
@@ -382,14 +384,23 @@ def _forward_standardized(
     for job in jobs:
         groups.setdefault(group(job), []).append(job)
     for members in groups.values():
-        computed = list(_computed(members, files, run.features))
+        computed = list(_computed(members, files, run))
         usable = [item for item in computed if item.error is None]
         yield from ((item, None) for item in computed if item.error is not None)
         if not usable:
             continue
         embeddings = [run.embed(item.segments[np.newaxis])[0] for item in usable]
         statistics = RunningStatistics.of(embeddings)
-        probabilities = batching.predict(lambda batch: run.classify(batch, statistics.mean, statistics.std), embeddings, batch_size)
+        if run.prosody_set is None:
+            probabilities = batching.predict(lambda batch: run.classify(batch, statistics.mean, statistics.std), embeddings, batch_size)
+        else:
+            vectors = [item.prosody for item in usable]
+            prosodic = RunningStatistics.of(vectors)
+
+            def classify(batch: np.ndarray, prosody: np.ndarray) -> np.ndarray:
+                return run.classify(batch, statistics.mean, statistics.std, prosody, prosodic.mean, prosodic.std)
+
+            probabilities = batching.predict(classify, embeddings, batch_size, vectors=vectors)
         yield from zip(usable, probabilities)
 
 
@@ -398,22 +409,25 @@ def _forward_exported(
 ) -> Iterator[tuple[_Window, np.ndarray | None]]:
     """Each window with its class probabilities from the run's export in ``runtime``, one window's audio a call."""
     forward = export.exported_forward(run, runtime, window, precision)
-    for item in _computed(jobs, files, run.features, audio=True):
-        yield item, None if item.error is not None else forward(item.audio)
+    for item in _computed(jobs, files, run, audio=True):
+        # One window a call: the artefact cuts it into one window, whose prosodic vector is one row.
+        yield item, None if item.error is not None else forward(item.audio, None if item.prosody is None else item.prosody[np.newaxis])
 
 
-def _computed(jobs: list[_Window], files: list[Path], config: utils.FeatureConfig, *, audio: bool = False) -> Iterator[_Window]:
-    """Each window with its segments, or with ``audio`` its samples (or its error), computed ahead in threads, in job order."""
+def _computed(jobs: list[_Window], files: list[Path], run: Run, *, audio: bool = False) -> Iterator[_Window]:
+    """Each window with its segments, or with ``audio`` its samples, and the run's prosodic vector (or its error), computed ahead in threads, in job order."""
+    config = run.features
 
     def compute(job: _Window) -> _Window:
         # A new object: the job list must not keep every window's segments alive.
         try:
             y = utils.load_wav(files[job.file], sr=config.sr, offset=job.start, duration=job.end - job.start)
-            if audio:
-                return dataclasses.replace(job, audio=y, peak=_peak(y))
-            return dataclasses.replace(job, segments=utils.get_framed_log_melspectrogram(y, config), peak=_peak(y))
         except utils.AudioError as error:
             return dataclasses.replace(job, error=str(error))
+        described = dataclasses.replace(job, peak=_peak(y), prosody=run.prosody_of(y))
+        if audio:
+            return dataclasses.replace(described, audio=y)
+        return dataclasses.replace(described, segments=utils.get_framed_log_melspectrogram(y, config))
 
     # librosa and soxr release the GIL in their heavy parts, so threads overlap with the
     # model; a bounded queue of futures keeps memory flat for any number of windows.

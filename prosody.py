@@ -230,6 +230,8 @@ def _egemaps_extractor():
 
 
 FEATURE_SETS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"permissive": prosodic_features, "egemaps": egemaps_features}
+FEATURE_WIDTHS = {"permissive": N_FEATURES, "egemaps": 88}  # values per recording of each set
+VERSION = 1  # bump when a set's values change for the same audio, so that cached vectors are computed again
 
 
 def _frames(y: np.ndarray, length: int) -> np.ndarray:

@@ -163,14 +163,16 @@ class Run:
     """A trained run, loaded: its folder, labels, feature parameters and recogniser, with the forward API every consumer uses.
 
     Every method takes and returns NumPy arrays; each is traced once (TensorFlow) for any
-    batch size and length.
+    batch size and length. A run with a prosodic branch (``prosody_set``) takes each
+    utterance's prosodic vector too (`prosody_of` computes it from the same audio).
 
-    - ``forward(segments)``: padded segments (batch, segments, frames, n_mels, 3) ->
-      probabilities (batch, classes), standardised with the training speakers' statistics;
+    - ``forward(segments, prosody=None)``: padded segments (batch, segments, frames, n_mels, 3)
+      [and prosody (batch, values)] -> probabilities (batch, classes), standardised with the
+      training speakers' statistics;
     - ``embed(segments)``: -> embeddings (batch, segments, features);
-    - ``classify(embeddings, mean=None, std=None)``: embeddings (padding rows
-      `utils.PAD_VALUE`) -> probabilities, standardised with a group's ``mean`` and ``std``
-      (features,) when given (`SpeechModel.RunningStatistics`);
+    - ``classify(embeddings, mean=None, std=None, prosody=None, prosody_mean=None, prosody_std=None)``:
+      embeddings (padding rows `utils.PAD_VALUE`) -> probabilities, standardised with a
+      group's means and deviations where given (`SpeechModel.RunningStatistics`), else the stored ones;
     - ``predict_waveform(y, sr, window_seconds)``: a recording -> (window probabilities, probabilities),
       through the in-graph front end, as the exported models compute them.
     """
@@ -183,34 +185,88 @@ class Run:
         self.model = model  # SpeechModel.EmotionRecognizer
         self.features: FeatureConfig = model.features
         self.speaker_norm = speaker_norm  # trained on per-speaker standardised embeddings (train.py --speaker-norm)
+        self.prosody_set: str | None = model.prosody_set  # the prosodic set of the head's branch, or None
         segment_shape = (None, *self.features.segment_shape)
         width = model.encoder.features
-        self.forward = SpeechModel.inference_function(model)
+        values = model.head.config.prosody_features
+        self._forward = SpeechModel.inference_function(model)
         self.embed = SpeechModel.inference_function(model.embed, segment_shape)
         # The statistics go in with a leading axis of 1: the traced function sees a batch axis on every input.
-        self._classify = SpeechModel.inference_function(model.classify, (None, width), (width,), (width,))
-        self._classify_pooled = SpeechModel.inference_function(model.classify, (None, width))
-        self._waveform = SpeechModel.inference_function(model.predict_waveform, (None,))
+        if self.prosody_set is None:
+            self._classify = SpeechModel.inference_function(model.classify, (None, width), (width,), (width,))
+            self._classify_pooled = SpeechModel.inference_function(model.classify, (None, width))
+            self._waveform = SpeechModel.inference_function(model.predict_waveform, (None,))
+        else:
+            self._classify = SpeechModel.inference_function(
+                lambda x, mean, std, prosody, prosody_mean, prosody_std: model.classify(x, mean, std, prosody, prosody_mean, prosody_std),
+                (None, width), (width,), (width,), (values,), (values,), (values,),
+            )
+            self._classify_pooled = SpeechModel.inference_function(
+                lambda x, prosody: model.classify(x, prosody=prosody), (None, width), (values,)
+            )
+            self._waveform = SpeechModel.inference_function(model.predict_waveform, (None,), (values,))
 
-    def classify(self, embeddings: np.ndarray, mean: np.ndarray | None = None, std: np.ndarray | None = None) -> np.ndarray:
-        """Probabilities (batch, classes) of embeddings (batch, segments, features), standardised with ``mean`` and ``std`` or the stored statistics."""
+    def prosody_of(self, y: np.ndarray) -> np.ndarray | None:
+        """The prosodic vector (values,) of the run's set of audio ``y`` (samples,) at the run's rate; None for a run without one."""
+        if self.prosody_set is None:
+            return None
+        import prosody
+
+        return prosody.FEATURE_SETS[self.prosody_set](y, self.features.sr)
+
+    def forward(self, segments: np.ndarray, prosody: np.ndarray | None = None) -> np.ndarray:
+        """Probabilities (batch, classes) of padded segments (and their prosodic vectors (batch, values)), with the stored statistics."""
+        return self._forward(segments) if self.prosody_set is None else self._forward(segments, prosody)
+
+    def classify(
+        self,
+        embeddings: np.ndarray,
+        mean: np.ndarray | None = None,
+        std: np.ndarray | None = None,
+        prosody: np.ndarray | None = None,
+        prosody_mean: np.ndarray | None = None,
+        prosody_std: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """Probabilities (batch, classes) of embeddings (batch, segments, features) and prosodic vectors (batch, values), standardised with the given statistics or the stored ones."""
+        if self.prosody_set is None:
+            return self._classify_pooled(embeddings) if mean is None else self._classify(embeddings, *_row(mean, std))
+        if mean is None and prosody_mean is None:
+            return self._classify_pooled(embeddings, prosody)
+        # Either part without statistics of its own takes the stored ones.
         if mean is None:
-            return self._classify_pooled(embeddings)
-        return self._classify(embeddings, np.asarray(mean, np.float32)[np.newaxis], np.asarray(std, np.float32)[np.newaxis])
+            mean, std = self._stored(self.model.speaker_normalization)
+        if prosody_mean is None:
+            prosody_mean, prosody_std = self._stored(self.model.prosody_normalization)
+        return self._classify(embeddings, *_row(mean, std), prosody, *_row(prosody_mean, prosody_std))
+
+    @staticmethod
+    def _stored(normalization) -> tuple[np.ndarray, np.ndarray]:
+        from keras import ops
+
+        return ops.convert_to_numpy(normalization.mean), ops.convert_to_numpy(normalization.std)
 
     def predict_waveform(self, y: np.ndarray, sr: int, window_seconds: float) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities of each window (windows, classes) and of the recording (classes,), the windows' mean.
 
         ``y`` (samples,) is resampled to the run's rate outside the graph when ``sr`` differs,
-        then cut into equal windows of about ``window_seconds`` (`frontend.split_windows`).
+        then cut into equal windows of about ``window_seconds`` (`frontend.split_windows`),
+        each window's prosodic vector computed outside the graph.
         """
         import frontend
         import utils
 
         y = utils.resample(np.asarray(y, dtype=np.float32), sr, self.features.sr)
         windows = np.asarray(frontend.split_windows(y, int(round(window_seconds * self.features.sr))))
-        probabilities = self._waveform(windows)
+        if self.prosody_set is None:
+            probabilities = self._waveform(windows)
+        else:
+            probabilities = self._waveform(windows, np.stack([self.prosody_of(window) for window in windows]))
         return probabilities, probabilities.mean(axis=0)
+
+
+def _row(*statistics: np.ndarray) -> list[np.ndarray]:
+    """Statistics (features,) as float32 rows (1, features): the traced functions see a batch axis on every input."""
+    return [np.asarray(value, np.float32)[np.newaxis] for value in statistics]
 
 
 def missing_files(folder: Path) -> list[str]:

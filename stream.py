@@ -7,7 +7,8 @@ Every `HOP_SECONDS` the last `WINDOW_SECONDS` of audio are cut into segments exa
 file (`utils.get_framed_log_melspectrogram`), embedded and classified (`runs.Run`'s forward API).
 For a run trained with speaker normalisation the embeddings are standardised with a running
 estimate of the stream's own statistics (`SpeechModel.RunningStatistics`, the stream taken as one
-speaker), the training speakers' until `RUNNING_MIN_SEGMENTS` segments were seen. A hop whose
+speaker), the training speakers' until `RUNNING_MIN_SEGMENTS` segments were seen; a prosodic
+branch's vectors alike, one per hop, after `RUNNING_MIN_VECTORS` hops. A hop whose
 audio never reaches `utils.SILENCE_PEAK` is reported as silence, not as an emotion, and leaves the
 statistics alone. Audio at another rate is resampled as it comes (soxr's streaming resampler).
 """
@@ -29,6 +30,8 @@ from runs import Run
 HOP_SECONDS = 1.0  # a prediction every hop
 WINDOW_SECONDS = 3.0  # the audio each prediction sees: the last seconds of the stream
 RUNNING_MIN_SEGMENTS = 20  # segments seen before the stream's own statistics replace the training speakers'
+# Prosodic vectors (one per hop, of overlapping windows) seen before the stream's own statistics replace the training speakers'.
+RUNNING_MIN_VECTORS = 10
 SAMPLE_BYTES = 2  # 16-bit PCM
 
 
@@ -133,7 +136,7 @@ def predict_stream(
     resampler = None if rate == sr else soxr.ResampleStream(rate, sr, 1, dtype="float32")
     keep = int(round(window * sr))
     buffer = np.zeros(0, dtype=np.float32)
-    statistics = RunningStatistics()
+    statistics, prosodic = RunningStatistics(), RunningStatistics()
     received = 0
     for chunk in chunks:
         received += len(chunk)
@@ -144,15 +147,21 @@ def predict_stream(
             yield StreamPrediction(now, None, 0.0, None)
             continue
         segments = utils.get_framed_log_melspectrogram(buffer, run.features)[np.newaxis]
+        vector = run.prosody_of(buffer)
+        prosody = None if vector is None else vector[np.newaxis]
         if speaker_norm == "none":
-            probabilities = run.forward(segments)[0]  # the training speakers' statistics, as infer.predict and the exports
+            probabilities = run.forward(segments, prosody)[0]  # the training speakers' statistics, as infer.predict and the exports
         else:
             embeddings = run.embed(segments)
             statistics.update(embeddings[0])
-            if statistics.count >= RUNNING_MIN_SEGMENTS:
-                probabilities = run.classify(embeddings, statistics.mean, statistics.std)[0]
-            else:
-                probabilities = run.classify(embeddings)[0]
+            own = statistics.count >= RUNNING_MIN_SEGMENTS
+            if vector is not None:
+                prosodic.update(vector)
+            own_prosody = prosodic.count >= RUNNING_MIN_VECTORS
+            probabilities = run.classify(
+                embeddings, *((statistics.mean, statistics.std) if own else (None, None)),
+                prosody, *((prosodic.mean, prosodic.std) if own_prosody else (None, None)),
+            )[0]
         best = int(np.argmax(probabilities))
         yield StreamPrediction(now, run.labels[best], float(probabilities[best]), dict(zip(run.labels, map(float, probabilities))))
 

@@ -35,10 +35,12 @@ import features
 import files
 import runs
 from backbones import BACKBONES, STAGES, BackboneWeightsError, get_backbone
-from heads import HEADS
+from heads import HEAD_DEFAULTS, HEADS
 import cli
 from cli import UsageError, fraction, positive_float, positive_int
-from trainer import BACKBONE_MODES, BALANCING, Options, TrainingError, format_scores, summarize, train_split
+from trainer import (
+    BACKBONE_MODES, BALANCING, DEFAULT_PROSODY, PROSODY_CHOICES, Options, TrainingError, format_scores, summarize, train_split,
+)
 
 logger = logging.getLogger("train")
 
@@ -91,6 +93,9 @@ def run(
     utterances = corpora.read_corpus(corpus, options.dataset, download=options.download, url=options.download_url, cache_dir=cache_dir)
     labels = class_labels(corpus, utterances, options.dataset, custom_labels=options.custom_labels)
     options = options.resolved(corpus, utterances)
+    if options.prosody == "egemaps" and not cli.installed("opensmile"):
+        raise TrainingError("--prosody egemaps needs openSMILE: pip install opensmile (its licence forbids commercial use), "
+                            "or use --prosody permissive")
     placement = devices.place(options.devices, options.batch_size) if options.backbone_mode == "finetune" else devices.Placement()
     options = dataclasses.replace(options, devices=placement.devices)
     logger.info("options (saved in the run's %s):", runs.OPTIONS)
@@ -267,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--image-size", type=positive_int, default=defaults.image_size, help="resize each 64x64 segment to this square size inside the model (the paper: 227; 224 costs about 12x the compute of 64, which keeps the segments as cut)")
     parser.add_argument("--stages", choices=STAGES, default=defaults.stages, help="the backbone's top stage alone makes a segment's embedding, or the pooled outputs of all its stages")
     parser.add_argument("--head", choices=HEADS, default=defaults.head, help="the paper's BLSTM with attention, or stats: a logistic regression on the mean and standard deviation of the segment embeddings")
+    parser.add_argument("--prosody", choices=PROSODY_CHOICES, default=None, help=f"utterance-level prosodic features joined to the pooled embeddings (frozen mode): {DEFAULT_PROSODY} (pitch, voicing, loudness, voice quality, spectral shape; NumPy/SciPy/librosa only), egemaps (openSMILE's eGeMAPSv02, needs pip install opensmile, whose licence forbids commercial use), or none (default: {DEFAULT_PROSODY} in frozen mode, none for finetune)")
+    parser.add_argument("--prosody-weight", type=positive_float, default=None, help="the standardised prosodic vector is multiplied by this before it joins the pooled embeddings (default: the head's own, " + ", ".join(f"{weight['prosody_weight']:g} for {head}" for head, weight in HEAD_DEFAULTS.items()) + ")")
     parser.add_argument("--embedding-dropout", type=fraction, default=defaults.embedding_dropout, help="dropout on the segment embeddings in training, a regulariser for small corpora (0 to <1)")
     parser.add_argument("--speaker-norm", action=argparse.BooleanOptionalAction, default=None, help="standardise each speaker's embeddings with their own statistics (transductive: test speakers' too; frozen mode only; default: on in frozen mode); infer.py --speaker-norm applies the same")
     parser.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None, help="stop when validation UAR has not improved for 10 epochs and keep the best epoch's weights (default: off for the stats head on frozen embeddings, on otherwise)")

@@ -24,6 +24,7 @@ import corpora
 import devices
 import features
 import files
+import prosody
 import runs
 import utils
 from cli import installed
@@ -37,6 +38,9 @@ EARLY_STOPPING_PATIENCE = 10  # epochs without a better validation UAR before st
 PLATEAU_PATIENCE = 4  # epochs without a better validation UAR before halving the learning rate
 BACKBONE_MODES = ("frozen", "finetune")
 BALANCING = ("oversample", "class-weight", "none")
+NO_PROSODY = "none"
+PROSODY_CHOICES = (*prosody.FEATURE_SETS, NO_PROSODY)  # --prosody
+DEFAULT_PROSODY = "permissive"  # in frozen mode: usable commercially, unlike egemaps (openSMILE)
 
 
 class TrainingError(Exception):
@@ -49,8 +53,9 @@ class Options:
 
     The defaults are the recipe measured best on held-out speakers (README, "What the recipe reaches"):
     EfficientNet-Lite0 frozen, segments resized to 224, every stage's pooled output,
-    per-speaker normalisation, and the statistics head trained to convergence; no
-    enhanced copies (their added noise moves the embeddings far from any clean recording's).
+    the permissive prosodic set beside them, per-speaker normalisation, and the statistics
+    head trained to convergence; no enhanced copies (their added noise moves the embeddings
+    far from any clean recording's).
 
     The backbone mode is frozen on every machine: one command trains one recipe, and a GPU
     only makes it faster (fine-tuning, one flag away, was never measured better here).
@@ -59,8 +64,8 @@ class Options:
     machine and the other options say; `resolved` fills them in before a run starts:
     the detected corpus and its default speakers; in finetune mode, mixed precision on a
     GPU (`devices.default_precision`);
-    speaker normalisation in frozen mode (it standardises embeddings computed
-    once); for the statistics head on frozen embeddings (a convex problem, where picking
+    speaker normalisation and the permissive prosodic set in frozen mode (they join
+    embeddings computed once); for the statistics head on frozen embeddings (a convex problem, where picking
     the best epoch on a few validation speakers costs accuracy) no early stopping and
     Adam's learning rate 1e-3, for the BLSTM head or fine-tuning early stopping and 1e-4.
     """
@@ -78,6 +83,8 @@ class Options:
     image_size: int | None = 224
     stages: str = "all"
     head: str = "stats"
+    prosody: str | None = None
+    prosody_weight: float | None = None
     embedding_dropout: float = 0.0
     speaker_norm: bool | None = None
     early_stopping: bool | None = None
@@ -103,6 +110,8 @@ class Options:
         frozen = self.backbone_mode == "frozen"  # the other mode is finetune
         if self.speaker_norm and not frozen:
             raise UsageError("--speaker-norm works with --backbone-mode frozen (the embeddings it standardises are computed once)")
+        if self.prosody not in (None, NO_PROSODY) and not frozen:
+            raise UsageError(f"--prosody {self.prosody} works with --backbone-mode frozen; pass --prosody none to fine-tune")
         if frozen and (self.devices or 1) > 1:
             raise UsageError("--devices above 1 works with --backbone-mode finetune (frozen mode trains a small head on one device)")
         linear_on_embeddings = self.head == "stats" and frozen
@@ -114,22 +123,26 @@ class Options:
             precision=("float32" if frozen else devices.default_precision()) if self.precision is None else self.precision,
             devices=1 if frozen else self.devices,
             speaker_norm=frozen if self.speaker_norm is None else self.speaker_norm,
+            prosody=(DEFAULT_PROSODY if frozen else NO_PROSODY) if self.prosody is None else self.prosody,
             early_stopping=not linear_on_embeddings if self.early_stopping is None else self.early_stopping,
             learning_rate=(1e-3 if linear_on_embeddings else 1e-4) if self.learning_rate is None else self.learning_rate,
         )
 
     def architecture(self) -> dict[str, Any]:
-        """The `SpeechModel.create_model` arguments that say what the model is: backbone, resolution, stages, head.
+        """The `SpeechModel.create_model` arguments that say what the model is: backbone, resolution, stages, head, prosodic set.
 
-        Training, and the benchmarks that time a recipe, build their models from these.
+        Training, and the benchmarks that time a recipe, build their models from these
+        (unresolved options take the prosodic set `resolved` would).
         """
         from SpeechModel import HeadConfig
 
+        chosen = self.prosody if self.prosody is not None else DEFAULT_PROSODY if self.backbone_mode == "frozen" else NO_PROSODY
         return {
             "backbone": self.backbone,
             "image_size": self.image_size,
             "stages": self.stages,
-            "head": HeadConfig(kind=self.head, embedding_dropout=self.embedding_dropout),
+            "head": HeadConfig(kind=self.head, embedding_dropout=self.embedding_dropout, prosody_weight=self.prosody_weight),
+            "prosody_set": None if chosen == NO_PROSODY else chosen,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -181,7 +194,7 @@ def training_sources(
 
 
 def standardize_per_speaker(normalization, embeddings: dict, speaker_of: dict) -> dict:
-    """Every speaker's segment embeddings standardised by ``normalization`` (the model's `Standardization`) with that speaker's own statistics.
+    """Every speaker's segment embeddings (steps, features), or utterance vectors (values,), standardised by ``normalization`` (the model's `Standardization`) with that speaker's own statistics.
 
     The statistics come from the speaker's original files (not their enhanced copies) and
     use no label: for test speakers too, which makes scores with it transductive (each test
@@ -203,9 +216,15 @@ def standardize_per_speaker(normalization, embeddings: dict, speaker_of: dict) -
 
 
 def validation_uar_callback(
-    forward: Callable[[np.ndarray], np.ndarray], inputs: list[np.ndarray], labels: list[int], batch_size: int, *, bucketed: bool = False
+    forward: Callable[..., np.ndarray],
+    inputs: list[np.ndarray],
+    labels: list[int],
+    batch_size: int,
+    *,
+    bucketed: bool = False,
+    vectors: list[np.ndarray] | None = None,
 ):
-    """A Keras callback that adds ``val_uar`` (macro recall of ``forward`` on ``inputs``, `batching.predict`) to each epoch's logs.
+    """A Keras callback that adds ``val_uar`` (macro recall of ``forward`` on ``inputs`` and ``vectors``, `batching.predict`) to each epoch's logs.
 
     Listed before EarlyStopping and ReduceLROnPlateau, which read it from the same logs.
     """
@@ -214,7 +233,7 @@ def validation_uar_callback(
 
     class ValidationUAR(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
-            predicted = batching.predict(forward, inputs, batch_size, bucketed=bucketed).argmax(axis=1)
+            predicted = batching.predict(forward, inputs, batch_size, bucketed=bucketed, vectors=vectors).argmax(axis=1)
             logs["val_uar"] = float(recall_score(labels, predicted, average="macro"))
 
     return ValidationUAR()
@@ -331,11 +350,17 @@ def train_split(
         cache_dir=None if cache_dir is None else cache_dir / "features",
     )
 
+    prosody_set = recipe["prosody_set"]
+    vectors = {} if prosody_set is None else features.extract_prosody(
+        [source for source, _ in train_sources + evaluation if features.source_key(source) in extracted.segments],
+        prosody_set, config=options.features, cache_dir=None if cache_dir is None else cache_dir / "prosody",
+    )
+
     def examples(pairs) -> list[Example]:
         return [
             Example(features.source_key(source), index_of[u.label], str(u.path), u.speaker)
             for source, u in pairs
-            if features.source_key(source) in extracted.segments
+            if features.source_key(source) in extracted.segments and (prosody_set is None or features.source_key(source) in vectors)
         ]
 
     train = examples(train_sources)
@@ -374,16 +399,20 @@ def train_split(
             embeddings = features.extract_embeddings(embed, {e.source: extracted.segments[e.source] for e in train}, width=width)
         # The stored statistics: the training speakers' pooled ones (what a single request gets).
         model.speaker_normalization.adapt([embeddings[e.source] for e in train if isinstance(e.source, str)])
+        if prosody_set is not None:
+            model.prosody_normalization.adapt([vectors[e.source] for e in train if isinstance(e.source, str)])
         if options.backbone_mode == "frozen":
             if options.speaker_norm:
                 speaker_of = {features.source_key(source): u.speaker for source, u in train_sources + evaluation}
                 inputs = standardize_per_speaker(model.speaker_normalization, embeddings, speaker_of)
+                prosodic = standardize_per_speaker(model.prosody_normalization, vectors, speaker_of) if vectors else {}
             else:
                 inputs = {source: ops.convert_to_numpy(model.speaker_normalization(array)) for source, array in embeddings.items()}
+                prosodic = {source: ops.convert_to_numpy(model.prosody_normalization(vector)) for source, vector in vectors.items()}
             trainee = model.head_model()
             SpeechModel.compile_head(trainee, options.learning_rate)
         else:
-            inputs = extracted.segments
+            inputs, prosodic = extracted.segments, {}
             trainee = model
         if head.kind == "stats":
             model.head.adapt_statistics([
@@ -392,15 +421,19 @@ def train_split(
             ])
 
         forward = SpeechModel.inference_function(trainee)
+
+        def prosody_of(items: list[Example]) -> list[np.ndarray] | None:
+            return [prosodic[e.source] for e in items] if prosodic else None
+
         train_batches = batching.PaddedBatches(
             [inputs[e.source] for e in train], [e.label for e in train], options.batch_size,
-            weights=class_weight, seed=options.seed, shard=placement.shard,
+            weights=class_weight, seed=options.seed, shard=placement.shard, vectors=prosody_of(train),
         )
         # Fine-tuning compiles a forward pass per input shape under XLA: a few bucketed shapes, not one per batch.
         bucketed = options.backbone_mode == "finetune"
         validation_uar = validation_uar_callback(
             forward, [inputs[e.source] for e in validation], [e.label for e in validation], options.batch_size,
-            bucketed=bucketed,
+            bucketed=bucketed, vectors=prosody_of(validation),
         )
         callbacks = training_callbacks(validation_uar, early_stopping=options.early_stopping, run_dir=run_dir)
         # Keras' progress bar on a terminal; one line per epoch in a log or a pipe.
@@ -417,7 +450,9 @@ def train_split(
             # mismatch warning and can be fine-tuned from where the frozen run ended.
             model.optimizer.build(model.trainable_variables)
 
-        probabilities = batching.predict(forward, [inputs[e.source] for e in test], options.batch_size, bucketed=bucketed)
+        probabilities = batching.predict(
+            forward, [inputs[e.source] for e in test], options.batch_size, bucketed=bucketed, vectors=prosody_of(test)
+        )
         for example, row in zip(test, probabilities):
             if not np.all(np.isfinite(row)):
                 raise TrainingError(f"{example.path}: the trained model gave non-finite probabilities; no score is reported")

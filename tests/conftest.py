@@ -114,6 +114,22 @@ def shared_run(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def plain_run(tmp_path_factory) -> Path:
+    """A tiny frozen run without the prosodic branch (--prosody none): a model with one input, as runs before the branch."""
+    import train
+    from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
+    from trainer import Options
+
+    root = tmp_path_factory.mktemp("plain_run")
+    write_ravdess(root / "dataset", actors=(1, 2, 3), emotions=(1, 4, 5))
+    options = Options(
+        epochs=1, dataset=str(root / "dataset"), test_speakers=[3], val_speakers=[2], weights="none", batch_size=4,
+        output=str(root / "runs"), cache_dir=str(root / "cache"), download=False, prosody="none", **TINY_BACKBONE_OPTIONS,
+    )
+    return train.run(options, backbone=lambda: tiny_backbone((64, 64, 3)))
+
+
+@pytest.fixture(scope="session")
 def speaker_norm_run(tmp_path_factory) -> Path:
     """A tiny frozen run trained with --speaker-norm, shared by infer's and evaluate's normalisation tests."""
     import train

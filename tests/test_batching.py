@@ -145,3 +145,28 @@ def test_within_budget_cuts_a_sorted_batch_where_padding_would_exceed_the_budget
     assert pieces == [[2, 3], [5], [9], [40]]  # [2, 3, 5] pads to 3 x 5 = 15 > 10; 40 goes alone, whatever the budget
     assert [n for piece in pieces for n in piece] == lengths
     assert list(within_budget([], 10)) == []
+
+
+def test_vectors_travel_with_their_utterances_in_training_and_prediction_batches():
+    # Utterance i: its segments all equal i, its vector (i, -i), its label i.
+    arrays = [np.full((1 + index % 5, 2), index, np.float32) for index in range(13)]
+    vectors = [np.array([index, -index], np.float32) for index in range(13)]
+    batches = PaddedBatches(arrays, list(range(13)), batch_size=4, seed=1, vectors=vectors)
+    epoch = list(batches.epoch())
+    for (padded, rows), labels, _ in epoch:
+        assert rows.shape == (4, 2) and np.array_equal(rows[:, 0], labels) and np.array_equal(padded[:, 0, 0], labels)
+    if keras.backend.backend() == "tensorflow":  # the tf.data pipeline delivers the same pairs
+        reference = PaddedBatches(arrays, list(range(13)), batch_size=4, seed=1, vectors=vectors)
+        delivered = list(PaddedBatches(arrays, list(range(13)), batch_size=4, seed=1, vectors=vectors).as_keras_data(workers=2))
+        for ((padded, rows), labels, _), ((want_padded, want_rows), want_labels, _) in zip(delivered, reference.epoch(), strict=True):
+            assert np.array_equal(padded.numpy(), want_padded) and np.array_equal(rows.numpy(), want_rows)
+            assert np.array_equal(labels.numpy(), want_labels)
+    seen = []
+
+    def forward(padded: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        assert np.array_equal(padded[:, 0, 0], rows[:, 0])  # each row's vector beside its segments
+        seen.append(len(rows))
+        return rows
+
+    np.testing.assert_array_equal(predict(forward, arrays, 3, vectors=vectors), np.stack(vectors))
+    assert sum(seen) == 13

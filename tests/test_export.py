@@ -1,7 +1,9 @@
 """export.py: each format runs in a process that does not import this project and gives the Keras model's probabilities.
 
-The shared run has the default recipe's head (statistics) and speaker normalisation: the
-artefact standardises with the training speakers' statistics, as `runs.Run.predict_waveform`.
+The shared run has the default recipe's head (statistics), its prosodic branch and speaker
+normalisation: the artefact standardises with the training speakers' statistics, as
+`runs.Run.predict_waveform`, and takes each window's prosodic vector as its second input,
+computed here (`prosody.FEATURE_SETS`, as the contract says) and handed to the runner as a file.
 """
 
 from __future__ import annotations
@@ -22,31 +24,35 @@ import export
 import runs
 
 # Each runtime, loading the artefact with nothing of this project: prints its outputs as JSON.
+# ``inputs``: the artefact's inputs by name (the waveform, and the windows' prosody where it has it).
 RUNNERS = {
     "saved_model": """
         import tensorflow as tf
         model = tf.saved_model.load(folder + "/saved_model")
-        out = model.serve(tf.constant(y))
+        out = model.signatures["serving_default"](**{name: tf.constant(value) for name, value in inputs.items()})
         result = {name: value.numpy().tolist() for name, value in out.items()}
     """,
     "onnx": """
         import onnxruntime as ort
         session = ort.InferenceSession(folder + "/model.onnx")
         names = [output.name for output in session.get_outputs()]
-        result = dict(zip(names, (value.tolist() for value in session.run(None, {"waveform": y}))))
+        result = dict(zip(names, (value.tolist() for value in session.run(None, inputs))))
     """,
     "litert": """
         from ai_edge_litert.interpreter import Interpreter
         interpreter = Interpreter(folder + "/model.tflite")
         runner = interpreter.get_signature_runner("serving_default")
-        result = {name: value.tolist() for name, value in runner(waveform=y).items()}
+        result = {name: value.tolist() for name, value in runner(**inputs).items()}
     """,
 }
 
 
-def outside_the_project(export_format: str, folder: Path, audio: Path, tmp_path: Path) -> dict:
+def outside_the_project(export_format: str, folder: Path, audio: Path, tmp_path: Path, prosody: np.ndarray | None = None) -> dict:
     code = "import json, sys\nimport numpy as np, soundfile as sf\n"
-    code += f"folder = {str(folder)!r}\ny = sf.read({str(audio)!r}, dtype='float32')[0]\n"
+    code += f"folder = {str(folder)!r}\ninputs = {{'waveform': sf.read({str(audio)!r}, dtype='float32')[0]}}\n"
+    if prosody is not None:
+        np.save(tmp_path / "prosody.npy", prosody.astype(np.float32))
+        code += f"inputs['prosody'] = np.load({str(tmp_path / 'prosody.npy')!r})\n"
     code += textwrap.dedent(RUNNERS[export_format]) + "print(json.dumps(result))\n"
     environment = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     environment["TF_CPP_MIN_LOG_LEVEL"] = "3"
@@ -56,19 +62,32 @@ def outside_the_project(export_format: str, folder: Path, audio: Path, tmp_path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("export_format", list(export.FORMATS))
-def test_each_format_runs_without_the_project_and_gives_the_keras_probabilities(export_format, speaker_norm_run, tmp_path, capsys):
+@pytest.mark.parametrize(("export_format", "branch"), [*((name, "prosody") for name in export.FORMATS), ("saved_model", "none"), ("onnx", "none")])
+def test_each_format_runs_without_the_project_and_gives_the_keras_probabilities(export_format, branch, speaker_norm_run, plain_run, tmp_path, capsys):
+    import frontend
+    import prosody
+
+    run_dir = speaker_norm_run if branch == "prosody" else plain_run
     audio = tmp_path / "speech.wav"
     y = np.concatenate([tone(220, 2.5), tone(660, 3.0, amplitude=0.1), tone(330, 1.1)])
     sf.write(audio, y, 16000, subtype="FLOAT")
     output = tmp_path / "exported"
-    code, _, err = run_cli(export.main, [str(speaker_norm_run), "--format", export_format, "--output", str(output), "--window", "2"], capsys)
+    code, _, err = run_cli(export.main, [str(run_dir), "--format", export_format, "--output", str(output), "--window", "2"], capsys)
     assert code == 0, err
     contract = json.loads((output / export.CONTRACT).read_text())
-    run = runs.load_run(speaker_norm_run)
+    run = runs.load_run(run_dir)
     assert contract["labels"] == run.labels and contract["input"]["sample_rate"] == 16000
     assert contract["windows"]["samples"] == 32000 and contract["format"] == export_format
-    served = outside_the_project(export_format, output, audio, tmp_path)
+    vectors = None
+    if branch == "prosody":
+        described = contract["prosody"]
+        assert described["set"] == "permissive" and described["shape"] == ["windows", prosody.N_FEATURES]
+        assert described["values"] == list(prosody.FEATURE_NAMES) and "prosody.FEATURE_SETS['permissive']" in described["function"]
+        # What the contract says to do: cut the windows by its rule, describe each with the set's function.
+        vectors = np.stack([prosody.prosodic_features(window) for window in np.asarray(frontend.split_windows(y.astype(np.float32), 32000))])
+    else:
+        assert contract["prosody"] is None
+    served = outside_the_project(export_format, output, audio, tmp_path, vectors)
     windows, utterance = run.predict_waveform(y, 16000, 2.0)
     assert np.array(served["window_probabilities"]).shape == (3, len(run.labels))  # 6.6 s in 2 s windows: 3 equal ones
     np.testing.assert_allclose(served["window_probabilities"], windows, atol=1e-4)

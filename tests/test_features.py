@@ -259,3 +259,31 @@ def test_a_bad_file_and_its_enhanced_copies_are_reported_once(clips, tmp_path, c
         result = extract_features([clips[0], broken, *copies], cache_dir=tmp_path / "cache", workers=2)
     assert list(result.errors) == [str(broken)] and list(result.segments) == [str(clips[0])]
     assert sum(str(broken) in record.getMessage() for record in caplog.records) == 1
+
+
+def test_prosody_of_every_source_is_the_sets_function_and_is_cached_apart(clips, tmp_path):
+    import prosody
+    from augment import Enhancement
+    from utils import load_wav
+
+    cache = tmp_path / "cache"
+    enhancement = Enhancement(speed=1.1, shift_seconds=0.1, snr_db=20.0, noise_seed=3)
+    sources = [*clips[:2], (clips[1], enhancement)]
+    vectors = features.extract_prosody(sources, "permissive", cache_dir=cache, workers=2)
+    assert list(vectors) == [str(clips[0]), str(clips[1]), (str(clips[1]), enhancement)]
+    np.testing.assert_allclose(vectors[str(clips[0])], prosody.prosodic_features(load_wav(clips[0]), 16000), atol=1e-6)
+    enhanced = prosody.prosodic_features(enhancement.apply(load_wav(clips[1]), 16000), 16000)
+    np.testing.assert_allclose(vectors[(str(clips[1]), enhancement)], enhanced, atol=1e-6)
+    assert len(cached_files(cache)) == 3
+    again = features.extract_prosody(sources, "permissive", cache_dir=cache, workers=1)
+    assert all(np.array_equal(again[key], vectors[key]) for key in vectors) and len(cached_files(cache)) == 3
+    extract_features(sources, cache_dir=cache)  # the segments of the same sources: other entries
+    assert len(cached_files(cache)) == 6
+
+
+def test_egemaps_is_extracted_in_fresh_worker_processes_after_tensorflow_loaded(clips, tmp_path):
+    pytest.importorskip("opensmile")
+    import tensorflow  # noqa: F401  (openSMILE would crash this process now: the workers must not be forks of it)
+
+    vectors = features.extract_prosody(clips[:1], "egemaps", workers=1)
+    assert vectors[str(clips[0])].shape == (88,) and np.isfinite(vectors[str(clips[0])]).all()

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import shutil
+import types
 from pathlib import Path
 
 import keras
@@ -14,6 +15,7 @@ import pytest
 from conftest import SHARED_RUN_FEATURES, SHARED_RUN_LABELS, run_cli, tone
 
 import infer
+import prosody
 import runs
 import utils
 
@@ -73,9 +75,10 @@ def test_predictions_use_the_runs_feature_parameters(run_dir, write_audio):
     [prediction] = infer.predict([path], run_dir)
     model = keras.models.load_model(run_dir / "model.keras")
     recorded = utils.DEFAULT_FEATURES.replace(**SHARED_RUN_FEATURES)
-    expected = model.predict(utils.get_framed_log_melspectrogram(path, recorded)[np.newaxis], verbose=0)[0]
-    default = model.predict(utils.get_framed_log_melspectrogram(path)[np.newaxis], verbose=0)[0]
-    assert not np.allclose(expected, default, atol=1e-6)  # the parameters matter to this model
+    vector = prosody.prosodic_features(utils.load_wav(path, recorded.sr), recorded.sr)[np.newaxis]  # the run's prosodic branch
+    expected = model.predict([utils.get_framed_log_melspectrogram(path, recorded)[np.newaxis], vector], verbose=0)[0]
+    default = model.predict([utils.get_framed_log_melspectrogram(path)[np.newaxis], vector], verbose=0)[0]
+    assert not np.allclose(np.log(expected), np.log(default), atol=1e-3)  # the parameters matter to this (very confident) model
     np.testing.assert_allclose(list(prediction.probabilities.values()), expected, atol=1e-5)
 
 
@@ -141,7 +144,8 @@ def test_window_spans(duration, spans):
 def test_computed_windows_are_not_kept_by_the_job_list(write_audio):
     path = write_audio("long.wav", tone(300, 20.0))
     jobs = [infer._Window(0, start, end) for start, end in infer.window_spans(20.0, 4.0)]
-    computed = list(infer._computed(jobs, [path], utils.DEFAULT_FEATURES))
+    run = types.SimpleNamespace(features=utils.DEFAULT_FEATURES, prosody_of=lambda y: None)  # a run without a prosodic branch
+    computed = list(infer._computed(jobs, [path], run))
     assert [len(item.segments) for item in computed] == [len(utils.get_framed_log_melspectrogram(tone(300, 4.0)))] * 5
     assert all(job.segments is None for job in jobs)  # only the consumer holds segments
 
@@ -202,23 +206,33 @@ def test_speaker_norm_standardises_with_each_folders_or_files_own_statistics(spe
     assert run.speaker_norm
     model = keras.models.load_model(speaker_norm_run / "model.keras")
     embeddings = [np.asarray(model.embed(utils.get_framed_log_melspectrogram(path, run.features)[np.newaxis]))[0] for path in speaker]
+    # The run's prosodic branch (the default): each file's vector, standardised by the group's statistics too.
+    vectors = [prosody.prosodic_features(utils.load_wav(path, run.features.sr), run.features.sr) for path in speaker]
 
-    def expected(groups):  # each group standardised by its own statistics, written out here
+    def expected(groups):  # each group (of indices) standardised by its own statistics, written out here
         rows = []
         for group in groups:
-            stacked = np.concatenate(group)
+            stacked = np.concatenate([embeddings[index] for index in group])
             mean, std = stacked.mean(0), stacked.std(0) + 1e-6
-            # the identity statistics of the layer: the embeddings arrive standardised already
-            rows += [np.asarray(model.classify(((e - mean) / std)[np.newaxis], np.zeros_like(mean), np.ones_like(std)))[0] for e in group]
+            stacked_vectors = np.stack([vectors[index] for index in group])
+            vector_mean, vector_std = stacked_vectors.mean(0), stacked_vectors.std(0) + 1e-6
+            # the identity statistics of the layers: the inputs arrive standardised already
+            rows += [
+                np.asarray(model.classify(
+                    ((embeddings[index] - mean) / std)[np.newaxis], np.zeros_like(mean), np.ones_like(std),
+                    ((vectors[index] - vector_mean) / vector_std)[np.newaxis], np.zeros_like(vector_mean), np.ones_like(vector_std),
+                ))[0]
+                for index in group
+            ]
         return np.array(rows)
 
     by_folder = infer.predict(speaker, run, speaker_norm="folder")
     by_file = infer.predict(speaker, run, speaker_norm="file")
     global_stats = infer.predict(speaker, run, speaker_norm="none")
     as_list = lambda predictions: np.array([list(p.probabilities.values()) for p in predictions])  # noqa: E731
-    np.testing.assert_allclose(as_list(by_folder), expected([embeddings]), atol=1e-4)
-    np.testing.assert_allclose(as_list(by_file), expected([[e] for e in embeddings]), atol=1e-4)
-    direct = model.predict(utils.get_framed_log_melspectrogram(speaker[0], run.features)[np.newaxis], verbose=0)[0]
+    np.testing.assert_allclose(as_list(by_folder), expected([[0, 1, 2]]), atol=1e-4)
+    np.testing.assert_allclose(as_list(by_file), expected([[0], [1], [2]]), atol=1e-4)
+    direct = model.predict([utils.get_framed_log_melspectrogram(speaker[0], run.features)[np.newaxis], vectors[0][np.newaxis]], verbose=0)[0]
     np.testing.assert_allclose(list(global_stats[0].probabilities.values()), direct, atol=1e-5)  # the exported model
     assert not np.allclose(as_list(by_folder), as_list(global_stats), atol=1e-3)
     assert [p.warnings for p in by_file] == [(infer.SELF_NORMALISED,)] * 3  # short files: one window each
@@ -247,7 +261,7 @@ def test_speaker_norm_needs_a_run_trained_with_it(run_dir, clips, capsys):
 
 def test_a_non_finite_probability_is_an_error_naming_the_file_never_an_emotion(run_dir, clips, monkeypatch, capsys):
     broken = runs.load_run(run_dir)
-    broken.forward = lambda segments: np.full((len(segments), len(broken.labels)), np.nan, np.float32)
+    broken.forward = lambda segments, prosody=None: np.full((len(segments), len(broken.labels)), np.nan, np.float32)
     (prediction,) = infer.predict([clips[1]], broken)
     assert prediction.emotion is None and prediction.error.startswith(f"{clips[1]}: the model gave non-finite probabilities")
     signal = infer.predict_signal(tone(300, 1.0), 16000, broken, name="mic")
@@ -262,9 +276,9 @@ def test_model_calls_hold_a_bounded_number_of_segments_whatever_the_batch_size(r
     shapes = []
     forward = run.forward
 
-    def recorded(segments):
+    def recorded(segments, prosody=None):
         shapes.append(segments.shape[:2])
-        return forward(segments)
+        return forward(segments, prosody)
 
     long = write_audio("long.wav", tone(300, 60.0))  # 8 windows of about 25 segments
     run.forward = recorded

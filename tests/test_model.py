@@ -75,20 +75,55 @@ def test_the_model_trains_and_the_loss_falls():
     assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
 
 
-def test_keras_file_round_trip_gives_the_same_predictions(tmp_path):
-    model = tiny_model()
+@pytest.mark.parametrize("prosody_set", [None, "permissive"])
+def test_keras_file_round_trip_gives_the_same_predictions(tmp_path, prosody_set):
+    import prosody
+
+    model = tiny_model(prosody_set=prosody_set)
     batch = padded_batch([4, 2])
-    model.fit(batch, np.array([0, 2]), verbose=0)
+    vectors = [] if prosody_set is None else [np.random.default_rng(1).normal(size=(2, prosody.FEATURE_WIDTHS[prosody_set])).astype("float32")]
+    inputs = batch if prosody_set is None else [batch, *vectors]
+    model.prosody_normalization is None or model.prosody_normalization.adapt(np.random.default_rng(2).normal(3.0, 2.0, (50, 79)))
+    model.fit(inputs, np.array([0, 2]), verbose=0)
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
     assert isinstance(loaded, EmotionRecognizer)
     assert [type(getattr(loaded, part)).__name__ for part in speech_model_module.PARTS] == [
-        "LogMelFrontEnd", "SegmentEncoder", "Standardization", "ClassifierHead"
+        "LogMelFrontEnd", "SegmentEncoder", "Standardization", "NoneType" if prosody_set is None else "Standardization", "ClassifierHead"
     ]
-    assert loaded.features == model.features and loaded.head.config == model.head.config
-    np.testing.assert_allclose(loaded.predict(batch, verbose=0), model.predict(batch, verbose=0), atol=1e-6)
+    assert loaded.features == model.features and loaded.head.config == model.head.config and loaded.prosody_set == prosody_set
+    np.testing.assert_allclose(loaded.predict(inputs, verbose=0), model.predict(inputs, verbose=0), atol=1e-6)
     waveform = np.random.default_rng(0).normal(0, 0.1, (2, 4000)).astype("float32")
-    np.testing.assert_allclose(np.asarray(loaded.predict_waveform(waveform)), np.asarray(model.predict_waveform(waveform)), atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(loaded.predict_waveform(waveform, *vectors)), np.asarray(model.predict_waveform(waveform, *vectors)), atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("kind", ["blstm-attention", "stats"])
+def test_the_prosodic_branch_joins_the_pooled_vector_and_is_standardised(kind):
+    import prosody
+
+    width = prosody.FEATURE_WIDTHS["permissive"]
+    model = tiny_model(head=HeadConfig(kind=kind, lstm_units=8, attention_units=8, dense_units=(16,)), prosody_set="permissive")
+    pooled = 16 if kind == "blstm-attention" else 2 * model.encoder.features
+    assert model.head.config.prosody_features == width
+    assert model.head.dense[0].kernel.shape[0] == pooled + width  # after attention, or beside the statistics
+    batch, rng = padded_batch([3, 2]), np.random.default_rng(0)
+    vectors = rng.normal(5.0, 3.0, (2, width)).astype("float32")
+    model.prosody_normalization.adapt(rng.normal(5.0, 3.0, (200, width)))
+    before = model.predict([batch, vectors], verbose=0)
+    assert not np.allclose(before, model.predict([batch, vectors + 3.0], verbose=0), atol=1e-4)  # the branch is used
+    # Standardised by the stored statistics, or by the group's own when given.
+    statistics = RunningStatistics.of([vectors])
+    embeddings = model.embed(batch)
+    grouped = model.classify(embeddings, prosody=vectors, prosody_mean=statistics.mean, prosody_std=statistics.std)
+    shifted = model.classify(embeddings, prosody=vectors + 3.0, prosody_mean=statistics.mean + 3.0, prosody_std=statistics.std)
+    np.testing.assert_allclose(np.asarray(grouped), np.asarray(shifted), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(model.classify(embeddings, prosody=vectors)), before, atol=1e-5)
+    with pytest.raises(ValueError, match="prosody"):
+        model.classify(embeddings)
+    with pytest.raises(ValueError, match="prosody_set"):
+        EmotionRecognizer(model.front_end, model.encoder, model.head)  # a head with a branch needs its set
 
 
 @pytest.mark.slow

@@ -37,7 +37,8 @@ def test_a_loaded_run_carries_its_labels_features_and_a_working_model(shared_run
     run = runs.load_run(shared_run.folder)
     assert run.labels == SHARED_RUN_LABELS
     assert run.features == DEFAULT_FEATURES.replace(**SHARED_RUN_FEATURES)
-    probabilities = run.forward(np.random.default_rng(0).normal(size=(2, 3, 64, 64, 3)).astype(np.float32))
+    prosody = np.random.default_rng(1).normal(size=(2, run.model.head.config.prosody_features)).astype(np.float32)  # the default branch
+    probabilities = run.forward(np.random.default_rng(0).normal(size=(2, 3, 64, 64, 3)).astype(np.float32), prosody)
     assert probabilities.shape == (2, 3)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
 

@@ -62,16 +62,20 @@ def test_the_running_normalisation_uses_the_streams_own_statistics(speaker_norm_
     import utils
 
     run = runs.load_run(speaker_norm_run)
-    y = np.concatenate([tone(200 + 60 * k, 1.0) for k in range(8)]).astype(np.float32)
+    y = np.concatenate([tone(200 + 60 * k, 1.0) for k in range(12)]).astype(np.float32)
     predictions = list(stream.predict_stream((y[i : i + 16000] for i in range(0, len(y), 16000)), run, 16000))
-    statistics, expected = RunningStatistics(), []
+    statistics, prosodic, expected = RunningStatistics(), RunningStatistics(), []
     for index in range(len(predictions)):
         end = (index + 1) * 16000
-        segments = utils.get_framed_log_melspectrogram(y[max(0, end - 48000) : end], run.features)
+        heard = y[max(0, end - 48000) : end]
+        segments = utils.get_framed_log_melspectrogram(heard, run.features)
         embeddings = run.embed(segments[np.newaxis])
         statistics.update(embeddings[0])
-        own = statistics.count >= stream.RUNNING_MIN_SEGMENTS
-        expected.append(run.classify(embeddings, statistics.mean, statistics.std)[0] if own else run.classify(embeddings)[0])
+        own = (statistics.mean, statistics.std) if statistics.count >= stream.RUNNING_MIN_SEGMENTS else (None, None)
+        vector = run.prosody_of(heard)  # the run's prosodic branch (the default), with the stream's statistics after enough hops
+        prosodic.update(vector)
+        own_prosody = (prosodic.mean, prosodic.std) if prosodic.count >= stream.RUNNING_MIN_VECTORS else (None, None)
+        expected.append(run.classify(embeddings, *own, vector[np.newaxis], *own_prosody)[0])
     got = np.array([list(p.probabilities.values()) for p in predictions])
     np.testing.assert_allclose(got, np.array(expected), atol=1e-5)
     pooled = np.array([list(p.probabilities.values()) for p in stream.predict_stream((y[i : i + 16000] for i in range(0, len(y), 16000)), run, 16000, speaker_norm="none")])

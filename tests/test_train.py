@@ -24,9 +24,11 @@ from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
 
 import corpora
 import devices
+import prosody
 import runs
 import train
 import trainer
+from errors import UsageError
 import utils
 from corpora.manifest import read_manifest
 from corpora.ravdess import read_ravdess
@@ -173,9 +175,13 @@ def test_a_run_writes_a_complete_exported_model_and_honest_scores(shared_run):
     # The model holds the feature parameters the run was trained with, not the defaults.
     model = keras.models.load_model(run / "model.keras")
     assert model.features == utils.DEFAULT_FEATURES.replace(**SHARED_RUN_FEATURES)
-    # Without per-speaker normalisation, the model file gives the test predictions.
+    # Without per-speaker normalisation, the model file gives the test predictions, from the
+    # file's segments and its prosodic vector (the default branch) as training computed them.
+    assert model.prosody_set == "permissive" and shared_run.options.prosody is None  # the default, recorded
+    assert json.loads((run / "options.json").read_text())["prosody"] == "permissive"
     path = sorted(shared_run.corpus.rglob("*-04.wav"))[0]
-    served = model.predict(utils.get_framed_log_melspectrogram(path, model.features)[np.newaxis], verbose=0)
+    vector = prosody.prosodic_features(utils.load_wav(path, model.features.sr), model.features.sr)
+    served = model.predict([utils.get_framed_log_melspectrogram(path, model.features)[np.newaxis], vector[np.newaxis]], verbose=0)
     recorded_row = next(row for row in predictions if row["path"] == str(path))
     assert recorded_row["predicted"] == labels[int(served.argmax())]
     assert float(recorded_row["confidence"]) == pytest.approx(float(served.max()), abs=1e-4)
@@ -345,8 +351,12 @@ def test_the_recipe_defaults_follow_the_mode_and_the_head(tmp_path, no_accelerat
     frozen = trainer.Options(epochs=1, folds=2, backbone_mode="frozen").resolved(corpus, [])
     assert (frozen.head, frozen.speaker_norm, frozen.early_stopping, frozen.learning_rate) == ("stats", True, False, 1e-3)
     assert (frozen.backbone, frozen.image_size, frozen.stages, frozen.augment) == ("efficientnet_lite0", 224, "all", False)
+    assert frozen.prosody == "permissive" and frozen.architecture()["prosody_set"] == "permissive"
     finetune = trainer.Options(epochs=1, folds=2, backbone_mode="finetune").resolved(corpus, [])
     assert (finetune.speaker_norm, finetune.early_stopping, finetune.learning_rate) == (False, True, 1e-4)
+    assert finetune.prosody == "none" and finetune.architecture()["prosody_set"] is None  # the branch joins frozen embeddings
+    with pytest.raises(UsageError, match="--prosody none"):
+        trainer.Options(epochs=1, folds=2, backbone_mode="finetune", prosody="permissive").resolved(corpus, [])
     assert (frozen.precision, frozen.devices) == ("float32", 1) and finetune.precision == "float32"  # no accelerator
     monkeypatch.setattr(devices, "accelerators", lambda: 8)  # a machine with GPUs trains the same recipe, faster
     assert trainer.Options(epochs=1, folds=2).resolved(corpus, []) == dataclasses.replace(frozen, backbone_mode="frozen")
@@ -354,7 +364,7 @@ def test_the_recipe_defaults_follow_the_mode_and_the_head(tmp_path, no_accelerat
     assert (paper.speaker_norm, paper.early_stopping, paper.learning_rate) == (True, True, 1e-4)
     chosen = trainer.Options(
         epochs=1, folds=2, backbone_mode="frozen", speaker_norm=False, early_stopping=True, learning_rate=0.5,
-        precision="bfloat16", devices=1,
+        precision="bfloat16", devices=1, prosody="egemaps", prosody_weight=2.0,
     )
     assert chosen.resolved(corpus, []) == dataclasses.replace(chosen, corpus="ravdess")  # what is given is kept
 
