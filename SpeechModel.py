@@ -622,6 +622,12 @@ class EmotionRecognizer(keras.Model):
             raise ValueError(f"this model joins the {self.prosody_set} prosodic set: pass each utterance's prosody")
         return self.prosody_normalization(prosody, mean, std)
 
+    def with_head(self, head: ClassifierHead) -> EmotionRecognizer:
+        """A recogniser with this one's front end, encoder and normalisations (the same layers, shared) and ``head``; not compiled."""
+        return EmotionRecognizer(
+            self.front_end, self.encoder, head, self.speaker_normalization, self.prosody_set, self.prosody_normalization, name=self.name
+        )
+
     def head_model(self) -> keras.Model:
         """The head as a model of its own for training on precomputed, standardised embeddings (frozen backbone).
 

@@ -41,6 +41,9 @@ BALANCING = ("oversample", "class-weight", "none")
 NO_PROSODY = "none"
 PROSODY_CHOICES = (*prosody.FEATURE_SETS, NO_PROSODY)  # --prosody
 DEFAULT_PROSODY = "permissive"  # in frozen mode: usable commercially, unlike egemaps (openSMILE)
+# --prosody-weight's candidates, one chosen per split on the validation speakers: the best
+# weight differed between the development corpora (docs/RESULTS.md).
+PROSODY_WEIGHTS = (1.0, 5.0, 15.0)
 
 
 class TrainingError(Exception):
@@ -285,12 +288,13 @@ def epoch_backup(folder: Path):
     return EpochBackup()
 
 
-def training_callbacks(validation_uar, *, early_stopping: bool, run_dir: Path) -> list:
+def training_callbacks(validation_uar, *, early_stopping: bool, run_dir: Path | None) -> list:
     """The callbacks of one split's ``fit``, after ``validation_uar`` (which logs the ``val_uar`` the others read).
 
     With ``early_stopping``, stop after `EARLY_STOPPING_PATIENCE` epochs without a better
     validation UAR (keeping the best epoch's weights) and halve the learning rate after
-    `PLATEAU_PATIENCE`; without, train every epoch and keep the last.
+    `PLATEAU_PATIENCE`; without, train every epoch and keep the last. With ``run_dir``, also
+    back up every epoch and log the history there (None: a trial that leaves no files).
     """
     import keras
 
@@ -302,6 +306,8 @@ def training_callbacks(validation_uar, *, early_stopping: bool, run_dir: Path) -
             ),
             keras.callbacks.ReduceLROnPlateau(monitor="val_uar", mode="max", factor=0.5, patience=PLATEAU_PATIENCE),
         ]
+    if run_dir is None:
+        return callbacks
     callbacks += [
         # Backed up before logged: an epoch in history.csv is one --resume does not train again.
         epoch_backup(run_dir / runs.BACKUP),
@@ -409,32 +415,43 @@ def train_split(
             else:
                 inputs = {source: ops.convert_to_numpy(model.speaker_normalization(array)) for source, array in embeddings.items()}
                 prosodic = {source: ops.convert_to_numpy(model.prosody_normalization(vector)) for source, vector in vectors.items()}
-            trainee = model.head_model()
-            SpeechModel.compile_head(trainee, options.learning_rate)
         else:
             inputs, prosodic = extracted.segments, {}
-            trainee = model
-        if head.kind == "stats":
-            model.head.adapt_statistics([
-                inputs[e.source] if options.backbone_mode == "frozen" else ops.convert_to_numpy(model.speaker_normalization(embeddings[e.source]))
-                for e in train
-            ])
-
-        forward = SpeechModel.inference_function(trainee)
 
         def prosody_of(items: list[Example]) -> list[np.ndarray] | None:
             return [prosodic[e.source] for e in items] if prosodic else None
 
-        train_batches = batching.PaddedBatches(
-            [inputs[e.source] for e in train], [e.label for e in train], options.batch_size,
-            weights=class_weight, seed=options.seed, shard=placement.shard, vectors=prosody_of(train),
-        )
         # Fine-tuning compiles a forward pass per input shape under XLA: a few bucketed shapes, not one per batch.
         bucketed = options.backbone_mode == "finetune"
-        validation_uar = validation_uar_callback(
-            forward, [inputs[e.source] for e in validation], [e.label for e in validation], options.batch_size,
-            bucketed=bucketed, vectors=prosody_of(validation),
-        )
+
+        def prepared(recognizer) -> tuple[Any, Callable, batching.PaddedBatches, Any]:
+            """What trains, its forward function, the training batches and the validation UAR callback, for ``recognizer``."""
+            if options.backbone_mode == "frozen":
+                trainee = recognizer.head_model()
+                SpeechModel.compile_head(trainee, options.learning_rate)
+            else:
+                trainee = recognizer
+            if head.kind == "stats":
+                recognizer.head.adapt_statistics([
+                    inputs[e.source] if options.backbone_mode == "frozen"
+                    else ops.convert_to_numpy(recognizer.speaker_normalization(embeddings[e.source]))
+                    for e in train
+                ])
+            forward = SpeechModel.inference_function(trainee)
+            batches = batching.PaddedBatches(
+                [inputs[e.source] for e in train], [e.label for e in train], options.batch_size,
+                weights=class_weight, seed=options.seed, shard=placement.shard, vectors=prosody_of(train),
+            )
+            validation_uar = validation_uar_callback(
+                forward, [inputs[e.source] for e in validation], [e.label for e in validation], options.batch_size,
+                bucketed=bucketed, vectors=prosody_of(validation),
+            )
+            return trainee, forward, batches, validation_uar
+
+        weight_scores = {}
+        if prosodic and options.prosody_weight is None:
+            model, weight_scores = choose_prosody_weight(model, prepared, options, run_dir / runs.BACKUP)
+        trainee, forward, train_batches, validation_uar = prepared(model)
         callbacks = training_callbacks(validation_uar, early_stopping=options.early_stopping, run_dir=run_dir)
         # Keras' progress bar on a terminal; one line per epoch in a log or a pipe.
         verbose = 1 if sys.stdout.isatty() else 2
@@ -479,7 +496,47 @@ def train_split(
     }
     metrics["speakers"] = split.speakers()
     metrics["epochs_run"] = len(losses)
+    if model.prosody_set is not None:
+        metrics["prosody_weight"] = model.head.config.prosody_weight
+        if weight_scores:
+            metrics["prosody_weight_validation_uar"] = {f"{weight:g}": uar for weight, uar in weight_scores.items()}
     return model, metrics, predictions
+
+
+def choose_prosody_weight(model, prepared: Callable, options: Options, backup: Path) -> tuple[Any, dict[float, float]]:
+    """``model`` with a new head whose prosodic weight (of `PROSODY_WEIGHTS`) scored best on the validation speakers, and every weight's score.
+
+    Each candidate head trains as the final one will (``prepared`` gives what trains and the
+    validation callback; the same epochs and callbacks, without the run's files) and is
+    scored by its validation UAR (the best epoch's with early stopping, else the last's);
+    ties go to the smaller weight. The returned head is untrained: the split then trains it
+    with the run's callbacks (backups, history). The scores are kept in the split's
+    ``backup`` folder, so ``--resume`` continues with the same weight instead of choosing again.
+    """
+    import json
+
+    from SpeechModel import ClassifierHead, SpeechModel
+
+    def recognizer(weight: float):
+        head = ClassifierHead(model.head.num_classes, dataclasses.replace(model.head.config, prosody_weight=weight), name="head")
+        candidate = model.with_head(head)
+        SpeechModel.compile_head(candidate, options.learning_rate)
+        return candidate
+
+    record = backup / "prosody_weights.json"
+    scores = {float(weight): uar for weight, uar in json.loads(record.read_text()).items()} if record.is_file() else {}
+    for weight in PROSODY_WEIGHTS if not scores else ():
+        trainee, _, batches, validation_uar = prepared(recognizer(weight))
+        callbacks = training_callbacks(validation_uar, early_stopping=options.early_stopping, run_dir=None)
+        history = trainee.fit(batches.as_keras_data(), epochs=options.epochs, callbacks=callbacks, shuffle=False, verbose=0)
+        uars = history.history.get("val_uar", [0.0])
+        scores[weight] = float(max(uars) if options.early_stopping else uars[-1])
+        logger.info("prosodic weight %g: validation UAR %.3f", weight, scores[weight])
+    backup.mkdir(parents=True, exist_ok=True)
+    runs.write_json(record, {f"{weight:g}": uar for weight, uar in scores.items()})
+    chosen = max(scores, key=lambda weight: (scores[weight], -weight))
+    logger.info("prosodic weight %g chosen on the validation speakers", chosen)
+    return recognizer(chosen), scores
 
 
 def score(true: Sequence[int], predicted: Sequence[int], labels: list[str]) -> dict:

@@ -6,10 +6,11 @@
     similar length batched together, features computed in threads ahead of the model.
 (c) ours as (b) with --precision bfloat16 (CPUs with bf16 units gain).
 (d) ours as (b), train.py's default recipe: EfficientNet-Lite0 at 224x224, every
-    stage's output, the statistics head.
+    stage's output, the statistics head, the permissive prosodic set of each window.
 (e) ours as (d) with --speaker-norm folder (each folder's embeddings standardised with
     its own statistics).
-(f) ours as (b), the fast recipe: EfficientNet-Lite0 at 64x64, every stage, statistics head.
+(f) ours as (b), the fast recipe: EfficientNet-Lite0 at 64x64, every stage, statistics head,
+    the permissive prosodic set.
 (g) ours as (d) with --runtime onnxruntime: the run's ONNX export, one window's audio a call.
 (h) ours as (d) with --runtime litert: the run's LiteRT export.
 (i) ours as (d) with --runtime openvino: (g)'s ONNX export run by OpenVINO, in float32 and

@@ -35,7 +35,10 @@ sys.path[0] = {root!r}
 import utils
 from bench.model import fixed_length
 model = keras.models.load_model({run!r} + "/model.keras", compile=False)
-model.predict(fixed_length(utils.get_framed_log_melspectrogram({file!r})), verbose=0)
+inputs = fixed_length(utils.get_framed_log_melspectrogram({file!r}))
+if len(model.inputs) > 1:  # the recipe's prosodic branch: a vector of zeros (the plain approach computes none)
+    inputs = [inputs, np.zeros((1, model.inputs[1].shape[1]), np.float32)]
+model.predict(inputs, verbose=0)
 """
 FLOOR = """
 import sys

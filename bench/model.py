@@ -46,9 +46,10 @@ RECIPES = {"default": Options(epochs=1), "fast": Options(epochs=1, image_size=No
 
 
 def describe(recipe: Options) -> str:
-    """A recipe's model in a few words, e.g. "efficientnet_lite0 224x224, all stages, stats head"."""
+    """A recipe's model in a few words, e.g. "efficientnet_lite0 224x224, all stages, stats head, permissive prosody"."""
     size = recipe.image_size or DEFAULT_FEATURES.segment_shape[0]
-    return f"{recipe.backbone} {size}x{size}, {recipe.stages} stages, {recipe.head} head"
+    prosody_set = recipe.architecture()["prosody_set"]
+    return f"{recipe.backbone} {size}x{size}, {recipe.stages} stages, {recipe.head} head" + (f", {prosody_set} prosody" if prosody_set else "")
 
 
 def fixed_length(segments: np.ndarray) -> np.ndarray:

@@ -116,7 +116,9 @@ def time_frozen_head(embeddings: list[np.ndarray], labels: np.ndarray, epochs: i
 
     head = SpeechModel.create_model(weights=None, compile=False, **recipe).head_model()
     SpeechModel.compile_head(head)
-    batches = PaddedBatches(embeddings, labels, BATCH_UTTERANCES, seed=0)
+    # A recipe with a prosodic branch: one (standardised) vector per utterance beside its embeddings.
+    vectors = None if len(head.inputs) == 1 else list(np.random.default_rng(0).normal(size=(len(embeddings), head.inputs[1].shape[1])))
+    batches = PaddedBatches(embeddings, labels, BATCH_UTTERANCES, seed=0, vectors=vectors)
     return later_epoch(
         lambda n, callbacks: head.fit(batches.as_keras_data(), epochs=n, callbacks=callbacks, shuffle=False, verbose=0),
         epochs,

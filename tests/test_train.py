@@ -164,6 +164,12 @@ def test_a_run_writes_a_complete_exported_model_and_honest_scores(shared_run):
     recalls = np.diag(metrics["confusion_matrix"]) / true
     assert metrics["uar"] == pytest.approx(recalls.mean())  # UAR is the mean of the per-class recalls
     assert metrics["options"]["backbone_mode"] == "frozen" and "keras" in metrics["versions"]
+    # The prosodic weight was chosen on the validation speakers: every candidate scored, the best (smallest on ties) kept.
+    scores = metrics["prosody_weight_validation_uar"]
+    assert [float(weight) for weight in scores] == list(trainer.PROSODY_WEIGHTS)
+    assert scores[f"{metrics['prosody_weight']:g}"] == max(scores.values())
+    assert metrics["prosody_weight"] == min(float(weight) for weight, uar in scores.items() if uar == max(scores.values()))
+    assert keras.models.load_model(run / "model.keras").head.config.prosody_weight == metrics["prosody_weight"]
     with open(run / "history.csv") as stream:
         history = list(csv.DictReader(stream))
     assert 1 <= len(history) <= 2 and "val_uar" in history[0]
@@ -494,12 +500,14 @@ def test_an_interrupted_backup_write_never_damages_resume(corpus, tmp_path, monk
         train.run(options, backbone=small_backbone)
     monkeypatch.undo()
     (partial,) = (tmp_path / "runs").iterdir()
-    backups = sorted(path.name for path in (partial / runs.BACKUP).iterdir())
+    backups = sorted(path.name for path in (partial / runs.BACKUP).glob("epoch-*"))
     assert backups == ["epoch-00001.weights.h5", "epoch-00002.weights.h5"]  # the interrupted one left nothing
+    assert (partial / runs.BACKUP / "prosody_weights.json").is_file()  # the prosodic weight chosen before training
     (partial / runs.BACKUP / backups[-1]).write_bytes(b"damaged")
     with caplog.at_level("INFO"):
         run = train.run(options, resume=train.NEWEST, backbone=small_backbone)
     assert "epoch-00002.weights.h5 does not load" in caplog.text and "resuming from the backup of epoch 1" in caplog.text
+    assert "validation UAR" not in caplog.text and "chosen on the validation speakers" in caplog.text  # kept, not chosen again
     with open(run / "history.csv") as stream:
         assert [int(row["epoch"]) for row in csv.DictReader(stream)][-3:] == [1, 2, 3]
 
@@ -598,3 +606,16 @@ def test_a_first_run_that_converts_the_imagenet_weights_trains_as_every_later_ru
     second = train.run(options)
     assert json.loads((first / "metrics.json").read_text())["uar"] == json.loads((second / "metrics.json").read_text())["uar"]
     assert (first / "predictions.csv").read_text() == (second / "predictions.csv").read_text()
+
+
+def test_a_resumed_split_keeps_its_chosen_prosodic_weight_and_ties_go_to_the_smaller(tmp_path):
+    from tiny_model import tiny_model
+
+    runs.write_json(tmp_path / "prosody_weights.json", {"1": 0.4, "5": 0.6, "15": 0.6})  # what the interrupted split chose from
+
+    def prepared(recognizer):
+        raise AssertionError("no candidate trains again")
+
+    chosen, scores = trainer.choose_prosody_weight(tiny_model(prosody_set="permissive"), prepared, trainer.Options(epochs=1, learning_rate=1e-3), tmp_path)
+    assert chosen.head.config.prosody_weight == 5.0 and scores == {1.0: 0.4, 5.0: 0.6, 15.0: 0.6}
+    assert chosen.prosody_set == "permissive" and chosen.optimizer is not None
