@@ -257,8 +257,6 @@ def extract_prosody(
 
     The audio is read (and transformed) at ``config.sr``, as for `extract_features`; the
     cache key is the features' (`cache_key`) with the set's name and `prosody.VERSION`.
-    Workers start without TensorFlow even when this process has loaded it (a fresh
-    interpreter: `_process_context`), which the ``egemaps`` set needs.
 
     Returns
     -------
@@ -273,7 +271,7 @@ def extract_prosody(
 
     return _extract(
         sources, functools.partial(_prosody, feature_set=feature_set), key, (prosody.FEATURE_WIDTHS[feature_set],),
-        config.sr, cache_dir, workers, progress, "prosody", isolated=feature_set == "egemaps",
+        config.sr, cache_dir, workers, progress, "prosody"
     ).segments
 
 
@@ -297,13 +295,8 @@ def _extract(
     workers: int | None,
     progress: bool | None,
     desc: str,
-    *,
-    isolated: bool = False,
 ) -> ExtractedFeatures:
     """``describe(audio, sr)`` of every source (its audio at ``sr``, transformed), an array of ``shape``: from the cache under ``key_of(source)``, or computed in worker processes.
-
-    ``isolated``: always in worker processes, even for one job (openSMILE cannot run in a
-    process that has loaded TensorFlow).
     """
     if workers is None:
         workers = len(os.sched_getaffinity(0))
@@ -329,7 +322,7 @@ def _extract(
     jobs = [(name, key, sr, describe, cache) for name, key in to_compute.items()]
     bar = tqdm(total=len(jobs), unit="file", desc=desc, disable=None if progress is None else not progress)
     with bar:
-        for name, array, error in _run(jobs, min(workers, len(jobs)), isolated=isolated):
+        for name, array, error in _run(jobs, min(workers, len(jobs))):
             bar.update()
             if error is not None:
                 path = name if isinstance(name, str) else name[0]
@@ -447,8 +440,8 @@ def extract_embeddings(
     return {source: embeddings[source] for source in segments}
 
 
-def _run(jobs: list, workers: int, *, isolated: bool = False) -> Iterable[tuple[SourceKey, np.ndarray | None, str | None]]:
-    if workers <= 1 and not (isolated and jobs):
+def _run(jobs: list, workers: int) -> Iterable[tuple[SourceKey, np.ndarray | None, str | None]]:
+    if workers <= 1:
         yield from map(_compute, jobs)
         return
     chunksize = max(1, min(16, len(jobs) // (workers * 8)))

@@ -391,17 +391,16 @@ def _forward_standardized(
             continue
         embeddings = [run.embed(item.segments[np.newaxis])[0] for item in usable]
         statistics = RunningStatistics.of(embeddings)
-        if run.prosody_set is None:
-            probabilities = batching.predict(lambda batch: run.classify(batch, statistics.mean, statistics.std), embeddings, batch_size)
-        else:
-            vectors = [item.prosody for item in usable]
+        vectors = None if run.prosody_set is None else [item.prosody for item in usable]
+        prosody_mean = prosody_std = None  # (a run without the branch takes none)
+        if vectors is not None:
             prosodic = RunningStatistics.of(vectors)
+            prosody_mean, prosody_std = prosodic.mean, prosodic.std
 
-            def classify(batch: np.ndarray, prosody: np.ndarray) -> np.ndarray:
-                return run.classify(batch, statistics.mean, statistics.std, prosody, prosodic.mean, prosodic.std)
+        def classify(batch: np.ndarray, prosody: np.ndarray | None = None) -> np.ndarray:
+            return run.classify(batch, statistics.mean, statistics.std, prosody, prosody_mean, prosody_std)
 
-            probabilities = batching.predict(classify, embeddings, batch_size, vectors=vectors)
-        yield from zip(usable, probabilities)
+        yield from zip(usable, batching.predict(classify, embeddings, batch_size, vectors=vectors))
 
 
 def _forward_exported(

@@ -17,7 +17,10 @@ is low, its level is within 40 dB of the recording's loudest frame and its F0 li
 
 from __future__ import annotations
 
+import concurrent.futures
 import functools
+import multiprocessing
+import signal
 import sys
 from collections.abc import Callable
 
@@ -196,26 +199,35 @@ def prosodic_features(y: np.ndarray, sr: int = SR) -> np.ndarray:
 def egemaps_features(y: np.ndarray, sr: int = SR) -> np.ndarray:
     """openSMILE's eGeMAPSv02 functionals of one recording: shape (88,), float32.
 
+    openSMILE's native library crashes a process that had imported TensorFlow before its
+    first extractor was made (opensmile 2.6 with TensorFlow 2.21, seen here); in such a
+    process the values are computed in one worker process started without it, kept for
+    later calls.
+
     Raises
     ------
     ImportError
         When the optional ``opensmile`` package is missing, saying how to install it.
-    RuntimeError
-        When TensorFlow was imported in this process before the first call: openSMILE's
-        native library then crashes the process (opensmile 2.6 with TensorFlow 2.21, seen
-        here), so it is refused; compute the set first, or in another process.
     """
     y = np.pad(np.asarray(y, dtype=np.float32), (0, max(0, PITCH_FRAME - len(y))))
-    values = _egemaps_extractor().process_signal(y, sr).to_numpy()[0]
+    if "tensorflow" in sys.modules and not _egemaps_extractor.cache_info().currsize:
+        values = _egemaps_worker().submit(_egemaps_values, y, sr).result()
+    else:
+        values = _egemaps_values(y, sr)
     return np.nan_to_num(values.astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _egemaps_values(y: np.ndarray, sr: int) -> np.ndarray:
+    return _egemaps_extractor().process_signal(y, sr).to_numpy()[0]
 
 
 @functools.cache
 def _egemaps_extractor():
     if "tensorflow" in sys.modules:
+        # Only a worker whose main module imports TensorFlow gets here (spawn imports it again).
         raise RuntimeError(
-            "the egemaps set cannot start in a process that has imported TensorFlow (openSMILE's library then crashes it): "
-            "compute it before TensorFlow loads, or in a worker process"
+            "the egemaps set cannot start in a process that has imported TensorFlow (openSMILE's library then crashes it); "
+            "import TensorFlow inside functions of the main script, not at its top"
         )
     try:
         import opensmile
@@ -227,6 +239,14 @@ def _egemaps_extractor():
 
     # Made once: building the extractor takes about a second.
     return opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.Functionals)
+
+
+@functools.cache
+def _egemaps_worker() -> concurrent.futures.ProcessPoolExecutor:
+    # spawn: a fresh interpreter, without the TensorFlow of this one. Ctrl-C is the parent's to handle.
+    return concurrent.futures.ProcessPoolExecutor(
+        1, mp_context=multiprocessing.get_context("spawn"), initializer=signal.signal, initargs=(signal.SIGINT, signal.SIG_IGN)
+    )
 
 
 FEATURE_SETS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"permissive": prosodic_features, "egemaps": egemaps_features}

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+import cli
 import files
 from errors import UsageError
 from files import PARTIAL_PREFIX
@@ -313,7 +314,8 @@ def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
         If the folder is missing, a file, or lacks a run's files (the message lists them).
     RunError
         If a file of the run is damaged, or the run was written by an earlier version
-        (the message names the run, the file and the problem).
+        (the message names the run, the file and the problem), or its prosodic set needs
+        openSMILE and it is not installed.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
@@ -338,6 +340,11 @@ def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
         raise RunError(
             f"run {folder}: {LABELS} names {len(labels)} classes but the model has {classes} outputs; "
             "the file does not belong to this model (restore it from the training run)"
+        )
+    if model.prosody_set == "egemaps" and not cli.installed("opensmile"):
+        raise RunError(
+            f"run {folder} was trained with --prosody egemaps: its inputs need openSMILE, pip install opensmile "
+            "(its licence forbids commercial use), or pass --model a run trained with --prosody permissive"
         )
     return Run(folder, labels, model, bool(options.get("speaker_norm", False)))
 

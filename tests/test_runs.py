@@ -85,3 +85,33 @@ def test_labels_json_that_disagrees_with_the_models_outputs_is_refused_at_load(s
     (copy / runs.LABELS).write_text(json.dumps(names))
     with pytest.raises(runs.RunError, match=f"labels.json names {len(names)} classes but the model has 3 outputs"):
         runs.load_run(copy)
+
+
+def egemaps_run(folder):
+    """An untrained tiny run whose head joins openSMILE's eGeMAPS set."""
+    from tiny_model import tiny_model
+
+    tiny_model(2, prosody_set="egemaps").save(folder / runs.MODEL_KERAS)
+    (folder / runs.LABELS).write_text(json.dumps(["neutral", "sad"]))
+    return folder
+
+
+def test_a_run_trained_with_egemaps_names_the_missing_opensmile_at_load(tmp_path, monkeypatch):
+    import cli
+
+    folder = egemaps_run(tmp_path)
+    monkeypatch.setattr(cli, "installed", lambda package: package != "opensmile")
+    with pytest.raises(runs.RunError, match="--prosody egemaps.*pip install opensmile.*--model a run trained with --prosody permissive"):
+        runs.load_run(folder)
+
+
+def test_a_run_trained_with_egemaps_predicts_in_a_process_that_loaded_tensorflow(tmp_path):
+    pytest.importorskip("opensmile")
+    import prosody
+
+    run = runs.load_run(egemaps_run(tmp_path))
+    tone = np.sin(np.arange(32000) * 2 * np.pi * 150 / 16000).astype(np.float32) * 0.3
+    windows, probabilities = run.predict_waveform(tone, 16000, 1.0)
+    assert windows.shape == (2, 2) and np.isfinite(windows).all()
+    np.testing.assert_allclose(probabilities.sum(), 1, atol=1e-5)
+    assert prosody._egemaps_extractor.cache_info().currsize == 0  # computed by the worker, not here
