@@ -35,11 +35,11 @@ import features
 import files
 import runs
 from backbones import BACKBONES, STAGES, BackboneWeightsError, get_backbone
-from heads import HEADS
+from heads import HEAD_DEFAULTS, HEADS
 import cli
-from cli import UsageError, fraction, positive_float, positive_int
+from cli import UsageError, fraction, non_negative_float, positive_float, positive_int
 from trainer import (
-    BACKBONE_MODES, BALANCING, DEFAULT_PROSODY, PROSODY_CHOICES, PROSODY_WEIGHTS, Options, TrainingError, format_scores, summarize, train_split,
+    BACKBONE_MODES, BALANCING, CHOOSE_WEIGHT, DEFAULT_PROSODY, PROSODY_CHOICES, PROSODY_WEIGHTS, Options, TrainingError, format_scores, summarize, train_split,
 )
 
 logger = logging.getLogger("train")
@@ -251,6 +251,16 @@ def _listed(speakers: Sequence) -> str:
     return ",".join(map(str, speakers))
 
 
+def prosody_weight(text: str) -> float | str:
+    """argparse type of --prosody-weight: a number > 0, or choose."""
+    if text == CHOOSE_WEIGHT:
+        return text
+    try:
+        return positive_float(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number > 0 nor {CHOOSE_WEIGHT}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = Options(epochs=1)
     ravdess = corpora.get_corpus("ravdess")
@@ -273,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--stages", choices=STAGES, default=defaults.stages, help="the backbone's top stage alone makes a segment's embedding, or the pooled outputs of all its stages")
     parser.add_argument("--head", choices=HEADS, default=defaults.head, help="the paper's BLSTM with attention, or stats: a logistic regression on the mean and standard deviation of the segment embeddings")
     parser.add_argument("--prosody", choices=PROSODY_CHOICES, default=None, help=f"utterance-level prosodic features joined to the pooled embeddings (frozen mode): {DEFAULT_PROSODY} (pitch, voicing, loudness, voice quality, spectral shape; NumPy/SciPy/librosa only), egemaps (openSMILE's eGeMAPSv02, needs pip install opensmile, whose licence forbids commercial use), or none (default: {DEFAULT_PROSODY} in frozen mode, none for finetune)")
-    parser.add_argument("--prosody-weight", type=positive_float, default=None, help="the standardised prosodic vector is multiplied by this before it joins the pooled embeddings (default: chosen per split on the validation speakers from " + ", ".join(f"{weight:g}" for weight in PROSODY_WEIGHTS) + ", each candidate head trained as the final one)")
+    parser.add_argument("--prosody-weight", type=prosody_weight, default=None, help="the standardised prosodic vector is multiplied by this before it joins the pooled embeddings, or choose: per split on the validation speakers from " + ", ".join(f"{weight:g}" for weight in PROSODY_WEIGHTS) + ", each candidate head trained as the final one (default: the head's own, " + ", ".join(f"{kind} {values['prosody_weight']:g}" for kind, values in HEAD_DEFAULTS.items()) + ")")
+    parser.add_argument("--weight-decay", type=non_negative_float, default=None, help="L2 penalty on the head's Dense kernels (default: " + ", ".join(f"{kind} {values['weight_decay']:g}" for kind, values in HEAD_DEFAULTS.items()) + ")")
     parser.add_argument("--embedding-dropout", type=fraction, default=defaults.embedding_dropout, help="dropout on the segment embeddings in training, a regulariser for small corpora (0 to <1)")
     parser.add_argument("--speaker-norm", action=argparse.BooleanOptionalAction, default=None, help="standardise each speaker's embeddings with their own statistics (transductive: test speakers' too; frozen mode only; default: on in frozen mode); infer.py --speaker-norm applies the same")
     parser.add_argument("--early-stopping", action=argparse.BooleanOptionalAction, default=None, help="stop when validation UAR has not improved for 10 epochs and keep the best epoch's weights (default: off for the stats head on frozen embeddings, on otherwise)")

@@ -41,8 +41,10 @@ BALANCING = ("oversample", "class-weight", "none")
 NO_PROSODY = "none"
 PROSODY_CHOICES = (*prosody.FEATURE_SETS, NO_PROSODY)  # --prosody
 DEFAULT_PROSODY = "permissive"  # in frozen mode: usable commercially, unlike egemaps (openSMILE)
-# --prosody-weight's candidates, one chosen per split on the validation speakers: the best
-# weight differed between the development corpora (docs/RESULTS.md).
+# --prosody-weight choose: the candidates, one chosen per split on the validation speakers.
+# Not the default: with two validation speakers or one, the choice scored below the head's
+# fixed weight on RAVDESS (docs/RESULTS.md).
+CHOOSE_WEIGHT = "choose"
 PROSODY_WEIGHTS = (1.0, 5.0, 15.0)
 
 
@@ -87,7 +89,8 @@ class Options:
     stages: str = "all"
     head: str = "stats"
     prosody: str | None = None
-    prosody_weight: float | None = None
+    prosody_weight: float | str | None = None  # None: the head's own (HEAD_DEFAULTS); or CHOOSE_WEIGHT
+    weight_decay: float | None = None
     embedding_dropout: float = 0.0
     speaker_norm: bool | None = None
     early_stopping: bool | None = None
@@ -144,7 +147,10 @@ class Options:
             "backbone": self.backbone,
             "image_size": self.image_size,
             "stages": self.stages,
-            "head": HeadConfig(kind=self.head, embedding_dropout=self.embedding_dropout, prosody_weight=self.prosody_weight),
+            "head": HeadConfig(
+                kind=self.head, weight_decay=self.weight_decay, embedding_dropout=self.embedding_dropout,
+                prosody_weight=None if self.prosody_weight == CHOOSE_WEIGHT else self.prosody_weight,
+            ),
             "prosody_set": None if chosen == NO_PROSODY else chosen,
         }
 
@@ -449,7 +455,7 @@ def train_split(
             return trainee, forward, batches, validation_uar
 
         weight_scores = {}
-        if prosodic and options.prosody_weight is None:
+        if prosodic and options.prosody_weight == CHOOSE_WEIGHT:
             model, weight_scores = choose_prosody_weight(model, prepared, options, run_dir / runs.BACKUP)
         trainee, forward, train_batches, validation_uar = prepared(model)
         callbacks = training_callbacks(validation_uar, early_stopping=options.early_stopping, run_dir=run_dir)

@@ -106,6 +106,7 @@ def shared_run(tmp_path_factory):
         batch_size=4, learning_rate=1e-3, output=str(root / "runs"), cache_dir=str(root / "cache"), download=False,
         **TINY_BACKBONE_OPTIONS,
         augment=True,  # the enhancement path too (off by default)
+        prosody_weight="choose",  # the weight chosen on the validation speakers (a fixed one by default)
         speaker_norm=False,  # its test predictions are the exported model's (infer's speaker-norm modes have their own run)
         features=DEFAULT_FEATURES.replace(**SHARED_RUN_FEATURES),
     )

@@ -29,6 +29,7 @@ import runs
 import train
 import trainer
 from errors import UsageError
+from heads import HEAD_DEFAULTS
 import utils
 from corpora.manifest import read_manifest
 from corpora.ravdess import read_ravdess
@@ -63,7 +64,7 @@ def options_for(corpus: Path, tmp_path: Path, **changes) -> trainer.Options:
 # ---------------------------------------------------------------- command line
 
 
-@pytest.mark.parametrize("argv", [["0"], ["three"], ["3", "--no-such-option"], ["3", "--balance", "sometimes"], ["3", "--embedding-dropout", "1"], []])
+@pytest.mark.parametrize("argv", [["0"], ["three"], ["3", "--no-such-option"], ["3", "--balance", "sometimes"], ["3", "--embedding-dropout", "1"], ["3", "--weight-decay", "-0.1"], ["3", "--prosody-weight", "best"], []])
 def test_bad_usage_exits_2(argv, capsys):
     with pytest.raises(SystemExit) as stop:
         train.main(argv)
@@ -79,6 +80,7 @@ def test_help_shows_the_defaults(capsys):
     assert "--test-speakers" in text and "21,22,23,24" in text and "oversample" in text
     flat = " ".join(text.split())
     assert "(default: on)" in flat and "(default: off)" in flat  # --freeze-batchnorm, --augment
+    assert f"stats {HEAD_DEFAULTS['stats']['weight_decay']:g})" in flat  # --weight-decay: each head's own
 
 
 def test_an_empty_dataset_without_download_is_one_sentence_and_leaves_nothing(tmp_path, capsys):
@@ -164,7 +166,7 @@ def test_a_run_writes_a_complete_exported_model_and_honest_scores(shared_run):
     recalls = np.diag(metrics["confusion_matrix"]) / true
     assert metrics["uar"] == pytest.approx(recalls.mean())  # UAR is the mean of the per-class recalls
     assert metrics["options"]["backbone_mode"] == "frozen" and "keras" in metrics["versions"]
-    # The prosodic weight was chosen on the validation speakers: every candidate scored, the best (smallest on ties) kept.
+    # The prosodic weight was chosen on the validation speakers (--prosody-weight choose): every candidate scored, the best (smallest on ties) kept.
     scores = metrics["prosody_weight_validation_uar"]
     assert [float(weight) for weight in scores] == list(trainer.PROSODY_WEIGHTS)
     assert scores[f"{metrics['prosody_weight']:g}"] == max(scores.values())
@@ -370,9 +372,17 @@ def test_the_recipe_defaults_follow_the_mode_and_the_head(tmp_path, no_accelerat
     assert (paper.speaker_norm, paper.early_stopping, paper.learning_rate) == (True, True, 1e-4)
     chosen = trainer.Options(
         epochs=1, folds=2, backbone_mode="frozen", speaker_norm=False, early_stopping=True, learning_rate=0.5,
-        precision="bfloat16", devices=1, prosody="egemaps", prosody_weight=2.0,
+        precision="bfloat16", devices=1, prosody="egemaps", prosody_weight=2.0, weight_decay=0.0,
     )
     assert chosen.resolved(corpus, []) == dataclasses.replace(chosen, corpus="ravdess")  # what is given is kept
+    assert (chosen.architecture()["head"].weight_decay, frozen.architecture()["head"].weight_decay) == (0.0, HEAD_DEFAULTS["stats"]["weight_decay"])
+    for weight in (None, trainer.CHOOSE_WEIGHT):  # the head's own weight, or a placeholder that the chosen one replaces
+        assert dataclasses.replace(frozen, prosody_weight=weight).architecture()["head"].prosody_weight == HEAD_DEFAULTS["stats"]["prosody_weight"]
+
+
+def test_a_default_run_keeps_the_heads_prosodic_weight_without_choosing(speaker_norm_run):
+    metrics = json.loads((speaker_norm_run / "metrics.json").read_text())
+    assert metrics["prosody_weight"] == HEAD_DEFAULTS["stats"]["prosody_weight"] and "prosody_weight_validation_uar" not in metrics
 
 
 @pytest.mark.parametrize("early_stopping", [True, False])
@@ -495,7 +505,7 @@ def test_an_interrupted_backup_write_never_damages_resume(corpus, tmp_path, monk
         return save_weights(model, filepath, *args, **kwargs)
 
     monkeypatch.setattr(keras.Model, "save_weights", interrupted_third)
-    options = options_for(corpus, tmp_path, epochs=4, augment=False, learning_rate=1e-4)
+    options = options_for(corpus, tmp_path, epochs=4, augment=False, learning_rate=1e-4, prosody_weight="choose")
     with pytest.raises(KeyboardInterrupt):
         train.run(options, backbone=small_backbone)
     monkeypatch.undo()
