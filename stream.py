@@ -19,7 +19,6 @@ import dataclasses
 import queue
 import sys
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import BinaryIO
 
 import numpy as np
@@ -139,34 +138,32 @@ def predict_stream(
     buffer = np.zeros(0, dtype=np.float32)
     statistics, prosodic = RunningStatistics(), RunningStatistics()
     received = 0
-    # The prosodic vector (NumPy, most of it outside the GIL) is computed beside the segments
-    # and the backbone (TensorFlow): on 2 cores the hop's compute is then about the longer of the two.
-    with ThreadPoolExecutor(1) as beside:
-        for chunk in chunks:
-            received += len(chunk)
-            chunk = np.asarray(chunk, dtype=np.float32) if resampler is None else resampler.resample_chunk(np.asarray(chunk, np.float32))
-            buffer = np.concatenate([buffer, chunk])[-keep:]
-            now = received / rate
-            if buffer.size == 0 or np.max(np.abs(chunk), initial=0.0) < utils.SILENCE_PEAK:
-                yield StreamPrediction(now, None, 0.0, None)
-                continue
-            pending = beside.submit(run.prosody_of, buffer)
-            embeddings = run.embed(utils.get_framed_log_melspectrogram(buffer, run.features)[np.newaxis])
-            vector = pending.result()
-            # "none": the training speakers' statistics (None), as infer.predict and the exports.
-            own = own_prosody = False
-            if speaker_norm == "running":
-                statistics.update(embeddings[0])
-                own = statistics.count >= RUNNING_MIN_SEGMENTS
-                if vector is not None:
-                    prosodic.update(vector)
-                    own_prosody = prosodic.count >= RUNNING_MIN_VECTORS
+    for chunk in chunks:
+        received += len(chunk)
+        chunk = np.asarray(chunk, dtype=np.float32) if resampler is None else resampler.resample_chunk(np.asarray(chunk, np.float32))
+        buffer = np.concatenate([buffer, chunk])[-keep:]
+        now = received / rate
+        if buffer.size == 0 or np.max(np.abs(chunk), initial=0.0) < utils.SILENCE_PEAK:
+            yield StreamPrediction(now, None, 0.0, None)
+            continue
+        segments = utils.get_framed_log_melspectrogram(buffer, run.features)[np.newaxis]
+        vector = run.prosody_of(buffer)
+        prosody = None if vector is None else vector[np.newaxis]
+        if speaker_norm == "none":
+            probabilities = run.forward(segments, prosody)[0]  # the training speakers' statistics, as infer.predict and the exports
+        else:
+            embeddings = run.embed(segments)
+            statistics.update(embeddings[0])
+            own = statistics.count >= RUNNING_MIN_SEGMENTS
+            if vector is not None:
+                prosodic.update(vector)
+            own_prosody = prosodic.count >= RUNNING_MIN_VECTORS
             probabilities = run.classify(
                 embeddings, *((statistics.mean, statistics.std) if own else (None, None)),
-                None if vector is None else vector[np.newaxis], *((prosodic.mean, prosodic.std) if own_prosody else (None, None)),
+                prosody, *((prosodic.mean, prosodic.std) if own_prosody else (None, None)),
             )[0]
-            best = int(np.argmax(probabilities))
-            yield StreamPrediction(now, run.labels[best], float(probabilities[best]), dict(zip(run.labels, map(float, probabilities))))
+        best = int(np.argmax(probabilities))
+        yield StreamPrediction(now, run.labels[best], float(probabilities[best]), dict(zip(run.labels, map(float, probabilities))))
 
 
 def format_line(prediction: StreamPrediction, output_format: str) -> str:

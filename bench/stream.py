@@ -1,7 +1,7 @@
 """Benchmark: compute per hop of a live stream, as a fraction of the hop (goal: below 0.2), beside the plain approach.
 
 (a) plain: every hop, the original repository's way on the last window: features, cut or padded
-    to a fixed 8 segments, one model.predict call.
+    to a fixed 8 segments, one model.predict call (the default recipe without the prosodic branch).
 (b) ours: stream.predict_stream, train.py's default recipe (EfficientNet-Lite0 at 224x224, every
     stage, statistics head), with the running speaker normalisation.
 (c) ours as (b), the fast recipe (64x64).
@@ -16,6 +16,7 @@ What a user waits for a line is the hop (audio gathered) plus this compute.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import tempfile
@@ -70,7 +71,8 @@ def main() -> None:
             runs.write_model(folder, model, [f"class{index}" for index in range(8)])
             run = runs.load_run(folder)
             if name == "default":
-                plain_model = keras.models.load_model(folder / runs.MODEL_KERAS, compile=False)
+                # The original repository's model had no prosodic branch: the default recipe without it.
+                plain_model = SpeechModel.create_model(8, weights=None, **dataclasses.replace(RECIPES[name], prosody="none").architecture())
                 seconds = []
                 for index in range(len(chunks)):
                     end = min((index + 1) * len(chunks[0]), len(y))
