@@ -17,6 +17,7 @@ import SpeechModel as speech_model_module
 import utils
 from backbones import BackboneWeightsError
 from SpeechModel import EmotionRecognizer, HeadConfig, RunningStatistics, SegmentScaling, SpeechModel, Standardization
+from heads import HEAD_DEFAULTS
 
 TESTS = Path(__file__).resolve().parent
 
@@ -359,10 +360,10 @@ def test_embedding_dropout_acts_in_training_only():
 
 def test_the_statistics_head_is_a_logistic_regression_on_standardised_statistics():
     head = HeadConfig(kind="stats")
-    assert (head.dense_units, head.weight_decay) == ((), 1e-2)  # the kind's own defaults
+    assert (head.dense_units, head.weight_decay) == ((), HEAD_DEFAULTS["stats"]["weight_decay"])  # the kind's own defaults
     assert (HeadConfig().dense_units, HeadConfig().weight_decay) == ((256, 128), 0.0)
     model = tiny_model(head=head)
-    assert model.head.dense == [] and model.head.output_dense.kernel_regularizer.l2 == pytest.approx(1e-2)
+    assert model.head.dense == [] and model.head.output_dense.kernel_regularizer.l2 == pytest.approx(HEAD_DEFAULTS["stats"]["weight_decay"])
     rng = np.random.default_rng(2)
     utterances = [rng.normal(3.0, 2.0, (length, 4)).astype("float32") for length in rng.integers(2, 9, 30)]
     model.head.adapt_statistics(utterances)
