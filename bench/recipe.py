@@ -67,8 +67,12 @@ def run_uars(run: Path, splits: list[corpora.SpeakerSplit]) -> tuple[str, list[f
         f"{run.name}: {options.get('backbone', 'resnet50v2')} {options['backbone_mode']} {options.get('image_size') or 64}px "
         f"{options.get('stages', 'last')} stages, {options.get('head', 'blstm-attention')} head, "
         f"speaker norm {'on' if options.get('speaker_norm') else 'off'}, weights {options['weights']}, "
-        f"enhancement {'on' if options['augment'] else 'off'}, balance {options['balance']}"
+        f"enhancement {'on' if options['augment'] else 'off'}, balance {options['balance']}, "
+        f"prosody {options.get('prosody') or 'none'}"
     )
+    prosodic_weights = sorted({fold["prosody_weight"] for fold in metrics["folds"] if "prosody_weight" in fold})
+    if prosodic_weights:
+        name += f" (weight {'/'.join(f'{weight:g}' for weight in prosodic_weights)})"
     return name, [fold["uar"] for fold in metrics["folds"]]
 
 
