@@ -232,10 +232,7 @@ def _egemaps_extractor():
     try:
         import opensmile
     except ImportError:
-        raise ImportError(
-            "the egemaps set needs openSMILE: pip install opensmile (its licence forbids commercial use; "
-            "the permissive set needs nothing more)"
-        ) from None
+        raise ImportError(f"the egemaps set needs openSMILE: {OPENSMILE_INSTALL}; the permissive set needs nothing more") from None
 
     # Made once: building the extractor takes about a second.
     return opensmile.Smile(feature_set=opensmile.FeatureSet.eGeMAPSv02, feature_level=opensmile.FeatureLevel.Functionals)
@@ -251,6 +248,7 @@ def _egemaps_worker() -> concurrent.futures.ProcessPoolExecutor:
 
 FEATURE_SETS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"permissive": prosodic_features, "egemaps": egemaps_features}
 FEATURE_WIDTHS = {"permissive": N_FEATURES, "egemaps": 88}  # values per recording of each set
+OPENSMILE_INSTALL = "pip install opensmile (its licence forbids commercial use)"  # what the egemaps set needs, in every message that says so
 VERSION = 1  # bump when a set's values change for the same audio, so that cached vectors are computed again
 
 

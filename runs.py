@@ -342,9 +342,11 @@ def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
             "the file does not belong to this model (restore it from the training run)"
         )
     if model.prosody_set == "egemaps" and not cli.installed("opensmile"):
+        import prosody
+
         raise RunError(
-            f"run {folder} was trained with --prosody egemaps: its inputs need openSMILE, pip install opensmile "
-            "(its licence forbids commercial use), or pass --model a run trained with --prosody permissive"
+            f"run {folder} was trained with --prosody egemaps: its inputs need openSMILE, {prosody.OPENSMILE_INSTALL}, "
+            "or pass --model a run trained with --prosody permissive"
         )
     return Run(folder, labels, model, bool(options.get("speaker_norm", False)))
 

@@ -33,6 +33,7 @@ import corpora
 import devices
 import features
 import files
+import prosody
 import runs
 from backbones import BACKBONES, STAGES, BackboneWeightsError, get_backbone
 from heads import HEAD_DEFAULTS, HEADS
@@ -94,8 +95,7 @@ def run(
     labels = class_labels(corpus, utterances, options.dataset, custom_labels=options.custom_labels)
     options = options.resolved(corpus, utterances)
     if options.prosody == "egemaps" and not cli.installed("opensmile"):
-        raise TrainingError("--prosody egemaps needs openSMILE: pip install opensmile (its licence forbids commercial use), "
-                            "or use --prosody permissive")
+        raise TrainingError(f"--prosody egemaps needs openSMILE: {prosody.OPENSMILE_INSTALL}, or use --prosody permissive")
     placement = devices.place(options.devices, options.batch_size) if options.backbone_mode == "finetune" else devices.Placement()
     options = dataclasses.replace(options, devices=placement.devices)
     logger.info("options (saved in the run's %s):", runs.OPTIONS)

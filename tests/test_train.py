@@ -93,6 +93,17 @@ def test_an_empty_dataset_without_download_is_one_sentence_and_leaves_nothing(tm
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+def test_egemaps_without_opensmile_is_one_line_naming_the_install_and_leaves_no_run(corpus, tmp_path, capsys, monkeypatch):
+    import cli
+
+    monkeypatch.setattr(cli, "installed", lambda package: package != "opensmile")
+    code = train.main(["3", "--dataset", str(corpus), "--output", str(tmp_path / "runs"), "--weights", "none", "--prosody", "egemaps"])
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err
+    assert "--prosody egemaps needs openSMILE: pip install opensmile (its licence forbids commercial use), or use --prosody permissive" in err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
 def test_absent_speakers_are_named_with_the_present_ones_and_a_split_that_works(corpus, tmp_path, capsys):
     code = train.main(["3", "--dataset", str(corpus), "--output", str(tmp_path / "runs"), "--weights", "none"])
     err = capsys.readouterr().err
