@@ -37,6 +37,10 @@ logger = logging.getLogger("evaluate")
 
 EVALUATIONS_ROOT = files.PROJECT_ROOT / "evaluations"  # default parent of --output (ignored by git)
 SPEAKER_NORM_MODES = (infer.SPEAKER, "folder", "none")  # evaluate's choices: "file" would standardise each utterance by itself
+# Per-speaker statistics hold a speaker's voice, not their emotion, only while a speaker shows
+# several emotions: past this share of files on their speaker's most frequent emotion (RAVDESS:
+# 0.13, EMO-DB: about 0.2; a talk show's guests or a call: most), they are the class's own.
+MAX_SPEAKER_EMOTION_SHARE = 0.5
 
 
 class EvaluationError(Exception):
@@ -53,6 +57,24 @@ def folders_are_classes(utterances: Sequence[corpora.Utterance]) -> bool:
     for utterance in utterances:
         labels_by_folder.setdefault(utterance.path.parent, set()).add(utterance.label)
     return len({u.label for u in utterances}) > 1 and all(len(labels) == 1 for labels in labels_by_folder.values())
+
+
+def speaker_statistics_problem(utterances: Sequence[corpora.Utterance]) -> str | None:
+    """Why standardising each speaker by their own statistics would standardise the emotion away; None when it would not.
+
+    Training's protocol assumes every speaker shows several emotions. A corpus whose reader
+    finds no speakers (each file its own) or whose speakers each show mostly one emotion
+    (`MAX_SPEAKER_EMOTION_SHARE`) breaks it: a speaker's mean is then their class's mean.
+    """
+    by_speaker: dict = {}
+    for utterance in utterances:
+        by_speaker.setdefault(utterance.speaker, Counter())[utterance.label] += 1
+    if len(by_speaker) == len(utterances):
+        return f"each of the {len(utterances)} files is a speaker of its own (the corpus names no speakers; --corpus folders finds them with --speaker-pattern)"
+    share = sum(max(counts.values()) for counts in by_speaker.values()) / len(utterances)
+    if share > MAX_SPEAKER_EMOTION_SHARE:
+        return f"{share:.0%} of the files carry their speaker's most frequent emotion, so each speaker's statistics are mostly one emotion's"
+    return None
 
 
 def evaluate(
@@ -150,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--speaker-pattern", default=None, help="--corpus folders: a regular expression that finds the speaker in a file name")
     parser.add_argument("--output", default=None, help=f"folder for metrics.json, predictions.csv and confusion_matrix.png (default: {EVALUATIONS_ROOT}/<run>-on-<corpus>)")
     parser.add_argument("--batch-size", type=positive_int, default=infer.BATCH_WINDOWS, help="windows per model call, at most (as infer.py --batch-size)")
-    parser.add_argument("--speaker-norm", choices=SPEAKER_NORM_MODES, default=None, help="for runs trained with speaker normalisation: standardise each speaker's embeddings with that speaker's own statistics (speaker: the speakers the corpus reader finds, as in training), each folder's (refused where folders are classes), or the training speakers' (none, as the exported model) (default: speaker for such runs, none for others)")
+    parser.add_argument("--speaker-norm", choices=SPEAKER_NORM_MODES, default=None, help="for runs trained with speaker normalisation: standardise each speaker's embeddings with that speaker's own statistics (speaker: the speakers the corpus reader finds, as in training), each folder's (refused where folders are classes), or the training speakers' (none, as the exported model) (default: speaker for such runs, none for others and where the corpus names no speakers or its speakers show mostly one emotion each)")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up logs")
     return parser
 
@@ -169,9 +191,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise cli.UsageError(f"--output {output} {problem}; set --output to a folder this user can write")
         warn_training_speakers(run, corpus, utterances)
         speaker_norm = args.speaker_norm or (infer.SPEAKER if run.speaker_norm else "none")  # training's protocol
+        problem = speaker_statistics_problem(utterances) if speaker_norm == infer.SPEAKER else None
+        if problem and args.speaker_norm is None:
+            speaker_norm = "none"
+            logger.warning("per-speaker statistics would mislead: %s; scored with the training speakers' statistics "
+                           "(--speaker-norm none; --speaker-norm speaker scores with each speaker's own anyway)", problem)
+        elif problem:
+            logger.warning("--speaker-norm speaker: %s: the score standardises the emotion away (--speaker-norm none does not)", problem)
         metrics, predictions = evaluate(run, utterances, batch_size=args.batch_size, speaker_norm=speaker_norm)
         output.mkdir(parents=True, exist_ok=True)
         metrics.update({"model": str(run.folder), "dataset": str(args.dataset), "corpus": corpus.name, "speaker_norm": speaker_norm})
+        if problem:
+            metrics["speaker_norm_problem"] = problem
         runs.write_json(output / runs.METRICS, metrics)
         runs.write_predictions(output, predictions)
         runs.plot_confusion_matrix(output, np.array(metrics["confusion_matrix"]), metrics["labels"])

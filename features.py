@@ -24,6 +24,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Protocol, Union
 
@@ -52,6 +53,10 @@ class EmbeddingError(Exception):
     """A file whose backbone embeddings cannot be used (non-finite values); the message names it."""
 
 
+class WorkerError(Exception):
+    """A worker process that died (a signal such as SIGSEGV or SIGKILL) while computing a file; the message names both."""
+
+
 class AudioTransform(Protocol):
     """A reproducible change of a signal, such as `augment.Enhancement` (a frozen dataclass)."""
 
@@ -69,6 +74,11 @@ def source_key(source: Source) -> SourceKey:
         path, transform = source
         return str(path), transform
     return str(source)
+
+
+def source_path(key: SourceKey) -> str:
+    """The file of a source named by `source_key` (what an error message names)."""
+    return key if isinstance(key, str) else key[0]
 
 
 @dataclasses.dataclass
@@ -322,10 +332,10 @@ def _extract(
     jobs = [(name, key, sr, describe, cache) for name, key in to_compute.items()]
     bar = tqdm(total=len(jobs), unit="file", desc=desc, disable=None if progress is None else not progress)
     with bar:
-        for name, array, error in _run(jobs, min(workers, len(jobs))):
+        for name, array, error in _run(jobs, min(workers, len(jobs)), desc):
             bar.update()
             if error is not None:
-                path = name if isinstance(name, str) else name[0]
+                path = source_path(name)
                 if path not in result.errors:  # a file and its enhanced copies fail alike: one report
                     logger.warning("skipped: %s", error)
                     result.errors[path] = error
@@ -431,8 +441,7 @@ def extract_embeddings(
             output = np.asarray(embed(stacked))[0].astype(np.float32)
             for item, part in zip(chunk, np.split(output, np.cumsum([len(segments[i]) for i in chunk])[:-1])):
                 if not np.isfinite(part).all():
-                    path = item if isinstance(item, str) else item[0]
-                    raise EmbeddingError(f"{path}: the backbone gave non-finite embeddings (NaN or infinity)")
+                    raise EmbeddingError(f"{source_path(item)}: the backbone gave non-finite embeddings (NaN or infinity)")
                 embeddings[item] = part
                 if keys[item] is not None:
                     cache.write(keys[item], part)
@@ -440,21 +449,72 @@ def extract_embeddings(
     return {source: embeddings[source] for source in segments}
 
 
-def _run(jobs: list, workers: int) -> Iterable[tuple[SourceKey, np.ndarray | None, str | None]]:
+def _run(jobs: list, workers: int, desc: str) -> Iterable[tuple[SourceKey, np.ndarray | None, str | None]]:
     if workers <= 1:
         yield from map(_compute, jobs)
         return
     chunksize = max(1, min(16, len(jobs) // (workers * 8)))
-    pool = ProcessPoolExecutor(max(1, workers), mp_context=_process_context(), initializer=_single_threaded)
+    context = _process_context()
+    # Per worker slot: its pid and the index of the job it is on (-1: none), in shared memory, so
+    # that a worker that dies says which file it died on.
+    on_job = context.Array("q", [-1] * 2 * workers, lock=False)
+    slots = context.Value("i", 0)
+    pool = ProcessPoolExecutor(max(1, workers), mp_context=context, initializer=_start_worker, initargs=(on_job, slots))
     with _workers_ignore_ctrl_c():
-        results = pool.map(_compute, jobs, chunksize=chunksize)  # starts the workers
+        results = pool.map(_compute_tracked, enumerate(jobs), chunksize=chunksize)  # starts the workers
+    # The worker processes, for their exit codes: the pool keeps them in a private attribute and
+    # its error names no signal (Python 3.11).
+    processes = list((getattr(pool, "_processes", None) or {}).values())
     try:
         yield from results
+    except BrokenProcessPool:
+        pool.shutdown(wait=True, cancel_futures=True)  # joins the workers: their exit codes are known after it
+        raise WorkerError(_crash_report(jobs, processes, on_job, desc)) from None
     except BaseException:
         # Ctrl-C (or an error) here: drop the queued work instead of finishing it first.
         pool.shutdown(wait=False, cancel_futures=True)
         raise
     pool.shutdown()
+
+
+def _crash_report(jobs: list, processes: list[multiprocessing.process.BaseProcess], on_job, desc: str) -> str:
+    """One line: the file a dead worker was on and the signal that ended it."""
+    ended = [(process.pid, process.exitcode) for process in processes if process.exitcode]
+    # Once one worker died the pool terminates (SIGTERM) the others: the cause is the one ended otherwise.
+    ended.sort(key=lambda pid_and_code: pid_and_code[1] == -signal.SIGTERM)
+    pid, code = ended[0] if ended else (None, None)
+    if code is None:
+        how = "ended abruptly"
+    elif code < 0:
+        how = f"killed by {signal.Signals(-code).name if -code in signal.valid_signals() else f'signal {-code}'}"
+    else:
+        how = f"ended with exit code {code}"
+    job_index = {on_job[2 * i]: on_job[2 * i + 1] for i in range(len(on_job) // 2)}.get(pid, -1)
+    where = f"{source_path(jobs[job_index][0])}: a {desc} worker process was {how} while computing it" if job_index >= 0 else (
+        f"a {desc} worker process was {how} between files")
+    return f"{where} (a crash in a native library such as numba's JIT, or the system out of memory)"
+
+
+def _start_worker(on_job, slots) -> None:
+    global _ON_JOB
+    with slots.get_lock():
+        slot = slots.value
+        slots.value += 1
+    _ON_JOB = (on_job, 2 * slot)
+    on_job[2 * slot] = os.getpid()
+    _single_threaded()
+
+
+_ON_JOB = None  # in a worker: the shared slots and this worker's offset in them (`_start_worker`)
+
+
+def _compute_tracked(indexed_job: tuple[int, tuple]) -> tuple[SourceKey, np.ndarray | None, str | None]:
+    index, job = indexed_job
+    on_job, offset = _ON_JOB
+    on_job[offset + 1] = index
+    result = _compute(job)
+    on_job[offset + 1] = -1
+    return result
 
 
 @contextlib.contextmanager

@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import sys
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -57,9 +57,10 @@ SPEAKER = "speaker"  # predict's mode for a corpus whose reader knows each file'
 LOW_BIT_SUBTYPES = ("PCM_U8", "PCM_S8", "ULAW", "ALAW")  # 8-bit sample formats
 # Warnings a prediction may carry: it is still made, but on input unlike what models train on.
 SILENT, TOO_SHORT, LOW_SAMPLE_RATE, EIGHT_BIT = "silent", "too short", "low sample rate", "8-bit"
-# --speaker-norm file on a file of one window: standardised by its own statistics, the
-# file loses what tells it apart (measured: chance with the statistics head).
-SELF_NORMALISED = "one window normalised by itself"
+# A grouped --speaker-norm where a window is its group's only one: standardised by its own
+# statistics it would lose what tells it apart (measured: chance with the statistics head),
+# so it is standardised with the training speakers' statistics instead.
+ALONE_IN_GROUP = "alone in its group: training speakers' statistics"
 
 
 class InferenceError(UsageError):
@@ -98,7 +99,8 @@ class Prediction:
         Why the prediction deserves less trust: `SILENT` (no signal above -80 dBFS),
         `TOO_SHORT` (shorter than one segment, so padded), `LOW_SAMPLE_RATE` (recorded
         below the rate the run's features use), `EIGHT_BIT` (8-bit samples),
-        `SELF_NORMALISED` (``speaker_norm="file"`` on a file of one window).
+        `ALONE_IN_GROUP` (a grouped ``speaker_norm`` where the file's one window is its
+        group's only one: standardised with the training speakers' statistics instead).
     """
 
     path: str
@@ -207,7 +209,9 @@ def predict(
         file's own windows (one long recording = one speaker), of all files of the same
         speaker in ``speakers`` ("speaker"), or ("none") of the training speakers, as the
         exported model does. The grouped modes are what training did and score best; they
-        assume the grouping is right.
+        assume the grouping is right. A window alone in its group is standardised with the
+        training speakers' statistics (`ALONE_IN_GROUP`, one warning logged); folders named
+        after emotions are refused for "folder" (their statistics would be the classes').
     speakers : sequence of hashable or None
         With ``speaker_norm="speaker"`` (and only then): the speaker of each file, in the
         order of ``paths``, which must then be files.
@@ -252,6 +256,13 @@ def predict(
     if precision not in {"keras": PRECISIONS, "openvino": tuple(export.OPENVINO_PRECISIONS)}.get(runtime, ("float32",)):
         raise UsageError(f"--precision {precision} with --runtime {runtime}: ONNX Runtime and LiteRT compute in float32, "
                          f"OpenVINO in {' or '.join(export.OPENVINO_PRECISIONS)}; --runtime keras takes every --precision")
+    group_of: Callable[[int], Hashable] | None = {  # a file's group, by its index, in the grouped modes
+        "folder": lambda index: files[index].parent,
+        "file": lambda index: index,
+        SPEAKER: lambda index: speakers[index],
+    }.get(speaker_norm)
+    if speaker_norm == "folder":
+        refuse_class_folders({path.parent for path in files})
     durations: list[float] = []
     errors: dict[int, str] = {}
     warnings: dict[int, list[str]] = {index: [] for index in range(len(files))}
@@ -267,10 +278,18 @@ def predict(
         warnings[index] += _recording_warnings(info.duration, info.sample_rate, run.features)
         if info.subtype in LOW_BIT_SUBTYPES:
             warnings[index].append(EIGHT_BIT)
-        spans = window_spans(info.duration, window)
-        if speaker_norm == "file" and len(spans) == 1:
-            warnings[index].append(SELF_NORMALISED)
-        jobs += [_Window(index, start, end) for start, end in spans]
+        jobs += [_Window(index, start, end) for start, end in window_spans(info.duration, window)]
+    if group_of is not None:
+        windows_in_group = Counter(group_of(job.file) for job in jobs)
+        alone = sorted({job.file for job in jobs if windows_in_group[group_of(job.file)] == 1})
+        for index in alone:
+            warnings[index].append(ALONE_IN_GROUP)
+        if alone:
+            logger.warning(
+                "--speaker-norm %s: %d of %d files are one window alone in their group, which standardised by itself loses what "
+                "tells emotions apart: standardised with the training speakers' statistics instead (as --speaker-norm none)",
+                speaker_norm, len(alone), len(files),
+            )
 
     from tqdm import tqdm
 
@@ -283,12 +302,7 @@ def predict(
         elif speaker_norm == "none":
             results = _forward_windows(_computed(jobs, files, run), run, batch_size)
         else:
-            group = {
-                "folder": lambda job: files[job.file].parent,
-                "file": lambda job: job.file,
-                SPEAKER: lambda job: speakers[job.file],
-            }[speaker_norm]
-            results = _forward_standardized(jobs, files, run, group, batch_size)
+            results = _forward_standardized(jobs, files, run, lambda job: group_of(job.file), batch_size)
         for item, probabilities in results:
             if probabilities is None:
                 errors.setdefault(item.file, item.error)
@@ -301,6 +315,26 @@ def predict(
         _combine(str(path), durations[index], windows[index], run.labels, errors.get(index), warnings[index])
         for index, path in enumerate(files)
     ]
+
+
+def refuse_class_folders(folders: Iterable[Path]) -> None:
+    """Refuse ``--speaker-norm folder`` over folders that are all named after emotions (``angry/``, ``sad/``).
+
+    Raises
+    ------
+    UsageError
+        Such a folder holds one class: its statistics would be the class's own, and
+        standardising by them would take away the emotion the model is to find.
+    """
+    from corpora.folders import is_class_folder
+
+    folders = sorted(set(folders))
+    if folders and all(is_class_folder(folder) for folder in folders):
+        raise UsageError(
+            f"--speaker-norm folder: the folders ({', '.join(folder.name + '/' for folder in folders[:4])}"
+            f"{', ...' if len(folders) > 4 else ''}) are named after emotions, and standardising each class by itself "
+            "takes away what tells them apart; put each speaker's recordings in a folder of their own, or use --speaker-norm none"
+        )
 
 
 def predict_signal(
@@ -377,6 +411,7 @@ def _forward_standardized(
     """Each window with its class probabilities, its embeddings standardised with its group's statistics.
 
     A group (a folder, a file, a speaker) is embedded whole first: its statistics need every window.
+    A window alone in its group takes the training speakers' statistics (`ALONE_IN_GROUP`).
     """
     from SpeechModel import RunningStatistics
 
@@ -390,15 +425,16 @@ def _forward_standardized(
         if not usable:
             continue
         embeddings = [run.embed(item.segments[np.newaxis])[0] for item in usable]
-        statistics = RunningStatistics.of(embeddings)
         vectors = None if run.prosody_set is None else [item.prosody for item in usable]
-        prosody_mean = prosody_std = None  # (a run without the branch takes none)
-        if vectors is not None:
-            prosodic = RunningStatistics.of(vectors)
-            prosody_mean, prosody_std = prosodic.mean, prosodic.std
+        # None: the training speakers' statistics (a run without the branch takes none for the vectors).
+        mean = std = prosody_mean = prosody_std = None
+        if len(usable) > 1:
+            mean, std = (statistics := RunningStatistics.of(embeddings)).mean, statistics.std
+            if vectors is not None:
+                prosody_mean, prosody_std = (prosodic := RunningStatistics.of(vectors)).mean, prosodic.std
 
         def classify(batch: np.ndarray, prosody: np.ndarray | None = None) -> np.ndarray:
-            return run.classify(batch, statistics.mean, statistics.std, prosody, prosody_mean, prosody_std)
+            return run.classify(batch, mean, std, prosody, prosody_mean, prosody_std)
 
         yield from zip(usable, batching.predict(classify, embeddings, batch_size, vectors=vectors))
 

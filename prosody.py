@@ -169,7 +169,7 @@ def prosodic_features(y: np.ndarray, sr: int = SR) -> np.ndarray:
         np.log(np.maximum(librosa.feature.spectral_flatness(S=spectrum.T)[0], 1e-10)),
         librosa.feature.spectral_rolloff(**shape, roll_percent=0.85)[0],
         flux,
-        librosa.feature.zero_crossing_rate(y, frame_length=LEVEL_FRAME, hop_length=HOP)[0],
+        zero_crossing_rate(y),
     ]
     contrast = librosa.feature.spectral_contrast(**shape)
     mfcc = librosa.feature.mfcc(S=librosa.power_to_db(librosa.feature.melspectrogram(S=power.T, sr=SR)), n_mfcc=N_MFCC + 1)[1:]
@@ -250,6 +250,30 @@ FEATURE_SETS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"permissive"
 FEATURE_WIDTHS = {"permissive": N_FEATURES, "egemaps": 88}  # values per recording of each set
 OPENSMILE_INSTALL = "pip install opensmile (its licence forbids commercial use)"  # what the egemaps set needs, in every message that says so
 VERSION = 1  # bump when a set's values change for the same audio, so that cached vectors are computed again
+
+
+def zero_crossing_rate(y: np.ndarray, frame_length: int = LEVEL_FRAME) -> np.ndarray:
+    """Share of sign changes between neighbouring samples in centred frames every `HOP` samples.
+
+    librosa's ``feature.zero_crossing_rate`` (edge-padded frames, magnitudes up to 1e-10 count
+    as +0, the first sample of a frame is no crossing) in NumPy: librosa's runs through a numba
+    JIT, and numba 0.68.1 crashed the process in it on an AMD EPYC (issue 31).
+
+    Parameters
+    ----------
+    y : np.ndarray, shape (samples,)
+    frame_length : int
+        Samples per frame.
+
+    Returns
+    -------
+    np.ndarray, shape (1 + samples // HOP,)
+        Crossings per sample, in [0, 1).
+    """
+    padded = np.pad(y, frame_length // 2, mode="edge")
+    frames = librosa.util.frame(padded, frame_length=frame_length, hop_length=HOP, axis=0)
+    negative = np.signbit(np.where(np.abs(frames) <= 1e-10, 0.0, frames))
+    return np.count_nonzero(negative[:, 1:] != negative[:, :-1], axis=1) / frame_length
 
 
 def _frames(y: np.ndarray, length: int) -> np.ndarray:

@@ -324,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         run(options, resume=args.resume, given=given)
         return 0
 
-    failures = (TrainingError, corpora.CorpusError, runs.RunError, BackboneWeightsError, features.EmbeddingError)
+    failures = (TrainingError, corpora.CorpusError, runs.RunError, BackboneWeightsError, features.EmbeddingError, features.WorkerError)
     return cli.run_command(work, failures=failures, interrupted=f"the partial run is kept; continue it with: python train.py {options.epochs} --resume --output {options.output}")
 
 

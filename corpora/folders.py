@@ -40,8 +40,13 @@ def read_class_folders(folder: PathLike, speaker_pattern: str | None = None) -> 
 KNOWN_EMOTIONS: set[str] = set()
 
 
+def is_class_folder(folder: str | Path) -> bool:
+    """Whether ``folder`` is named after an emotion (``angry/``, ``Anger/``): a class folder."""
+    return canonical_label(Path(folder).name) in KNOWN_EMOTIONS
+
+
 def _recognizes(path: str | Path) -> bool:
-    return canonical_label(Path(path).parent.name) in KNOWN_EMOTIONS
+    return is_class_folder(Path(path).parent)
 
 
 CLASS_FOLDERS = Corpus(

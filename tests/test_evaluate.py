@@ -107,3 +107,49 @@ def test_folder_normalisation_is_refused_where_the_folders_are_the_classes(speak
     code = evaluate.main(["--model", str(speaker_norm_run), "--dataset", str(tmp_path / "classes"), "--corpus", "folders",
                           "--speaker-pattern", r"^s(\d)_", "--output", str(tmp_path / "out")])
     assert code == 0 and json.loads((tmp_path / "out" / "metrics.json").read_text())["speaker_norm"] == "speaker"
+
+
+def test_speaker_statistics_are_a_problem_where_speakers_are_files_or_show_one_emotion_each(tmp_path):
+    import corpora
+
+    def utterances(pairs):  # (speaker, label) per file
+        return [corpora.Utterance(tmp_path / f"{index}.wav", label, speaker) for index, (speaker, label) in enumerate(pairs)]
+
+    actors = [(actor, label) for actor in (1, 2) for label in ("neutral", "sad", "angry", "happy") for _ in range(2)]
+    assert evaluate.speaker_statistics_problem(utterances(actors)) is None  # RAVDESS-like: a quarter each
+    assert "each of the 4 files is a speaker of its own" in evaluate.speaker_statistics_problem(
+        utterances([(index, label) for index, label in enumerate(("sad", "sad", "angry", "angry"))]))
+    guests = [("a", "angry")] * 3 + [("a", "sad")] + [("b", "sad")] * 3 + [("b", "angry")]
+    assert evaluate.speaker_statistics_problem(utterances(guests)).startswith("75% of the files carry their speaker's most frequent emotion")
+
+
+@pytest.mark.parametrize("pattern", [None, r"^(guest\d)_"], ids=["no speakers", "a speaker per emotion"])
+def test_per_speaker_statistics_that_would_mislead_fall_back_to_the_training_speakers_with_one_warning(
+    speaker_norm_run, write_audio, tmp_path, caplog, pattern
+):
+    # URDU-like class folders: no speakers in the names, or talk-show guests who each show one emotion.
+    for label, pitch in (("angry", 400), ("sad", 200)):
+        for index in range(3):
+            write_audio(f"classes/{label}/guest{pitch // 200}_{index}.wav", tone(pitch + 20 * index, 1.0))
+    argv = ["--model", str(speaker_norm_run), "--dataset", str(tmp_path / "classes"), "--corpus", "folders", "--output", str(tmp_path / "out")]
+    argv += ["--speaker-pattern", pattern] if pattern else []
+    with caplog.at_level("WARNING", logger="evaluate"):
+        code = evaluate.main(argv)
+    warnings = [record.getMessage() for record in caplog.records if record.name == "evaluate"]
+    assert code == 0 and len(warnings) == 1 and warnings[0].startswith("per-speaker statistics would mislead: ")
+    assert "(--speaker-norm none; --speaker-norm speaker scores" in warnings[0]
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["speaker_norm"] == "none" and metrics["speaker_norm_problem"]
+    with open(tmp_path / "out" / "predictions.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    expected = infer.predict([row["path"] for row in rows], runs.load_run(speaker_norm_run), speaker_norm="none")
+    for row, prediction in zip(rows, expected):
+        shared = {label: prediction.probabilities[label] for label in metrics["labels"]}
+        assert float(row["confidence"]) == pytest.approx(max(shared.values()) / sum(shared.values()), abs=1e-4)
+
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="evaluate"):
+        code = evaluate.main([*argv, "--speaker-norm", "speaker"])  # asked for: kept, and said to mislead
+    [warning] = [record.getMessage() for record in caplog.records if record.name == "evaluate"]
+    assert code == 0 and warning.startswith("--speaker-norm speaker: ") and "standardises the emotion away" in warning
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["speaker_norm"] == "speaker"

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import faulthandler
 import logging
 import os
+import signal
 import sys
 import types
 
@@ -135,6 +138,30 @@ def test_a_bad_file_is_reported_once_and_skipped(clips, tmp_path, caplog, worker
     warnings = [record.getMessage() for record in caplog.records if record.levelno == logging.WARNING]
     assert sum(str(broken) in line for line in warnings) == 1
     assert sum(str(missing) in line for line in warnings) == 1
+
+
+@dataclasses.dataclass(frozen=True)
+class KillsItsProcess:
+    """A transform that ends the process computing it with a signal, as a crashing native library does."""
+
+    signal_number: int
+
+    def apply(self, y: np.ndarray, sr: int) -> np.ndarray:
+        faulthandler.disable()  # pytest's handler would print the worker's stack first
+        os.kill(os.getpid(), self.signal_number)
+        return y
+
+
+@pytest.mark.parametrize("kill", [signal.SIGSEGV, signal.SIGKILL], ids=["SIGSEGV", "SIGKILL"])
+def test_a_worker_killed_by_a_signal_ends_the_work_with_one_line_naming_the_file_and_the_signal(clips, tmp_path, kill):
+    sources = [clips[0], clips[1], (clips[2], KillsItsProcess(kill)), clips[3]]
+    with pytest.raises(features.WorkerError) as raised:
+        extract_features(sources, cache_dir=tmp_path / "cache", workers=2)
+    message = str(raised.value)
+    assert message.startswith(f"{clips[2]}: a features worker process was killed by {kill.name} while computing it")
+    assert "\n" not in message
+    for path in sorted((tmp_path / "cache").rglob("*")):  # nothing half-written: whole arrays only
+        assert path.is_dir() or np.load(path).dtype == np.float32
 
 
 def test_without_a_cache_nothing_is_written(clips, tmp_path):

@@ -232,12 +232,35 @@ def test_speaker_norm_standardises_with_each_folders_or_files_own_statistics(spe
     global_stats = infer.predict(speaker, run, speaker_norm="none")
     as_list = lambda predictions: np.array([list(p.probabilities.values()) for p in predictions])  # noqa: E731
     np.testing.assert_allclose(as_list(by_folder), expected([[0, 1, 2]]), atol=1e-4)
-    np.testing.assert_allclose(as_list(by_file), expected([[0], [1], [2]]), atol=1e-4)
+    # Short files, one window each: alone in their group, standardised with the training speakers' statistics.
+    np.testing.assert_allclose(as_list(by_file), as_list(global_stats), atol=1e-6)
     direct = model.predict([utils.get_framed_log_melspectrogram(speaker[0], run.features)[np.newaxis], vectors[0][np.newaxis]], verbose=0)[0]
     np.testing.assert_allclose(list(global_stats[0].probabilities.values()), direct, atol=1e-5)  # the exported model
     assert not np.allclose(as_list(by_folder), as_list(global_stats), atol=1e-3)
-    assert [p.warnings for p in by_file] == [(infer.SELF_NORMALISED,)] * 3  # short files: one window each
+    assert [p.warnings for p in by_file] == [(infer.ALONE_IN_GROUP,)] * 3
     assert all(not p.warnings for p in by_folder + global_stats)
+    [windows_apart] = infer.predict([speaker[2]], run, speaker_norm="file", window=0.9)  # 1.8 s: two windows, one group
+    assert len(windows_apart.windows) == 2 and not windows_apart.warnings
+    assert not np.allclose(list(windows_apart.probabilities.values()), list(global_stats[2].probabilities.values()), atol=1e-3)
+
+
+def test_a_window_alone_in_its_group_gets_the_training_statistics_with_one_warning(speaker_norm_run, write_audio, caplog):
+    paths = [write_audio("a/clip0.wav", tone(200, 1.0)), write_audio("a/clip1.wav", tone(300, 1.2)), write_audio("b/clip.wav", tone(450, 1.3))]
+    run = runs.load_run(speaker_norm_run)
+    with caplog.at_level("WARNING", logger="infer"):
+        by_folder = infer.predict(paths, run, speaker_norm="folder")
+    [line] = [record.getMessage() for record in caplog.records if record.name == "infer"]
+    assert line.startswith("--speaker-norm folder: 1 of 3 files are one window alone in their group") and "(as --speaker-norm none)" in line
+    assert [p.warnings for p in by_folder] == [(), (), (infer.ALONE_IN_GROUP,)]
+    [alone] = infer.predict([paths[2]], run, speaker_norm="none")
+    np.testing.assert_allclose(list(by_folder[2].probabilities.values()), list(alone.probabilities.values()), atol=1e-6)
+
+
+def test_folder_normalisation_over_folders_named_after_emotions_is_refused(speaker_norm_run, write_audio, capsys):
+    paths = [write_audio(f"{label}/clip{index}.wav", tone(200 + 100 * index, 1.0)) for label in ("Angry", "sad") for index in range(2)]
+    code, out, err = run_cli(infer.main, [paths[0].parent.parent, "--model", speaker_norm_run, "--speaker-norm", "folder"], capsys)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert err.startswith("error: --speaker-norm folder: the folders (Angry/, sad/) are named after emotions") and "--speaker-norm none" in err
 
 
 def test_speaker_norm_by_speaker_groups_the_files_as_given(speaker_norm_run, write_audio):

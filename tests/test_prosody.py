@@ -1,14 +1,19 @@
 """The prosodic sets: YIN's F0 and aperiodicity, the permissive utterance vector, eGeMAPS' optional path, on generated audio."""
 
+import importlib
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
 
+import librosa
 import numpy as np
 import pytest
+import soundfile
 
 import cli
 import prosody
+import utils
 
 SR = prosody.SR
 
@@ -79,6 +84,40 @@ def test_other_rates_are_resampled_first():
     at_48k = prosody.prosodic_features(tone, 48000)
     at_16k = prosody.prosodic_features(harmonic_tone(200.0, 1.0))
     assert feature(at_48k, "f0_semitones_mean") == pytest.approx(feature(at_16k, "f0_semitones_mean"), abs=0.05)
+
+
+def test_the_zero_crossing_rate_equals_librosas():
+    y = np.random.default_rng(0).normal(0, 0.1, SR + 7)
+    y[100:300] = 0.0
+    y[400:420] = 1e-12  # below librosa's threshold: counts as zero
+    y[500] = -0.0
+    expected = librosa.feature.zero_crossing_rate(y, frame_length=prosody.LEVEL_FRAME, hop_length=prosody.HOP)[0]
+    np.testing.assert_array_equal(prosody.zero_crossing_rate(y), expected)
+
+
+def test_no_numba_compiled_librosa_code_runs_on_the_feature_paths(monkeypatch, tmp_path):
+    # A broken JIT (numba 0.68.1 on an AMD EPYC: a segfault in librosa.zero_crossings) must not
+    # take training down: poison every numba-compiled function of librosa, then compute.
+    def poisoned(name):
+        def call(*args, **kwargs):
+            raise AssertionError(f"{name} is numba-compiled librosa code")
+        return call
+
+    for package in ("librosa.core", "librosa.feature", "librosa.util", "librosa.filters", "librosa.effects"):
+        loaded = importlib.import_module(package)  # librosa loads its modules lazily: all of them, to poison them
+        for module_info in pkgutil.walk_packages(getattr(loaded, "__path__", []), f"{package}."):
+            importlib.import_module(module_info.name)
+    for module_name, module in list(sys.modules.items()):
+        if module_name.split(".")[0] == "librosa":
+            for name, value in list(vars(module).items()):
+                if type(value).__module__.split(".")[0] == "numba":
+                    monkeypatch.setattr(module, name, poisoned(f"{module_name}.{name}"))
+    assert sys.modules["librosa.core.audio"]._zc_wrapper.__name__ == "call"  # the poisoning reached the JIT code
+
+    soundfile.write(tmp_path / "tone.wav", harmonic_tone(150.0, 1.5, sr=22050), 22050)  # read and resampled as in training
+    y = utils.load_wav(tmp_path / "tone.wav")
+    assert np.isfinite(prosody.prosodic_features(y)).all()
+    assert np.isfinite(utils.get_framed_log_melspectrogram(y)).all()
 
 
 def test_egemaps_without_opensmile_says_how_to_install_it(monkeypatch):

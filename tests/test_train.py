@@ -104,6 +104,41 @@ def test_egemaps_without_opensmile_is_one_line_naming_the_install_and_leaves_no_
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
+# Started in every interpreter of the command (its spawned feature workers too): the
+# prosodic set kills its process, as numba 0.68.1's JIT did on an AMD EPYC.
+CRASHING_PROSODY = """
+import os, signal, sys
+sys.path.insert(0, {root!r})
+import prosody
+
+def crash(y, sr):
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+prosody.FEATURE_SETS["permissive"] = crash
+"""
+
+
+def test_a_feature_worker_that_crashes_ends_train_py_with_one_line_naming_the_file_and_the_signal(corpus, tmp_path):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("one core: the features are computed in the command's own process, not in workers")
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(CRASHING_PROSODY.format(root=str(Path(train.__file__).parent)))
+    environment = {**os.environ, "PYTHONPATH": str(tmp_path / "site"), "PYTHONFAULTHANDLER": ""}
+    done = subprocess.run(
+        [sys.executable, str(Path(train.__file__)), "3", "--dataset", str(corpus), "--test-speakers", "4", "--val-speakers", "3",
+         "--weights", "none", "--output", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")],
+        env=environment, capture_output=True, text=True, timeout=300,
+    )
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 1 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(errors) == 1 and re.fullmatch(
+        rf"error: {re.escape(str(corpus))}/Actor_0\d/[\d-]+\.wav: a prosody worker process was killed by SIGSEGV while computing it .*", errors[0]
+    ), errors
+    [partial] = (tmp_path / "runs").iterdir()  # no run: the partial one, marked failed with the reason
+    assert partial.name.startswith(".partial-") and "SIGSEGV" in (partial / runs.FAILED).read_text()
+    assert not list((tmp_path / "cache" / "prosody").rglob("*.npy"))
+
+
 def test_absent_speakers_are_named_with_the_present_ones_and_a_split_that_works(corpus, tmp_path, capsys):
     code = train.main(["3", "--dataset", str(corpus), "--output", str(tmp_path / "runs"), "--weights", "none"])
     err = capsys.readouterr().err
