@@ -483,16 +483,15 @@ def _crash_report(jobs: list, processes: list[multiprocessing.process.BaseProces
     # Once one worker died the pool terminates (SIGTERM) the others: the cause is the one ended otherwise.
     ended.sort(key=lambda pid_and_code: pid_and_code[1] == -signal.SIGTERM)
     pid, code = ended[0] if ended else (None, None)
-    if code is None:
-        how = "ended abruptly"
-    elif code < 0:
-        how = f"killed by {signal.Signals(-code).name if -code in signal.valid_signals() else f'signal {-code}'}"
+    if code is not None and code > 0:  # the worker's Python stopped it, and printed why
+        how, cause = f"ended with exit code {code}", "its error is printed above"
     else:
-        how = f"ended with exit code {code}"
+        name = "abruptly" if code is None else signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        how, cause = f"killed by {name}", "a crash in a native library such as numba's JIT, or the system out of memory"
     job_index = {on_job[2 * i]: on_job[2 * i + 1] for i in range(len(on_job) // 2)}.get(pid, -1)
     where = f"{source_path(jobs[job_index][0])}: a {desc} worker process was {how} while computing it" if job_index >= 0 else (
-        f"a {desc} worker process was {how} between files")
-    return f"{where} (a crash in a native library such as numba's JIT, or the system out of memory)"
+        f"a {desc} worker process was {how} before its first file or between files")
+    return f"{where} ({cause})"
 
 
 def _start_worker(on_job, slots) -> None:
