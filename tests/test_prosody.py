@@ -13,6 +13,7 @@ import soundfile
 
 import cli
 import prosody
+from augment import Enhancement
 import utils
 
 SR = prosody.SR
@@ -115,7 +116,7 @@ def test_no_numba_compiled_librosa_code_runs_on_the_feature_paths(monkeypatch, t
     assert sys.modules["librosa.core.audio"]._zc_wrapper.__name__ == "call"  # the poisoning reached the JIT code
 
     soundfile.write(tmp_path / "tone.wav", harmonic_tone(150.0, 1.5, sr=22050), 22050)  # read and resampled as in training
-    y = utils.load_wav(tmp_path / "tone.wav")
+    y = Enhancement(speed=1.1, shift_seconds=0.1, snr_db=20.0, noise_seed=3).apply(utils.load_wav(tmp_path / "tone.wav"), SR)
     assert np.isfinite(prosody.prosodic_features(y)).all()
     assert np.isfinite(utils.get_framed_log_melspectrogram(y)).all()
 
