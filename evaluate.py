@@ -172,7 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--speaker-pattern", default=None, help="--corpus folders: a regular expression that finds the speaker in a file name")
     parser.add_argument("--output", default=None, help=f"folder for metrics.json, predictions.csv and confusion_matrix.png (default: {EVALUATIONS_ROOT}/<run>-on-<corpus>)")
     parser.add_argument("--batch-size", type=positive_int, default=infer.BATCH_WINDOWS, help="windows per model call, at most (as infer.py --batch-size)")
-    parser.add_argument("--speaker-norm", choices=SPEAKER_NORM_MODES, default=None, help="for runs trained with speaker normalisation: standardise each speaker's embeddings with that speaker's own statistics (speaker: the speakers the corpus reader finds, as in training), each folder's (refused where folders are classes), or the training speakers' (none, as the exported model) (default: speaker for such runs, none for others and where the corpus names no speakers or its speakers show mostly one emotion each)")
+    parser.add_argument("--speaker-norm", choices=SPEAKER_NORM_MODES, default=None, help="for runs trained with speaker normalisation: standardise each speaker's embeddings with that speaker's own statistics (speaker: the speakers the corpus reader finds, as in training), each folder's (refused where folders are classes), or the training speakers' (none, as the exported model); speaker is refused, and not the default, where the corpus names no speakers or its speakers show mostly one emotion each (default: speaker for such runs, none for others)")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up logs")
     return parser
 
@@ -192,12 +192,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         warn_training_speakers(run, corpus, utterances)
         speaker_norm = args.speaker_norm or (infer.SPEAKER if run.speaker_norm else "none")  # training's protocol
         problem = speaker_statistics_problem(utterances) if speaker_norm == infer.SPEAKER else None
-        if problem and args.speaker_norm is None:
+        if problem and args.speaker_norm is not None:
+            raise cli.UsageError(f"--speaker-norm speaker: {problem}: each speaker's own statistics would take their emotion "
+                                 "away and the score would mislead; use --speaker-norm none")
+        if problem:
             speaker_norm = "none"
-            logger.warning("per-speaker statistics would mislead: %s; scored with the training speakers' statistics "
-                           "(--speaker-norm none; --speaker-norm speaker scores with each speaker's own anyway)", problem)
-        elif problem:
-            logger.warning("--speaker-norm speaker: %s: the score standardises the emotion away (--speaker-norm none does not)", problem)
+            logger.warning("per-speaker statistics would mislead: %s; scored with the training speakers' statistics (--speaker-norm none)", problem)
         metrics, predictions = evaluate(run, utterances, batch_size=args.batch_size, speaker_norm=speaker_norm)
         output.mkdir(parents=True, exist_ok=True)
         metrics.update({"model": str(run.folder), "dataset": str(args.dataset), "corpus": corpus.name, "speaker_norm": speaker_norm})

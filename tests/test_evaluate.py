@@ -124,8 +124,8 @@ def test_speaker_statistics_are_a_problem_where_speakers_are_files_or_show_one_e
 
 
 @pytest.mark.parametrize("pattern", [None, r"^(guest\d)_"], ids=["no speakers", "a speaker per emotion"])
-def test_per_speaker_statistics_that_would_mislead_fall_back_to_the_training_speakers_with_one_warning(
-    speaker_norm_run, write_audio, tmp_path, caplog, pattern
+def test_per_speaker_statistics_that_would_mislead_fall_back_to_the_training_speakers_and_are_refused_when_asked_for(
+    speaker_norm_run, write_audio, tmp_path, caplog, capsys, pattern
 ):
     # URDU-like class folders: no speakers in the names, or talk-show guests who each show one emotion.
     for label, pitch in (("angry", 400), ("sad", 200)):
@@ -137,7 +137,7 @@ def test_per_speaker_statistics_that_would_mislead_fall_back_to_the_training_spe
         code = evaluate.main(argv)
     warnings = [record.getMessage() for record in caplog.records if record.name == "evaluate"]
     assert code == 0 and len(warnings) == 1 and warnings[0].startswith("per-speaker statistics would mislead: ")
-    assert "(--speaker-norm none; --speaker-norm speaker scores" in warnings[0]
+    assert warnings[0].endswith("scored with the training speakers' statistics (--speaker-norm none)")
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert metrics["speaker_norm"] == "none" and metrics["speaker_norm_problem"]
     with open(tmp_path / "out" / "predictions.csv") as stream:
@@ -147,9 +147,8 @@ def test_per_speaker_statistics_that_would_mislead_fall_back_to_the_training_spe
         shared = {label: prediction.probabilities[label] for label in metrics["labels"]}
         assert float(row["confidence"]) == pytest.approx(max(shared.values()) / sum(shared.values()), abs=1e-4)
 
-    caplog.clear()
-    with caplog.at_level("WARNING", logger="evaluate"):
-        code = evaluate.main([*argv, "--speaker-norm", "speaker"])  # asked for: kept, and said to mislead
-    [warning] = [record.getMessage() for record in caplog.records if record.name == "evaluate"]
-    assert code == 0 and warning.startswith("--speaker-norm speaker: ") and "standardises the emotion away" in warning
-    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["speaker_norm"] == "speaker"
+    capsys.readouterr()
+    code = evaluate.main([*argv, "--speaker-norm", "speaker", "--output", str(tmp_path / "asked")])  # asked for: refused
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: --speaker-norm speaker: ") and err.strip().endswith("use --speaker-norm none")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "asked").exists()
