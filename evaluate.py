@@ -90,10 +90,14 @@ def evaluate(
     Returns
     -------
     metrics : dict
-        `trainer.score` over the shared classes, and ``left_out``: the run's classes the
-        corpus lacks, the corpus's classes the run lacks (with file counts), unreadable files.
+        `trainer.score` over the shared classes; ``transductive`` (whether ``speaker_norm``
+        standardised groups by their own files) and ``single_file_uar`` (each file alone, as
+        infer.py scores it: a second pass with the training speakers' statistics where
+        transductive); ``left_out``: the run's classes the corpus lacks, the corpus's classes
+        the run lacks (with file counts), unreadable files.
     predictions : list of dict
-        path, speaker, true, predicted, confidence (the probability among the shared classes).
+        path, speaker, true, predicted, confidence (the probability among the shared classes),
+        and predicted_alone, confidence_alone: the same with the file scored alone.
 
     Raises
     ------
@@ -120,13 +124,17 @@ def evaluate(
         [u.path for u in kept], run, batch_size=batch_size, speaker_norm=speaker_norm,
         speakers=[u.speaker for u in kept] if speaker_norm == infer.SPEAKER else None,
     )
+
+    def among_shared(result: infer.Prediction) -> np.ndarray:
+        probabilities = np.array([result.probabilities[label] for label in shared])
+        return probabilities / probabilities.sum()
+
     true, predicted, predictions, unreadable = [], [], [], {}
     for utterance, result in zip(kept, results):
         if result.error is not None:
             unreadable[str(utterance.path)] = result.error
             continue
-        probabilities = np.array([result.probabilities[label] for label in shared])
-        probabilities /= probabilities.sum()  # among the shared classes
+        probabilities = among_shared(result)
         best = int(np.argmax(probabilities))
         true.append(shared.index(utterance.label))
         predicted.append(best)
@@ -137,6 +145,16 @@ def evaluate(
     if not predictions:
         raise EvaluationError("no file of the shared emotions could be read")
     metrics = score(true, predicted, shared)
+    # Transductive: each group standardised by its own unlabelled files, which a single request cannot be.
+    metrics["transductive"] = speaker_norm != "none"
+    # Each file alone too, as infer.py scores it: a second pass where the first was transductive.
+    readable = [result for result in results if result.error is None]
+    alone = infer.predict([p["path"] for p in predictions], run, batch_size=batch_size) if metrics["transductive"] else readable
+    for prediction, result in zip(predictions, alone):
+        probabilities = among_shared(result)
+        best = int(np.argmax(probabilities))
+        prediction.update(predicted_alone=shared[best], confidence_alone=round(float(probabilities[best]), 4))
+    metrics["single_file_uar"] = score(true, [shared.index(p["predicted_alone"]) for p in predictions], shared)["uar"]
     metrics["left_out"] = {
         "run_labels_not_in_corpus": [label for label in run.labels if label not in present],
         "corpus_labels_not_in_run": {label: count for label, count in sorted(present.items()) if label not in run.labels},

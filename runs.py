@@ -54,7 +54,8 @@ HISTORY = "history.csv"
 BACKUP = "backup"  # the weights of the last epochs while a split trains (trainer.epoch_backup)
 LOGS = "logs"  # TensorBoard
 REQUIRED = (MODEL_KERAS, LABELS)  # what every usable run holds (the feature parameters are the model's: Run.features)
-PREDICTION_FIELDS = ("path", "speaker", "true", "predicted", "confidence")
+# predicted/confidence as the run was scored (transductive with per-speaker statistics), and each file alone, as infer.py scores it
+PREDICTION_FIELDS = ("path", "speaker", "true", "predicted", "confidence", "predicted_alone", "confidence_alone")
 
 
 class RunError(Exception):

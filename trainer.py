@@ -479,10 +479,20 @@ def train_split(
         for example, row in zip(test, probabilities):
             if not np.all(np.isfinite(row)):
                 raise TrainingError(f"{example.path}: the trained model gave non-finite probabilities; no score is reported")
+        single_file = probabilities
+        if options.backbone_mode == "frozen" and options.speaker_norm:
+            # Each test file alone, as infer.py scores it: the training speakers' statistics.
+            single_file = batching.predict(
+                forward, [ops.convert_to_numpy(model.speaker_normalization(embeddings[e.source])) for e in test], options.batch_size,
+                vectors=[ops.convert_to_numpy(model.prosody_normalization(vectors[e.source])) for e in test] if prosodic else None,
+            )
     if options.precision != "float32" or placement.devices > 1:
         model = SpeechModel.precision_copy(model, "float32")  # what runs export: float32 on one device
 
     metrics = score([e.label for e in test], probabilities.argmax(axis=1), labels)
+    # Transductive: each test speaker standardised by their own unlabelled files, which a single request cannot be.
+    metrics["transductive"] = options.backbone_mode == "frozen" and options.speaker_norm
+    metrics["single_file_uar"] = score([e.label for e in test], single_file.argmax(axis=1), labels)["uar"]
     predictions = [
         {
             "path": e.path,
@@ -490,8 +500,10 @@ def train_split(
             "true": labels[e.label],
             "predicted": labels[int(p.argmax())],
             "confidence": round(float(p.max()), 4),
+            "predicted_alone": labels[int(alone.argmax())],
+            "confidence_alone": round(float(alone.max()), 4),
         }
-        for e, p in zip(test, probabilities)
+        for e, p, alone in zip(test, probabilities, single_file)
     ]
     metrics["files"] = {
         "training_inputs": len(train),
@@ -570,7 +582,7 @@ def score(true: Sequence[int], predicted: Sequence[int], labels: list[str]) -> d
 def summarize(fold_metrics: list[dict], labels: list[str]) -> dict:
     """Mean and standard deviation of the folds' scores, and their summed confusion matrix."""
     summary = {"folds": fold_metrics}
-    for name in ("uar", "wa", "macro_f1"):
+    for name in ("uar", "wa", "macro_f1", *(["single_file_uar"] if all("single_file_uar" in m for m in fold_metrics) else [])):
         values = [metrics[name] for metrics in fold_metrics]
         summary[name] = float(np.mean(values))
         summary[f"{name}_std"] = float(np.std(values))
@@ -578,6 +590,7 @@ def summarize(fold_metrics: list[dict], labels: list[str]) -> dict:
     summary["per_class_recall"] = {label: float(np.mean(values)) if values else None for label, values in measured.items()}
     summary["confusion_matrix"] = np.sum([m["confusion_matrix"] for m in fold_metrics], axis=0).tolist()
     summary["labels"] = labels
+    summary["transductive"] = any(metrics.get("transductive", False) for metrics in fold_metrics)
     return summary
 
 
@@ -585,9 +598,13 @@ def format_scores(metrics: dict, where: str, *, title: str = "test scores") -> s
     """The scores of `score` or `summarize` as a few lines of text, headed ``title``; ``where`` says what was scored."""
     spread = (lambda name: f" ± {metrics[name + '_std']:.3f}") if "folds" in metrics else (lambda name: "")
     recall = lambda value: "-" if value is None else f"{value:.2f}"  # noqa: E731  (None: no test file of the class)
+    uar = [f"  UAR       {metrics['uar']:.3f}{spread('uar')}"]
+    if metrics.get("transductive") and "single_file_uar" in metrics:  # the file-alone score first: what one recording gets
+        uar = [f"  UAR       {metrics['single_file_uar']:.3f}{spread('single_file_uar')}  each file alone, as infer.py scores it",
+               f"{uar[0]}  each test speaker standardised by their own files (transductive; so are the lines below)"]
     return "\n".join([
         f"\n{title} ({where})",
-        f"  UAR       {metrics['uar']:.3f}{spread('uar')}",
+        *uar,
         f"  WA        {metrics['wa']:.3f}{spread('wa')}",
         f"  macro-F1  {metrics['macro_f1']:.3f}{spread('macro_f1')}",
         "  recall    " + "  ".join(f"{label} {recall(value)}" for label, value in metrics["per_class_recall"].items()),

@@ -55,8 +55,9 @@ def baseline_uar(utterances: list, descriptors: dict, split: corpora.SpeakerSpli
     return float(recall_score([u.label for u in split.test], predicted, average="macro"))
 
 
-def run_uars(run: Path, splits: list[corpora.SpeakerSplit]) -> tuple[str, list[float]]:
-    """The run's description and its UAR per fold; refuses a run whose folds differ from ``splits``."""
+def run_uars(run: Path, splits: list[corpora.SpeakerSplit]) -> list[tuple[str, list[float]]]:
+    """The run's description and its UAR per fold, and for a transductive run a second row, each file
+    scored alone (as infer.py scores it); refuses a run whose folds differ from ``splits``."""
     metrics = json.loads((run / "metrics.json").read_text())
     if "folds" not in metrics:
         raise SystemExit(f"error: {run} is not a cross-validation run (train.py --folds K)")
@@ -73,7 +74,10 @@ def run_uars(run: Path, splits: list[corpora.SpeakerSplit]) -> tuple[str, list[f
     prosodic_weights = sorted({fold["prosody_weight"] for fold in metrics["folds"] if "prosody_weight" in fold})
     if prosodic_weights:
         name += f" (weight {'/'.join(f'{weight:g}' for weight in prosodic_weights)})"
-    return name, [fold["uar"] for fold in metrics["folds"]]
+    rows = [(name + (" (transductive)" if metrics.get("transductive") else ""), [fold["uar"] for fold in metrics["folds"]])]
+    if metrics.get("transductive") and all("single_file_uar" in fold for fold in metrics["folds"]):
+        rows.append((f"{run.name}: the same, each file alone", [fold["single_file_uar"] for fold in metrics["folds"]]))
+    return rows
 
 
 def read_folds(
@@ -100,7 +104,7 @@ def main() -> None:
         descriptors = dict(zip((u.path for u in utterances), pool.map(mfcc_statistics, [u.path for u in utterances], chunksize=8)))
 
     rows = [("baseline: MFCC mean/std + SVM", [baseline_uar(utterances, descriptors, split) for split in splits])]
-    rows += [run_uars(run, splits) for run in args.runs]
+    rows += [row for run in args.runs for row in run_uars(run, splits)]
     speakers = sorted({u.speaker for u in utterances})
     print(f"UAR, {corpus.title}, {args.folds} folds by speaker groups of {len(speakers)} speakers ({len(utterances)} files, {args.data})")
     print("test speakers per fold: " + "; ".join(", ".join(map(str, s.speakers()["test"])) for s in splits))

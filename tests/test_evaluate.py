@@ -90,9 +90,16 @@ def test_a_run_trained_with_speaker_norm_is_scored_per_speaker_by_default(speake
         rows = list(csv.DictReader(stream))
     run = runs.load_run(speaker_norm_run)
     expected = infer.predict([row["path"] for row in rows], run, speaker_norm=infer.SPEAKER, speakers=[row["speaker"] for row in rows])
-    for row, prediction in zip(rows, expected):
+    alone = infer.predict([row["path"] for row in rows], run)  # each file alone, as infer.py scores it
+    for row, prediction, single in zip(rows, expected, alone):
         shared = {label: prediction.probabilities[label] for label in metrics["labels"]}
         assert row["predicted"] == max(shared, key=shared.get)
+        shared_alone = {label: single.probabilities[label] for label in metrics["labels"]}
+        assert row["predicted_alone"] == max(shared_alone, key=shared_alone.get)
+        assert float(row["confidence_alone"]) == pytest.approx(max(shared_alone.values()) / sum(shared_alone.values()), abs=1e-4)
+    true = [metrics["labels"].index(row["true"]) for row in rows]
+    assert metrics["transductive"] is True and metrics["single_file_uar"] == pytest.approx(
+        evaluate.score(true, [metrics["labels"].index(row["predicted_alone"]) for row in rows], metrics["labels"])["uar"])
 
 
 def test_folder_normalisation_is_refused_where_the_folders_are_the_classes(speaker_norm_run, write_audio, tmp_path, capsys):

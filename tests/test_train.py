@@ -24,6 +24,7 @@ from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
 
 import corpora
 import devices
+import infer
 import prosody
 import runs
 import train
@@ -275,6 +276,31 @@ def test_folds_test_every_speaker_once_and_report_mean_and_spread(corpus, tmp_pa
     assert metrics["uar_std"] == pytest.approx(np.std([fold["uar"] for fold in metrics["folds"]]))
     assert np.sum(metrics["confusion_matrix"]) == 24
     assert "model.keras" not in run_files(run)  # cross-validation evaluates; it exports nothing
+
+
+def test_a_transductive_run_also_scores_each_test_file_alone_as_infer_does(speaker_norm_run, shared_run):
+    metrics = json.loads((speaker_norm_run / "metrics.json").read_text())
+    with open(speaker_norm_run / "predictions.csv") as stream:
+        rows = list(csv.DictReader(stream))
+    run = runs.load_run(speaker_norm_run)
+    paths = [row["path"] for row in rows]
+    alone = infer.predict(paths, run)  # infer.py's default: the training speakers' statistics
+    together = infer.predict(paths, run, speaker_norm="folder")  # the test speaker's folder: their own statistics
+    for row, single, grouped in zip(rows, alone, together):
+        assert (row["predicted_alone"], float(row["confidence_alone"])) == (single.emotion, pytest.approx(single.confidence, abs=1e-4))
+        assert (row["predicted"], float(row["confidence"])) == (grouped.emotion, pytest.approx(grouped.confidence, abs=1e-4))
+    assert any(abs(float(row["confidence"]) - float(row["confidence_alone"])) > 1e-3 for row in rows)  # two scorings, not one
+    labels = run.labels
+    true = [labels.index(row["true"]) for row in rows]
+    assert metrics["transductive"] is True
+    assert metrics["single_file_uar"] == pytest.approx(trainer.score(true, [labels.index(p.emotion) for p in alone], labels)["uar"])
+    printed = trainer.format_scores(metrics, "here").splitlines()
+    assert printed[2].startswith(f"  UAR       {metrics['single_file_uar']:.3f}  each file alone, as infer.py scores it")
+    assert printed[3].startswith(f"  UAR       {metrics['uar']:.3f}  each test speaker standardised by their own files (transductive")
+
+    plain = json.loads((shared_run.folder / "metrics.json").read_text())  # without per-speaker statistics: one scoring
+    assert plain["transductive"] is False and plain["single_file_uar"] == plain["uar"]
+    assert "each file alone" not in trainer.format_scores(plain, "here")
 
 
 def test_a_crash_leaves_earlier_runs_alone_and_resume_finishes_the_run(corpus, tmp_path, shared_run):
