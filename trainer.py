@@ -479,9 +479,10 @@ def train_split(
         for example, row in zip(test, probabilities):
             if not np.all(np.isfinite(row)):
                 raise TrainingError(f"{example.path}: the trained model gave non-finite probabilities; no score is reported")
+        # Transductive: each test speaker standardised by their own unlabelled files, which a single request cannot be.
+        transductive = options.backbone_mode == "frozen" and options.speaker_norm
         single_file = probabilities
-        if options.backbone_mode == "frozen" and options.speaker_norm:
-            # Each test file alone, as infer.py scores it: the training speakers' statistics.
+        if transductive:  # each test file alone too, as infer.py scores it: the training speakers' statistics
             single_file = batching.predict(
                 forward, [ops.convert_to_numpy(model.speaker_normalization(embeddings[e.source])) for e in test], options.batch_size,
                 vectors=[ops.convert_to_numpy(model.prosody_normalization(vectors[e.source])) for e in test] if prosodic else None,
@@ -490,8 +491,7 @@ def train_split(
         model = SpeechModel.precision_copy(model, "float32")  # what runs export: float32 on one device
 
     metrics = score([e.label for e in test], probabilities.argmax(axis=1), labels)
-    # Transductive: each test speaker standardised by their own unlabelled files, which a single request cannot be.
-    metrics["transductive"] = options.backbone_mode == "frozen" and options.speaker_norm
+    metrics["transductive"] = transductive
     metrics["single_file_uar"] = score([e.label for e in test], single_file.argmax(axis=1), labels)["uar"]
     predictions = [
         {
