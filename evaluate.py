@@ -19,7 +19,7 @@ import json
 import logging
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -51,12 +51,17 @@ class LeakingNormalisationError(EvaluationError, UsageError):
     """A speaker normalisation that would see the labels (folders that are classes); exit code 2."""
 
 
+def emotion_share(utterances: Sequence[corpora.Utterance], group: Callable[[corpora.Utterance], Hashable]) -> float:
+    """The share of files whose emotion is their group's most frequent one (1: each group holds one emotion)."""
+    by_group: dict = {}
+    for utterance in utterances:
+        by_group.setdefault(group(utterance), Counter())[utterance.label] += 1
+    return sum(max(counts.values()) for counts in by_group.values()) / len(utterances)
+
+
 def folders_are_classes(utterances: Sequence[corpora.Utterance]) -> bool:
     """Whether every folder holds files of one emotion only (class folders, or TESS's speaker_emotion folders)."""
-    labels_by_folder: dict = {}
-    for utterance in utterances:
-        labels_by_folder.setdefault(utterance.path.parent, set()).add(utterance.label)
-    return len({u.label for u in utterances}) > 1 and all(len(labels) == 1 for labels in labels_by_folder.values())
+    return len({u.label for u in utterances}) > 1 and emotion_share(utterances, lambda utterance: utterance.path.parent) == 1
 
 
 def speaker_statistics_problem(utterances: Sequence[corpora.Utterance]) -> str | None:
@@ -66,12 +71,9 @@ def speaker_statistics_problem(utterances: Sequence[corpora.Utterance]) -> str |
     finds no speakers (each file its own) or whose speakers each show mostly one emotion
     (`MAX_SPEAKER_EMOTION_SHARE`) breaks it: a speaker's mean is then their class's mean.
     """
-    by_speaker: dict = {}
-    for utterance in utterances:
-        by_speaker.setdefault(utterance.speaker, Counter())[utterance.label] += 1
-    if len(by_speaker) == len(utterances):
+    if len({u.speaker for u in utterances}) == len(utterances):
         return f"each of the {len(utterances)} files is a speaker of its own (the corpus names no speakers; --corpus folders finds them with --speaker-pattern)"
-    share = sum(max(counts.values()) for counts in by_speaker.values()) / len(utterances)
+    share = emotion_share(utterances, lambda utterance: utterance.speaker)
     if share > MAX_SPEAKER_EMOTION_SHARE:
         return f"{share:.0%} of the files carry their speaker's most frequent emotion, so each speaker's statistics are mostly one emotion's"
     return None

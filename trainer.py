@@ -224,6 +224,16 @@ def standardize_per_speaker(normalization, embeddings: dict, speaker_of: dict) -
     }
 
 
+def standardize_pooled(normalization, arrays: dict) -> dict:
+    """Every array of ``arrays`` standardised by ``normalization`` (the model's `Standardization`) with its stored statistics.
+
+    The training speakers' pooled statistics: what a single request gets (infer.py's default).
+    """
+    from keras import ops
+
+    return {source: ops.convert_to_numpy(normalization(array)) for source, array in arrays.items()}
+
+
 def validation_uar_callback(
     forward: Callable[..., np.ndarray],
     inputs: list[np.ndarray],
@@ -419,8 +429,8 @@ def train_split(
                 inputs = standardize_per_speaker(model.speaker_normalization, embeddings, speaker_of)
                 prosodic = standardize_per_speaker(model.prosody_normalization, vectors, speaker_of) if vectors else {}
             else:
-                inputs = {source: ops.convert_to_numpy(model.speaker_normalization(array)) for source, array in embeddings.items()}
-                prosodic = {source: ops.convert_to_numpy(model.prosody_normalization(vector)) for source, vector in vectors.items()}
+                inputs = standardize_pooled(model.speaker_normalization, embeddings)
+                prosodic = standardize_pooled(model.prosody_normalization, vectors)
         else:
             inputs, prosodic = extracted.segments, {}
 
@@ -483,9 +493,10 @@ def train_split(
         transductive = options.backbone_mode == "frozen" and options.speaker_norm
         single_file = probabilities
         if transductive:  # each test file alone too, as infer.py scores it: the training speakers' statistics
+            alone = standardize_pooled(model.speaker_normalization, {e.source: embeddings[e.source] for e in test})
+            alone_vectors = standardize_pooled(model.prosody_normalization, {e.source: vectors[e.source] for e in test}) if prosodic else None
             single_file = batching.predict(
-                forward, [ops.convert_to_numpy(model.speaker_normalization(embeddings[e.source])) for e in test], options.batch_size,
-                vectors=[ops.convert_to_numpy(model.prosody_normalization(vectors[e.source])) for e in test] if prosodic else None,
+                forward, list(alone.values()), options.batch_size, vectors=None if alone_vectors is None else list(alone_vectors.values())
             )
     if options.precision != "float32" or placement.devices > 1:
         model = SpeechModel.precision_copy(model, "float32")  # what runs export: float32 on one device
