@@ -1,7 +1,8 @@
 """Data enhancement and class balancing for the training files.
 
 An `Enhancement` is one concrete, reproducible change of one utterance: speed
-perturbation, a time shift and additive noise at a given SNR. `draw_enhancement`
+perturbation, a time shift and additive noise at a given SNR. A `SpeakerPerturbation`
+changes who seems to speak (pitch and formants), for pseudo-speakers. `draw_enhancement`
 picks one at random from the ranges; `enhancement_for` derives it from a seed, the
 file's name and a copy number, so the same seed always gives the same enhanced
 files (and their cached features) whatever the split or the fold.
@@ -21,6 +22,9 @@ import soxr
 SNR_RANGE_DB = (10.0, 30.0)  # additive white noise, dB below the utterance's power
 SPEED_RANGE = (0.9, 1.1)  # speed factor (>1 faster and higher, as Kaldi's speed perturbation)
 MAX_SHIFT_SECONDS = 0.25  # silence added (or audio cut) at the start, either way
+# Pseudo-speakers (train.py --pseudo-speakers): pitch and formants moved by these many semitones,
+# about the spread between two speakers of one sex; each a pseudo-speaker per training speaker.
+PSEUDO_SPEAKER_SEMITONES = (-3.0, 3.0, -1.5, 1.5)
 
 
 def add_noise(y: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.ndarray:
@@ -114,6 +118,35 @@ class Enhancement:
         y = change_speed(y, self.speed, sr)
         y = shift_time(y, int(round(self.shift_seconds * sr)))
         return add_noise(y, self.snr_db, np.random.default_rng(self.noise_seed))
+
+
+@dataclass(frozen=True)
+class SpeakerPerturbation:
+    """Another-sounding speaker made from a recording: pitch and formants moved together by ``semitones``, the duration kept.
+
+    By resampling (as `change_speed`) and a phase-vocoder time stretch back to the
+    original length (librosa.effects.pitch_shift): the spectral envelope moves with the
+    pitch, as between a shorter and a longer vocal tract. Every recording of a training
+    speaker perturbed alike makes a pseudo-speaker (`pseudo_speaker`) with statistics of its own.
+
+    Attributes
+    ----------
+    semitones : float
+        Up (> 0) or down (< 0).
+    """
+
+    semitones: float
+
+    def apply(self, y: np.ndarray, sr: int) -> np.ndarray:
+        """The perturbed copy of ``y`` (mono at ``sr``), float32, of the same length."""
+        import librosa
+
+        return librosa.effects.pitch_shift(y.astype(np.float32), sr=sr, n_steps=self.semitones, res_type="soxr_hq").astype(np.float32)
+
+
+def pseudo_speaker(speaker: object, perturbation: SpeakerPerturbation) -> str:
+    """The name of the pseudo-speaker ``perturbation`` makes of ``speaker``: ``"7+3st"``."""
+    return f"{speaker}{perturbation.semitones:+g}st"
 
 
 def draw_enhancement(

@@ -131,11 +131,16 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+class _Unset(list):
+    """The marker of `given_options`."""
+
+
 def given_options(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> set[str]:
     """The destinations of the options set on the command line ``argv`` (as opposed to left at their defaults)."""
-    unset = object()
+    unset = _Unset()
     names = vars(parser.parse_args(argv))
-    # argparse fills in a default only where the namespace lacks the name: a marker shows what was parsed.
+    # argparse fills in a default only where the namespace lacks the name: a marker shows what was parsed
+    # (a list, which an "append" option copies before adding to it).
     parsed = parser.parse_args(argv, namespace=argparse.Namespace(**dict.fromkeys(names, unset)))
     return {name for name, value in vars(parsed).items() if value is not unset}
 

