@@ -536,6 +536,17 @@ def test_a_fresh_clone_downloads_the_corpus_and_trains_from_any_working_director
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    # Before any training, saved_model/ holding its README alone: the shipped pretrained model answers.
+    voices = source / "Actor_21"
+    predicted = subprocess.run([sys.executable, str(clone / "infer.py"), str(voices), "--format", "csv"], cwd=elsewhere, env=env,
+                               capture_output=True, text=True, timeout=300)
+    assert predicted.returncode == 0, predicted.stderr
+    pretrained_labels = json.loads((clone / "pretrained" / runs.LABELS).read_text())
+    rows = list(csv.DictReader(predicted.stdout.splitlines()))
+    assert sorted(row["path"] for row in rows) == sorted(str(path) for path in voices.iterdir())
+    assert all(row["emotion"] in pretrained_labels for row in rows)
+    assert f"no trained run in {clone / 'saved_model'}: using the pretrained model {clone / 'pretrained'}" in predicted.stderr
+    assert "Traceback" not in predicted.stderr
     # The README's first command, from another folder, with the archive served from a file instead of Zenodo.
     done = subprocess.run(
         [sys.executable, str(clone / "train.py"), "30", "--download-url", archive.as_uri()],
