@@ -177,7 +177,7 @@ def enrol(paths: Sequence[str | os.PathLike], run: Run, *, window: float = utils
 
     A few seconds of the speaker's speech, whatever its emotions, are enough: three
     recordings scored 0.57 UAR on RAVDESS where each file alone scored 0.48 (docs/RESULTS.md).
-    An unreadable file is reported on stderr once and left out.
+    An unreadable file is logged once (a warning) and left out.
 
     Raises
     ------
@@ -191,27 +191,27 @@ def enrol(paths: Sequence[str | os.PathLike], run: Run, *, window: float = utils
     if not run.speaker_norm:
         raise UsageError(f"--enroll: run {run.folder} was not trained with --speaker-norm, so a speaker's statistics mean nothing to it; drop --enroll")
     files = audio_files(paths)
-    jobs = []
+    jobs, failed = [], {}
     for index, path in enumerate(files):
         try:
             jobs += [_Window(index, start, end) for start, end in window_spans(utils.audio_info(path).duration, window)]
         except utils.AudioError as error:
-            print(f"skipped enrolment file: {error}", file=sys.stderr)
-    embeddings, vectors, used, reported = RunningStatistics(), RunningStatistics(), set(), set()
+            failed[index] = str(error)
+    windows: dict[int, list[_Window]] = {}
     for item in _computed(jobs, files, run):
         if item.error is not None:
-            if item.file not in reported:
-                print(f"skipped enrolment file: {item.error}", file=sys.stderr)
-                reported.add(item.file)
-            continue
-        embeddings.update(run.embed(item.segments[np.newaxis])[0])
-        if item.prosody is not None:
-            vectors.update(item.prosody[np.newaxis])
-        used.add(item.file)
+            failed.setdefault(item.file, item.error)
+        else:
+            windows.setdefault(item.file, []).append(item)
+    for error in failed.values():
+        logger.warning("skipped enrolment file: %s", error)
+    used = [members for index, members in windows.items() if index not in failed]
     if not used:
         raise InferenceError(f"--enroll: none of the {len(files)} enrolment files could be read; give recordings of the speaker")
-    seconds = sum(job.end - job.start for job in jobs if job.file in used and job.file not in reported)
-    return Enrolment(embeddings.mean, vectors.mean if run.prosody_set is not None else None, len(used - reported), seconds)
+    items = [item for members in used for item in members]
+    embeddings = RunningStatistics.of(run.embed(item.segments[np.newaxis])[0] for item in items)
+    prosody_mean = None if run.prosody_set is None else RunningStatistics.of(item.prosody[np.newaxis] for item in items).mean
+    return Enrolment(embeddings.mean, prosody_mean, len(used), sum(item.end - item.start for item in items))
 
 
 # ---------------------------------------------------------------- prediction

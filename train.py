@@ -95,6 +95,10 @@ def run(
     utterances = corpora.read_corpus(corpus, options.dataset, download=options.download, url=options.download_url, cache_dir=cache_dir)
     added = {dataset: read_added_dataset(dataset, options, cache_dir) for dataset in options.added_datasets}
     added_utterances = [u for _, read in added.values() for u in read]
+    repeated = sorted(path for path, count in Counter(u.path.resolve() for u in utterances + added_utterances).items() if count > 1)
+    if repeated:
+        raise UsageError(f"--dataset folders {', '.join([options.dataset, *added])} share files (such as {repeated[0]}): "
+                         "their speakers would be in training and test at once; give each corpus once")
     labels = class_labels(
         [corpus, *(added_corpus for added_corpus, _ in added.values())], utterances + added_utterances,
         " and ".join([options.dataset, *added]), custom_labels=options.custom_labels,

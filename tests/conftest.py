@@ -50,6 +50,14 @@ def run_cli(main, argv, capsys) -> tuple[int, str, str]:
     return code, captured.out, captured.err
 
 
+@pytest.fixture(autouse=True)
+def no_pretrained_model(tmp_path_factory, monkeypatch):
+    """No shipped pretrained model: a test without a run of its own must not get the repository's (tests that want one make one)."""
+    import runs
+
+    monkeypatch.setattr(runs, "PRETRAINED", tmp_path_factory.getbasetemp() / "no-pretrained-model")
+
+
 @pytest.fixture
 def no_accelerator(monkeypatch):
     """A machine without GPUs or TPUs, whatever this one has: the defaults that depend on them, as on a CPU."""

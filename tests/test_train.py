@@ -44,19 +44,20 @@ def small_backbone():
     return tiny_backbone(SEGMENT_SHAPE)
 
 
-@pytest.fixture
-def corpus(tmp_path):
-    """Actors 1-4, three emotions, two files each (24 files)."""
-    folder = tmp_path / "dataset"
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Actors 1-4, three emotions, two files each (24 files); only read, so one for the module, its feature cache beside it."""
+    folder = tmp_path_factory.mktemp("corpus") / "dataset"
     write_ravdess(folder, actors=(1, 2, 3, 4), emotions=EMOTIONS)
     return folder
 
 
 def options_for(corpus: Path, tmp_path: Path, **changes) -> trainer.Options:
+    """Options of a tiny frozen run on ``corpus``, writing its run under ``tmp_path``; the features are cached for the module (`corpus`)."""
     settings = dict(
         epochs=2, dataset=str(corpus), test_speakers=[4], val_speakers=[3], backbone_mode="frozen",
         weights="none", batch_size=4, learning_rate=1e-3, output=str(tmp_path / "runs"),
-        cache_dir=str(tmp_path / "cache"), download=False,
+        cache_dir=str(corpus.parent / "cache"), download=False,
         **TINY_BACKBONE_OPTIONS,
     )
     settings.update(changes)
@@ -327,27 +328,30 @@ def test_pseudo_speakers_are_every_unenhanced_training_input_perturbed_alike_und
         assert block == [((source, perturbation), dataclasses.replace(u, speaker=f"{u.speaker}{semitones:+g}st")) for source, u in plain]
 
 
-def test_a_second_dataset_joins_every_split_s_training_part_with_its_speakers_kept_apart(corpus, tmp_path):
+def test_a_second_dataset_joins_every_split_s_training_part_with_its_speakers_kept_apart(corpus, tmp_path, capsys):
     emodb = tmp_path / "emodb" / "wav"
     emodb.mkdir(parents=True)
     for speaker in (3, 8):
         for code, frequency in (("T", 600), ("L", 900), ("W", 750)):  # sad, bored (a class RAVDESS lacks), angry
             sf.write(emodb / f"{speaker:02d}a01{code}a.wav", tone(frequency, 1.0, amplitude=0.3), 16000)
     code = train.main(["1", "--dataset", str(corpus), "--dataset", str(tmp_path / "emodb"), "--test-speakers", "4", "--val-speakers", "3",
-                       "--weights", "none", "--image-size", "64", "--stages", "last", "--prosody", "none", "--folds", "3",
-                       "--output", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), "--no-download"])
+                       "--weights", "none", "--image-size", "64", "--stages", "last", "--prosody", "none",
+                       "--output", str(tmp_path / "runs"), "--cache-dir", str(corpus.parent / "cache"), "--no-download"])
     assert code == 0
     (run,) = (tmp_path / "runs").iterdir()
     metrics = json.loads((run / "metrics.json").read_text())
     options = json.loads((run / runs.OPTIONS).read_text())
     assert (options["dataset"], options["added_datasets"]) == (str(corpus), [str(tmp_path / "emodb")])
     assert metrics["labels"] == ["neutral", "sad", "angry", "bored"]  # RAVDESS's order, then what EMO-DB adds
-    for fold in metrics["folds"]:
-        assert "emodb:3" in fold["speakers"]["train"] and "emodb:8" in fold["speakers"]["train"]
-        assert all(isinstance(speaker, int) for part in ("validation", "test") for speaker in fold["speakers"][part])
-        assert fold["per_class_recall"]["bored"] is None  # scored on the first corpus only
-    assert sorted(speaker for fold in metrics["folds"] for speaker in fold["speakers"]["test"]) == [1, 2, 3, 4]
-    assert sum(fold["files"]["test"] for fold in metrics["folds"]) == 24
+    assert metrics["speakers"] == {"train": [1, 2, "emodb:3", "emodb:8"], "validation": [3], "test": [4]}
+    assert metrics["files"]["training_files"] == 12 + 6 and metrics["files"]["test"] == 6  # scored on the first corpus only
+    assert metrics["per_class_recall"]["bored"] is None
+
+    code = train.main(["1", "--dataset", str(corpus), "--dataset", str(corpus / "Actor_04"), "--no-download", "--weights", "none",
+                       "--output", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"error: --dataset folders {corpus}, {corpus / 'Actor_04'} share files (such as {corpus / 'Actor_04'}" in err
+    assert "give each corpus once" in err and len(list((tmp_path / "runs").iterdir())) == 1  # nothing new written
 
 
 def test_a_crash_leaves_earlier_runs_alone_and_resume_finishes_the_run(corpus, tmp_path, shared_run):
