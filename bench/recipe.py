@@ -27,6 +27,7 @@ import librosa  # noqa: E402
 import numpy as np  # noqa: E402
 
 import corpora  # noqa: E402
+from trainer import ENROLMENT_FILES  # noqa: E402
 import utils  # noqa: E402
 
 N_MFCC = 40  # MFCCs per frame
@@ -56,8 +57,8 @@ def baseline_uar(utterances: list, descriptors: dict, split: corpora.SpeakerSpli
 
 
 def run_uars(run: Path, splits: list[corpora.SpeakerSplit]) -> list[tuple[str, list[float]]]:
-    """The run's description and its UAR per fold, and for a transductive run a second row, each file
-    scored alone (as infer.py scores it); refuses a run whose folds differ from ``splits``."""
+    """The run's description and its UAR per fold, and for a transductive run more rows: each file scored
+    alone (as infer.py scores it), and alone after enrolment (infer.py --enroll); refuses a run whose folds differ from ``splits``."""
     metrics = json.loads((run / "metrics.json").read_text())
     if "folds" not in metrics:
         raise SystemExit(f"error: {run} is not a cross-validation run (train.py --folds K)")
@@ -77,6 +78,8 @@ def run_uars(run: Path, splits: list[corpora.SpeakerSplit]) -> list[tuple[str, l
     rows = [(name + (" (transductive)" if metrics.get("transductive") else ""), [fold["uar"] for fold in metrics["folds"]])]
     if metrics.get("transductive") and all("single_file_uar" in fold for fold in metrics["folds"]):
         rows.append((f"{run.name}: the same, each file alone", [fold["single_file_uar"] for fold in metrics["folds"]]))
+    if metrics.get("transductive") and all("enrolled_uar" in fold for fold in metrics["folds"]):
+        rows.append((f"{run.name}: the same, each file alone after {ENROLMENT_FILES} of its speaker's enrolled", [fold["enrolled_uar"] for fold in metrics["folds"]]))
     return rows
 
 
