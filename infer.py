@@ -175,8 +175,9 @@ class Enrolment:
 def enrol(paths: Sequence[str | os.PathLike], run: Run, *, window: float = utils.WINDOW_SECONDS) -> Enrolment:
     """The `Enrolment` of the speaker of ``paths`` (files and folders): every window of every readable file.
 
-    A few seconds of the speaker's speech, whatever its emotions, are enough: three
-    recordings scored 0.57 UAR on RAVDESS where each file alone scored 0.48 (docs/RESULTS.md).
+    A few seconds of the speaker's speech, whatever its emotions: three recordings scored
+    0.57 UAR on RAVDESS where each file alone scored 0.48, and no better than the file alone on
+    emodb-dev's 2 s files (docs/RESULTS.md).
     An unreadable file is logged once (a warning) and left out.
 
     Raises
@@ -666,7 +667,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=positive_int, default=BATCH_WINDOWS, help=f"windows per model call, at most: a call also holds at most {BATCH_SEGMENTS} segments, which bounds memory")
     parser.add_argument("--precision", choices=PRECISIONS, default="float32", help="how the model computes, with --runtime keras (mixed precision from model.keras: float16 for GPUs) or openvino (float32 or bfloat16): bfloat16 is about 1.5x faster on CPUs with bf16 units, probabilities a little off float32's")
     parser.add_argument("--speaker-norm", choices=(*SPEAKER_NORM_MODES, STREAM_NORM), default=None, help="for runs trained with speaker normalisation (train.py's default in frozen mode): standardise with the statistics of each folder (one speaker per folder, with several emotions: folders named after emotions are refused), of each file, of the stream so far (running, --stream only), or of the training speakers (none, as the exported model; also what a window alone in its folder or file gets) (default: none for files; running for a stream of such a run)")
-    parser.add_argument("--enroll", action="append", default=None, metavar="PATH", help="a few seconds of the speaker's speech (files or folders; repeat for more): every PATH is that speaker, standardised with the means of these recordings instead of the training speakers' (runs trained with speaker normalisation; scored 0.57 UAR on RAVDESS with three recordings, 0.48 without)")
+    parser.add_argument("--enroll", action="append", default=None, metavar="PATH", help="a few seconds of the speaker's speech (files or folders; repeat for more): every PATH is that speaker, standardised with the means of these recordings instead of the training speakers' (runs trained with speaker normalisation; three recordings scored 0.57 UAR on RAVDESS, 0.48 without, and no gain on EMO-DB's 2 s files)")
     parser.add_argument("--stream", nargs="?", const=MICROPHONE, default=None, metavar="SOURCE", help=f"predict a live stream, one line per {stream.HOP_SECONDS:g} s hop over its last {stream.WINDOW_SECONDS:g} s, until it ends (exit 0) or Ctrl-C (130): the default microphone (needs the sounddevice package), or - for raw 16-bit little-endian mono PCM on standard input")
     parser.add_argument("--stream-rate", type=positive_int, default=16000, help="sample rate of the PCM on standard input, in Hz (--stream -)")
     parser.add_argument("--runtime", choices=RUNTIMES, default="keras", help="what runs the model: its model.keras, or its ONNX export with ONNX Runtime or OpenVINO, or its LiteRT export (made once into RUN/export/ where missing, about 30 s; training speakers' statistics only, so --speaker-norm none); openvino --precision bfloat16 is the fastest on CPUs with bf16 units")
