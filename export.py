@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +34,7 @@ import cli
 import prosody
 import runs
 from cli import positive_float
-from files import PARTIAL_PREFIX, folder_problem
+from files import atomic_folder, folder_problem
 from utils import WINDOW_SECONDS
 
 logger = logging.getLogger("export")
@@ -144,10 +143,7 @@ def export(run: runs.Run, export_format: str, output: Path, *, window_seconds: f
         raise ExportError(f"exporting works under KERAS_BACKEND=tensorflow or jax, not {keras.backend.backend()}")
     keras_format, name, _ = FORMATS[export_format]
     window_samples = int(round(window_seconds * run.features.sr))
-    scratch = output.with_name(f"{PARTIAL_PREFIX}{output.name}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    try:
+    with atomic_folder(output) as scratch:
         waveform = keras.InputSpec(shape=(None,), dtype="float32", name="waveform")
         example = np.zeros(window_samples, np.float32)
         if run.prosody_set is None:
@@ -165,16 +161,6 @@ def export(run: runs.Run, export_format: str, output: Path, *, window_seconds: f
         except Exception as error:  # the converters raise many kinds; each means this export failed
             raise ExportError(f"--format {export_format}: the converter failed: {runs.first_line(error)}") from error
         (scratch / CONTRACT).write_text(json.dumps(contract(run, export_format, window_seconds), indent=2))
-        if output.exists():
-            old = output.with_name(f"{PARTIAL_PREFIX}old-{output.name}")
-            shutil.rmtree(old, ignore_errors=True)
-            output.rename(old)
-            scratch.rename(output)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            scratch.rename(output)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
     return output / name
 
 

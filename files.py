@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -33,6 +34,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(partial, path)
     finally:
         partial.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """An empty scratch folder beside ``folder`` to fill; it replaces ``folder`` when the block ends without error.
+
+    An earlier ``folder`` is moved aside, not removed, until the new one is in place; the
+    scratch folder is removed when the block raises, Ctrl-C included.
+    """
+    folder = Path(folder)
+    scratch = folder.with_name(f"{PARTIAL_PREFIX}{folder.name}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    scratch.mkdir(parents=True)
+    try:
+        yield scratch
+        if folder.exists():
+            old = folder.with_name(f"{PARTIAL_PREFIX}old-{folder.name}")
+            shutil.rmtree(old, ignore_errors=True)
+            folder.rename(old)
+            scratch.rename(folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            scratch.rename(folder)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def write_atomically(path: str | os.PathLike, data: str | bytes | Callable[[Path], None]) -> None:

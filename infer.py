@@ -365,7 +365,7 @@ def predict(
         if runtime != "keras":
             results = _forward_exported(jobs, files, run, runtime, window, precision)
         elif enrolment is not None:
-            results = _forward_standardized(jobs, files, run, lambda job: (job.file, job.start), batch_size, enrolment)
+            results = _forward_standardized(jobs, files, run, lambda job: job.file, batch_size, enrolment)
         elif speaker_norm == "none":
             results = _forward_windows(_computed(jobs, files, run), run, batch_size)
         else:
@@ -479,7 +479,8 @@ def _forward_standardized(
     """Each window with its class probabilities, its embeddings standardised with its group's statistics, or with ``enrolment``'s means.
 
     A group (a folder, a file, a speaker) is embedded whole first: its statistics need every window.
-    A window alone in its group takes the training speakers' statistics (`ALONE_IN_GROUP`).
+    A window alone in its group takes the training speakers' statistics (`ALONE_IN_GROUP`). With
+    ``enrolment`` the groups only batch the model calls.
     """
     from SpeechModel import RunningStatistics
 
@@ -707,10 +708,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     def work() -> int:
         paths = audio_files(args.paths)  # path mistakes are reported before the model loads
-        if args.enroll:
-            audio_files(args.enroll)
+        enrolment_files = audio_files(args.enroll) if args.enroll else None
         run = load_run(args.model, precision=args.precision) if args.model is not None else load_newest_run(precision=args.precision)
-        enrolment = enrol(args.enroll, run, window=args.window) if args.enroll else None
+        enrolment = enrol(enrolment_files, run, window=args.window) if enrolment_files else None
         predictions = predict(
             paths, run, window=args.window, batch_size=args.batch_size, precision=args.precision,
             speaker_norm=args.speaker_norm or "none", enrolment=enrolment, runtime=args.runtime,

@@ -173,19 +173,14 @@ def write_light_run(run: Run, folder: Path) -> None:
         for part in LIGHT_PARTS if getattr(run.model, part) is not None
         for index, weight in enumerate(getattr(run.model, part).weights)
     }
-    scratch = folder.with_name(f"{PARTIAL_PREFIX}{folder.name}")
-    shutil.rmtree(scratch, ignore_errors=True)
-    scratch.mkdir(parents=True)
-    write_json(scratch / LIGHT_RECIPE, recipe)
-    files.write_atomically(scratch / LIGHT_WEIGHTS, lambda path: np.savez_compressed(path, **weights))
-    for name in (LABELS, OPTIONS, METRICS):
-        if (run.folder / name).is_file():
-            shutil.copyfile(run.folder / name, scratch / name)
-    if (folder / MODEL_CARD).is_file():  # written by people: kept
-        shutil.copyfile(folder / MODEL_CARD, scratch / MODEL_CARD)
-    if folder.exists():
-        shutil.rmtree(folder)
-    scratch.rename(folder)
+    with files.atomic_folder(folder) as scratch:
+        write_json(scratch / LIGHT_RECIPE, recipe)
+        np.savez_compressed(scratch / LIGHT_WEIGHTS, **weights)
+        for name in (LABELS, OPTIONS, METRICS):
+            if (run.folder / name).is_file():
+                shutil.copyfile(run.folder / name, scratch / name)
+        if (folder / MODEL_CARD).is_file():  # written by people: kept
+            shutil.copyfile(folder / MODEL_CARD, scratch / MODEL_CARD)
 
 
 def _weights_digest(layer) -> str:

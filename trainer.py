@@ -547,7 +547,7 @@ def train_split(
     metrics = score([e.label for e in test], probabilities.argmax(axis=1), labels)
     metrics["transductive"] = transductive
     metrics["single_file_uar"] = score([e.label for e in test], single_file.argmax(axis=1), labels)["uar"]
-    if transductive and enrolled is not None:
+    if enrolled is not None:  # transductive runs only
         metrics["enrolled_uar"] = enrolled
     predictions = [
         {
