@@ -11,6 +11,9 @@ that round-trips through ``get_config`` and ``.keras`` files (keras-hub's style)
                            group's own (a speaker's, a folder's, a stream's running estimate)
     prosody_normalization  Standardization of the utterance-level prosodic vector, alike
                            (None for a model without a prosodic branch)
+    prosodic_front_end     prosody_frontend.ProsodicFrontEnd: PCM windows -> the permissive prosodic
+                           vector, in the graph (derived from ``prosody_set``, no weights; None for
+                           other sets, or a front end at another rate than 16 kHz)
     head                   ClassifierHead: BLSTM, attention pooling, Dense 256, Dense 128 and
                            softmax (the paper's), or statistics pooling and a logistic regression;
                            the prosodic vector joins the pooled one before the dense layers
@@ -40,6 +43,8 @@ from backbones import BackboneWeightsError, build_backbone, get_backbone, load_w
 from devices import dtype_policy
 from frontend import PACKAGE, LogMelFrontEnd
 from prosody import FEATURE_WIDTHS as PROSODY_WIDTHS
+from prosody import SR as PROSODY_SR
+from prosody_frontend import ProsodicFrontEnd
 from heads import HEADS, HeadConfig  # noqa: F401  (HEADS: part of this module's interface)
 from utils import DEFAULT_FEATURES, PAD_VALUE, FeatureConfig
 
@@ -524,8 +529,9 @@ class EmotionRecognizer(keras.Model):
     (batch, classes): training feeds it cached segments. With a prosodic branch
     (``prosody_set``, a name in `prosody.FEATURE_SETS`) it takes a second input, each
     utterance's prosodic vector (batch, values) as `prosody.FEATURE_SETS` computes it from the
-    same audio (outside the graph: YIN's search is not a tensor program), standardised by
-    ``prosody_normalization`` like the embeddings. The forward API:
+    same audio, standardised by ``prosody_normalization`` like the embeddings; from a waveform,
+    ``prosodic_front_end`` computes the permissive set in the graph (openSMILE's egemaps set
+    stays outside it). The forward API:
 
     - ``embed(segments)``: (batch, segments, features) backbone embeddings;
     - ``classify(embeddings, mean=None, std=None, prosody=None, prosody_mean=None,
@@ -533,7 +539,8 @@ class EmotionRecognizer(keras.Model):
       `utils.PAD_VALUE`) and prosodic vectors, standardised with the stored training
       statistics, or with a group's own means and deviations (`RunningStatistics`);
     - ``predict_waveform(waveform, prosody=None)``: (windows, samples) PCM at
-      ``front_end.features.sr`` (and each window's prosodic vector) -> per-window probabilities.
+      ``front_end.features.sr`` -> per-window probabilities; each window's prosodic vector is
+      computed in the graph where ``prosodic_front_end`` can, else it must be given.
 
     Args:
         front_end: frontend.LogMelFrontEnd. Its features are the run's.
@@ -584,6 +591,8 @@ class EmotionRecognizer(keras.Model):
         self.head = head
         self.prosody_set = prosody_set
         self.prosody_normalization = prosody_normalization
+        in_graph = prosody_set == "permissive" and front_end.features.sr == PROSODY_SR
+        self.prosodic_front_end = ProsodicFrontEnd(name="prosodic_front_end", dtype="float32") if in_graph else None
 
     @property
     def features(self) -> FeatureConfig:
@@ -609,7 +618,13 @@ class EmotionRecognizer(keras.Model):
         )
 
     def predict_waveform(self, waveform, prosody=None, return_attention: bool = False):
-        """PCM windows (windows, samples), float32 at ``features.sr``, each row a whole window, and their prosodic vectors (windows, values) -> probabilities (windows, classes)."""
+        """PCM windows (windows, samples), float32 at ``features.sr``, each row a whole window -> probabilities (windows, classes).
+
+        ``prosody`` (windows, values): the windows' prosodic vectors, needed where
+        ``prosodic_front_end`` is None; where it is not, computed from the windows when None.
+        """
+        if prosody is None and self.prosodic_front_end is not None:
+            prosody = self.prosodic_front_end(waveform)
         segments = self.front_end(waveform)
         return self.head(
             self.speaker_normalization(self.encoder(segments)), self._standardized_prosody(prosody), return_attention=return_attention

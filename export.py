@@ -7,10 +7,12 @@ normalisation statistics, head), so it runs with TensorFlow, ONNX Runtime (or Op
 interpreter alone, without this project. Its one input, ``waveform``, is a recording as
 float32 mono PCM in [-1, 1] at the run's sample rate (16 kHz by default; resample first),
 any length; it is cut into equal windows of about ``--window`` seconds inside the graph
-(`frontend.split_windows`), as infer.py cuts files. A run with a prosodic branch takes a
-second input, ``prosody`` (windows, values): each window's vector of the run's set,
-`prosody.FEATURE_SETS` computed on the window's samples outside the graph (YIN's period search
-and openSMILE are not tensor programs); the contract states the set, its function and its
+(`frontend.split_windows`), as infer.py cuts files. A run with the permissive prosodic branch
+(the default recipe's) computes each window's prosodic vector in the graph too
+(`prosody_frontend.ProsodicFrontEnd`), so the waveform is still the one input. Only a run whose
+vector cannot be a tensor program (openSMILE's egemaps set, or a front end at another rate
+than 16 kHz) takes a second input, ``prosody`` (windows, values), computed outside the graph
+(`prosody.FEATURE_SETS` on each window's samples); the contract states its set, function and
 value names. Two outputs: ``window_probabilities`` (windows, classes) and ``probabilities``
 (classes,), the windows' mean. ``contract.json`` beside the artefact says all of this, with
 the labels in output order.
@@ -22,10 +24,13 @@ renamed when complete (an earlier export there is replaced only then).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
+import os
+import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +40,7 @@ import prosody
 import runs
 from cli import positive_float
 from files import atomic_folder, folder_problem
-from utils import WINDOW_SECONDS
+from utils import WINDOW_SECONDS, FeatureConfig
 
 logger = logging.getLogger("export")
 
@@ -58,7 +63,7 @@ def serving_model(model, window_samples: int):
     """A Keras model around ``model`` (an `SpeechModel.EmotionRecognizer`): one recording (samples,) [and its windows' prosody] -> both outputs.
 
     For export only: it is traced with a (samples,) float32 signature (and (windows, values)
-    for a prosodic branch) and never saved itself.
+    where `takes_prosody`) and never saved itself.
     """
     import keras
     from keras import ops
@@ -78,6 +83,11 @@ def serving_model(model, window_samples: int):
             return {"window_probabilities": probabilities, "probabilities": ops.mean(probabilities, axis=0)}
 
     return Serving()
+
+
+def takes_prosody(run: runs.Run) -> bool:
+    """Whether the run's artefact takes the windows' prosodic vectors as a second input (its set is not computed in the graph)."""
+    return run.prosody_set is not None and run.model.prosodic_front_end is None
 
 
 def contract(run: runs.Run, export_format: str, window_seconds: float) -> dict:
@@ -108,14 +118,17 @@ def contract(run: runs.Run, export_format: str, window_seconds: float) -> dict:
             "the last samples % count samples are dropped",
         },
         "prosody": None if run.prosody_set is None else {
-            "name": "prosody",
-            "dtype": "float32",
-            "shape": ["windows", run.model.head.config.prosody_features],
             "set": run.prosody_set,
-            "function": f"prosody.FEATURE_SETS[{run.prosody_set!r}](window, sample_rate) of this project's prosody.py",
-            "note": "one row per window, in order: each window's samples cut by the windows rule, its vector computed outside "
-            "the graph (YIN's search is not a tensor program); the artefact standardises it with the training speakers' statistics",
             "values": list(prosody.FEATURE_NAMES) if run.prosody_set == "permissive" else "openSMILE's eGeMAPSv02 functionals, in its order",
+            **({"computed": "in the graph, from each window's samples: nothing to pass"} if not takes_prosody(run) else {
+                "computed": "outside the graph: pass it as the second input",
+                "name": "prosody",
+                "dtype": "float32",
+                "shape": ["windows", run.model.head.config.prosody_features],
+                "function": f"prosody.FEATURE_SETS[{run.prosody_set!r}](window, sample_rate) of this project's prosody.py",
+                "note": "one row per window, in order: each window's samples cut by the windows rule; the artefact "
+                "standardises it with the training speakers' statistics",
+            }),
         },
         "outputs": {
             "window_probabilities": {"dtype": "float32", "shape": ["windows", len(run.labels)]},
@@ -146,7 +159,7 @@ def export(run: runs.Run, export_format: str, output: Path, *, window_seconds: f
     with atomic_folder(output) as scratch:
         waveform = keras.InputSpec(shape=(None,), dtype="float32", name="waveform")
         example = np.zeros(window_samples, np.float32)
-        if run.prosody_set is None:
+        if not takes_prosody(run):
             signature = [waveform]
         else:
             values = run.model.head.config.prosody_features
@@ -164,7 +177,7 @@ def export(run: runs.Run, export_format: str, output: Path, *, window_seconds: f
     return output / name
 
 
-def load_artefact(folder: Path, export_format: str, runtime: str | None = None, precision: str = "float32"):
+def load_artefact(folder: Path, export_format: str, runtime: str | None = None, precision: str = "float32") -> Callable[..., np.ndarray]:
     """The artefact in ``folder`` as a plain function: one recording (samples,) float32 at 16 kHz [, its windows' prosody (windows, values)] -> probabilities (classes,).
 
     Loaded with one runtime only, using every core, as a program without this project would:
@@ -188,6 +201,9 @@ def load_artefact(folder: Path, export_format: str, runtime: str | None = None, 
 
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = cores
+        # Measured on 7 s windows, 17 calls: 511 MB peak with ONNX Runtime's arena and planned buffers, 325 MB without.
+        options.enable_cpu_mem_arena = False
+        options.enable_mem_pattern = False
         session = onnxruntime.InferenceSession(str(folder / name), options)
         return lambda y, prosody=None: session.run(["probabilities"], _named(waveform=y, prosody=prosody))[0]
     if export_format == "litert":
@@ -207,18 +223,73 @@ def _named(**inputs: np.ndarray | None) -> dict[str, np.ndarray]:
     return {name: value for name, value in inputs.items() if value is not None}
 
 
-def exported_forward(run: runs.Run, runtime: str, window_seconds: float = WINDOW_SECONDS, precision: str = "float32"):
-    """`load_artefact` for ``runtime`` (`RUNTIMES`) on the run's export with windows of ``window_seconds``.
+@dataclasses.dataclass(frozen=True)
+class ExportedRun:
+    """A run's export loaded with one runtime, without Keras or TensorFlow: what infer.py needs of a run to predict files.
 
-    The export is made once, into RUN/export/FORMAT, where it is missing or cuts other windows.
+    ``forward(y, prosody=None)``: one window (samples,) float32 at ``features.sr`` [and its
+    prosodic vector (1, values) where ``takes_prosody``] -> probabilities (classes,).
+    """
+
+    folder: Path  # the run folder
+    labels: list[str]
+    features: FeatureConfig
+    prosody_set: str | None
+    takes_prosody: bool  # the artefact's prosody is computed outside its graph (`prosody_of`), not in it
+    forward: Callable[..., np.ndarray]
+
+    def prosody_of(self, y: np.ndarray) -> np.ndarray | None:
+        """The prosodic vector (values,) the artefact takes with ``y``; None where its graph computes it (or it has none)."""
+        return prosody.FEATURE_SETS[self.prosody_set](y, self.features.sr) if self.takes_prosody else None
+
+
+def load_exported_run(folder: Path, runtime: str, window_seconds: float = WINDOW_SECONDS, precision: str = "float32") -> ExportedRun:
+    """The run in ``folder`` as its export for ``runtime`` (`RUNTIMES`) with windows of ``window_seconds``, loaded by `load_artefact`.
+
+    The export is made once, into RUN/export/FORMAT, where it is missing, older than the
+    model or cuts other windows: by export.py in a process of its own, so that this one
+    imports neither TensorFlow nor Keras.
+
+    Raises
+    ------
+    runs.RunError
+        If the run's labels are damaged.
+    ExportError
+        If the export cannot be made (export.py's own message) or its runtime is not installed.
     """
     export_format = RUNTIMES[runtime]
-    folder = run.folder / runs.EXPORT / export_format
-    contract = folder / CONTRACT
-    if not contract.is_file() or json.loads(contract.read_text()).get("windows", {}).get("seconds") != window_seconds:
-        logger.warning("exporting %s for --runtime %s once (about 30 s) into %s", run.folder.name, runtime, folder)
-        export(run, export_format, folder, window_seconds=window_seconds)
-    return load_artefact(folder, export_format, runtime, precision)
+    output = folder / runs.EXPORT / export_format
+    labels = runs.read_labels(folder)
+    if _stale(output / CONTRACT, folder, window_seconds, labels):
+        logger.warning("exporting %s for --runtime %s once (about 30 s) into %s", folder.name, runtime, output)
+        done = subprocess.run(
+            [sys.executable, str(Path(__file__).resolve()), str(folder), "--format", export_format, "--output", str(output), "--window", repr(window_seconds)],
+            capture_output=True, text=True, env={**os.environ, "KERAS_BACKEND": "tensorflow"},  # the reference exporter
+        )
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            raise ExportError(f"exporting {folder} for --runtime {runtime} failed: {lines[-1].removeprefix('error: ') if lines else f'exit {done.returncode}'}")
+    contract = json.loads((output / CONTRACT).read_text())
+    described = contract["prosody"]
+    try:
+        forward = load_artefact(output, export_format, runtime, precision)
+    except ImportError as error:
+        raise ExportError(f"--runtime {runtime} needs {error.name or error}: pip install -r requirements.txt") from None
+    return ExportedRun(
+        folder, contract["labels"], FeatureConfig.from_dict(contract["features"]),
+        None if described is None else described["set"], described is not None and "shape" in described, forward,
+    )
+
+
+def _stale(contract: Path, folder: Path, window_seconds: float, labels: list[str]) -> bool:
+    """Whether the export beside ``contract`` is missing, older than the run's model, cuts other windows than ``window_seconds`` or names other ``labels``."""
+    if not contract.is_file():
+        return True
+    model = [folder / name for name in (runs.MODEL_KERAS, runs.LIGHT_WEIGHTS) if (folder / name).is_file()]
+    if any(path.stat().st_mtime_ns > contract.stat().st_mtime_ns for path in model):
+        return True
+    described = json.loads(contract.read_text())
+    return described.get("windows", {}).get("seconds") != window_seconds or described.get("labels") != labels
 
 
 def build_parser() -> argparse.ArgumentParser:

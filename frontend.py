@@ -32,14 +32,6 @@ from utils import FeatureConfig
 PACKAGE = "dcnn_blstmwa"  # the name every layer of the model is registered under for .keras files
 
 
-def window_count(samples, window_samples: int):
-    """How many equal windows a recording of ``samples`` is cut into: the nearest whole number of windows, at least 1.
-
-    Works on Python ints and on backend tensors alike (the export computes it in the graph).
-    """
-    return ops.maximum(ops.floor(ops.cast(samples, "float32") / window_samples + 0.5), 1.0)
-
-
 def split_windows(waveform, window_samples: int):
     """One recording (samples,) as equal windows (windows, samples // windows); the last few samples (fewer than the window count) are dropped.
 
@@ -51,7 +43,7 @@ def split_windows(waveform, window_samples: int):
         or the whole recording when it is shorter than 1.5 windows.
     """
     samples = ops.shape(waveform)[0]
-    count = ops.cast(window_count(samples, window_samples), "int32")
+    count = ops.cast(utils.window_count(ops.cast(samples, "float32"), window_samples, xp=ops), "int32")
     length = samples // count
     return ops.reshape(waveform[: count * length], (count, length))
 

@@ -37,7 +37,7 @@ from cli import positive_float, positive_int
 from errors import UsageError
 from devices import PRECISIONS
 from files import file_problem, write_atomically
-from runs import Run, load_newest_run, load_run
+from runs import Run, load_newest_run, load_run, missing_files
 
 logger = logging.getLogger("infer")
 
@@ -145,15 +145,13 @@ def audio_files(paths: Iterable[str | os.PathLike]) -> list[Path]:
 def window_spans(duration: float, window: float = utils.WINDOW_SECONDS) -> list[tuple[float, float]]:
     """Contiguous, equal (start, end) spans in seconds that cover ``duration``, each about ``window`` long.
 
-    As many as the nearest whole number of windows (`frontend.window_count`, at least one),
+    As many as the nearest whole number of windows (`utils.window_count`, at least one),
     so every span but a short file's only one lasts between 2/3 and 1.5 windows: the
     windows the exported models cut a recording into (`frontend.split_windows`).
     """
-    import frontend  # Keras: not loaded for the command line's -h
-
     if window <= 0:
         raise ValueError(f"window must be > 0 seconds, got {window!r}")
-    count = int(frontend.window_count(duration, window))
+    count = int(utils.window_count(duration, window))
     return [(duration * index / count, duration * (index + 1) / count) for index in range(count)]
 
 
@@ -251,9 +249,9 @@ def predict(
     Parameters
     ----------
     paths : sequence of str or os.PathLike
-    model_dir : str or os.PathLike or Run or None
-        A run folder of train.py (or one already loaded with `runs.load_run`); None
-        takes the newest usable run in saved_model/.
+    model_dir : str or os.PathLike or Run or export.ExportedRun or None
+        A run folder of train.py (or one already loaded: `load`); None takes the newest
+        usable run in saved_model/.
     window : float > 0, in seconds
         Files longer than this are cut into windows (see `window_spans`); the file's
         probabilities are the windows' weighted by their duration.
@@ -279,8 +277,9 @@ def predict(
         them; with ``speaker_norm="none"`` only.
     runtime : "keras", "onnxruntime", "openvino" or "litert"
         What runs the model: the run's model.keras, or its export (`export.RUNTIMES`, made
-        once into the run folder where missing) fed each window's audio; the exports
-        standardise with the training speakers' statistics, so only with ``speaker_norm="none"``.
+        once into the run folder where missing, by a process of its own: this one imports
+        neither TensorFlow nor Keras) fed each window's audio; the exports standardise with
+        the training speakers' statistics, so only with ``speaker_norm="none"``.
     progress : bool or None
         Progress bar on stderr; None shows it when stderr is a terminal and the work takes over `PROGRESS_DELAY` seconds.
 
@@ -304,23 +303,10 @@ def predict(
     if (speaker_norm == SPEAKER) != (speakers is not None) or (speakers is not None and len(speakers) != len(files)):
         raise ValueError(f"speakers, one per file, go with speaker_norm={SPEAKER!r} (got {speaker_norm!r} and "
                          f"{'no' if speakers is None else len(speakers)} speakers for {len(files)} files)")
-    if isinstance(model_dir, Run):
-        run = model_dir
-    else:
-        run = load_run(model_dir, precision=precision) if model_dir is not None else load_newest_run(precision=precision)
+    refuse_contradictions(runtime, speaker_norm, enrolment is not None, precision)
+    run = load(model_dir, runtime, window=window, precision=precision)
     if speaker_norm != "none" and not run.speaker_norm:
         raise UsageError(f"--speaker-norm {speaker_norm}: run {run.folder} was not trained with --speaker-norm; use none")
-    if runtime not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
-    if enrolment is not None and speaker_norm != "none":
-        raise UsageError(f"--enroll gives every file the enrolled speaker's statistics: drop --speaker-norm {speaker_norm}")
-    if runtime != "keras" and (speaker_norm != "none" or enrolment is not None):
-        asked, fix = ("--enroll", "drop --enroll") if enrolment is not None else (f"--speaker-norm {speaker_norm}", "use --speaker-norm none")
-        raise UsageError(f"--runtime {runtime} runs the exported model, which standardises with the training speakers' statistics: "
-                         f"{fix}, or --runtime keras for {asked}")
-    if precision not in {"keras": PRECISIONS, "openvino": tuple(export.OPENVINO_PRECISIONS)}.get(runtime, ("float32",)):
-        raise UsageError(f"--precision {precision} with --runtime {runtime}: ONNX Runtime and LiteRT compute in float32, "
-                         f"OpenVINO in {' or '.join(export.OPENVINO_PRECISIONS)}; --runtime keras takes every --precision")
     group_of: Callable[[int], Hashable] | None = {  # a file's group, by its index, in the grouped modes
         "folder": lambda index: files[index].parent,
         "file": lambda index: index,
@@ -362,8 +348,8 @@ def predict(
     # disable=None: tqdm shows the bar on a terminal only, never in a log or a pipe.
     bar = tqdm(total=len(jobs), unit="window", desc="inference", disable=None if progress is None else not progress, delay=PROGRESS_DELAY)
     with bar:
-        if runtime != "keras":
-            results = _forward_exported(jobs, files, run, runtime, window, precision)
+        if isinstance(run, export.ExportedRun):
+            results = _forward_exported(jobs, files, run)
         elif enrolment is not None:
             results = _forward_standardized(jobs, files, run, lambda job: job.file, batch_size, enrolment)
         elif speaker_norm == "none":
@@ -382,6 +368,42 @@ def predict(
         _combine(str(path), durations[index], windows[index], run.labels, errors.get(index), warnings[index])
         for index, path in enumerate(files)
     ]
+
+
+def refuse_contradictions(runtime: str, speaker_norm: str, enrolled: bool, precision: str) -> None:
+    """Refuse, in one line naming the flags, a request that ``runtime`` cannot do: the exports standardise with the training speakers' statistics, in their own precisions.
+
+    Raises
+    ------
+    UsageError
+    """
+    if runtime not in RUNTIMES:
+        raise ValueError(f"runtime must be one of {RUNTIMES}, got {runtime!r}")
+    if enrolled and speaker_norm != "none":
+        raise UsageError(f"--enroll gives every file the enrolled speaker's statistics: drop --speaker-norm {speaker_norm}")
+    if runtime != "keras" and (speaker_norm != "none" or enrolled):
+        asked, fix = ("--enroll", "drop --enroll") if enrolled else (f"--speaker-norm {speaker_norm}", "use --speaker-norm none")
+        raise UsageError(f"--runtime {runtime} runs the exported model, which standardises with the training speakers' statistics: "
+                         f"{fix}, or --runtime keras for {asked}")
+    if precision not in {"keras": PRECISIONS, "openvino": tuple(export.OPENVINO_PRECISIONS)}.get(runtime, ("float32",)):
+        raise UsageError(f"--precision {precision} with --runtime {runtime}: ONNX Runtime and LiteRT compute in float32, "
+                         f"OpenVINO in {' or '.join(export.OPENVINO_PRECISIONS)}; --runtime keras takes every --precision")
+
+
+def load(
+    model_dir: str | os.PathLike | Run | export.ExportedRun | None, runtime: str = "keras", *, window: float = utils.WINDOW_SECONDS, precision: str = "float32"
+) -> Run | export.ExportedRun:
+    """The run ``predict`` uses: ``model_dir`` (a folder, a loaded run, or None for the newest) as its model.keras (`runs.Run`) or, for another ``runtime``, its export (`export.ExportedRun`, which loads neither TensorFlow nor Keras)."""
+    if runtime == "keras":
+        if isinstance(model_dir, Run):
+            return model_dir
+        return load_run(model_dir, precision=precision) if model_dir is not None else load_newest_run(precision=precision)
+    if isinstance(model_dir, export.ExportedRun):
+        return model_dir
+    folder = model_dir.folder if isinstance(model_dir, Run) else Path(model_dir) if model_dir is not None else runs.newest_run_folder()
+    if missing_files(folder):
+        load_run(folder)  # says what the folder lacks
+    return export.load_exported_run(folder, runtime, window, precision)
 
 
 def refuse_class_folders(folders: Iterable[Path]) -> None:
@@ -510,17 +532,14 @@ def _forward_standardized(
         yield from zip(usable, batching.predict(classify, embeddings, batch_size, vectors=vectors))
 
 
-def _forward_exported(
-    jobs: list[_Window], files: list[Path], run: Run, runtime: str, window: float, precision: str
-) -> Iterator[tuple[_Window, np.ndarray | None]]:
-    """Each window with its class probabilities from the run's export in ``runtime``, one window's audio a call."""
-    forward = export.exported_forward(run, runtime, window, precision)
+def _forward_exported(jobs: list[_Window], files: list[Path], run: export.ExportedRun) -> Iterator[tuple[_Window, np.ndarray | None]]:
+    """Each window with its class probabilities from the run's export, one window's audio a call."""
     for item in _computed(jobs, files, run, audio=True):
-        # One window a call: the artefact cuts it into one window, whose prosodic vector is one row.
-        yield item, None if item.error is not None else forward(item.audio, None if item.prosody is None else item.prosody[np.newaxis])
+        # One window a call: the artefact cuts it into one window, whose prosodic vector (where it takes one) is one row.
+        yield item, None if item.error is not None else run.forward(item.audio, None if item.prosody is None else item.prosody[np.newaxis])
 
 
-def _computed(jobs: list[_Window], files: list[Path], run: Run, *, audio: bool = False) -> Iterator[_Window]:
+def _computed(jobs: list[_Window], files: list[Path], run: Run | export.ExportedRun, *, audio: bool = False) -> Iterator[_Window]:
     """Each window with its segments, or with ``audio`` its samples, and the run's prosodic vector (or its error), computed ahead in threads, in job order."""
     config = run.features
 
@@ -671,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--enroll", action="append", default=None, metavar="PATH", help="a few seconds of the speaker's speech (files or folders; repeat for more): every PATH is that speaker, standardised with the means of these recordings instead of the training speakers' (runs trained with speaker normalisation; three recordings scored 0.57 UAR on RAVDESS, 0.48 without, and no gain on EMO-DB's 2 s files)")
     parser.add_argument("--stream", nargs="?", const=MICROPHONE, default=None, metavar="SOURCE", help=f"predict a live stream, one line per {stream.HOP_SECONDS:g} s hop over its last {stream.WINDOW_SECONDS:g} s, until it ends (exit 0) or Ctrl-C (130): the default microphone (needs the sounddevice package), or - for raw 16-bit little-endian mono PCM on standard input")
     parser.add_argument("--stream-rate", type=positive_int, default=16000, help="sample rate of the PCM on standard input, in Hz (--stream -)")
-    parser.add_argument("--runtime", choices=RUNTIMES, default="keras", help="what runs the model: its model.keras, or its ONNX export with ONNX Runtime or OpenVINO, or its LiteRT export (made once into RUN/export/ where missing, about 30 s; training speakers' statistics only, so --speaker-norm none); openvino --precision bfloat16 is the fastest on CPUs with bf16 units")
+    parser.add_argument("--runtime", choices=RUNTIMES, default=None, help="what runs the model: its model.keras, or its ONNX export with ONNX Runtime or OpenVINO, or its LiteRT export (made once into RUN/export/ where missing, about 30 s, in a process of its own; training speakers' statistics only, so --speaker-norm none); openvino --precision bfloat16 is the fastest on CPUs with bf16 units (default: onnxruntime, which imports no TensorFlow, where the request allows: no --speaker-norm other than none, no --enroll, float32; else keras)")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up and progress logs")
     return parser
 
@@ -685,7 +704,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--stream {args.stream}: a stream is - (PCM on standard input) or nothing (the microphone); give files as PATH without --stream")
         if args.paths:
             parser.error("--stream reads a live stream: give it no PATH (or drop --stream to predict files)")
-        if args.format not in ("table", "jsonl") or args.output is not None or args.speaker_norm in SPEAKER_NORM_MODES[1:] or args.runtime != "keras" or args.enroll:
+        if args.format not in ("table", "jsonl") or args.output is not None or args.speaker_norm in SPEAKER_NORM_MODES[1:] or args.runtime not in (None, "keras") or args.enroll:
             parser.error("--stream prints lines as they come: --format table or jsonl, no --output, --speaker-norm running or none, --runtime keras, no --enroll")
     elif not args.paths:
         parser.error("give at least one PATH (or --stream for a live stream)")
@@ -709,11 +728,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     def work() -> int:
         paths = audio_files(args.paths)  # path mistakes are reported before the model loads
         enrolment_files = audio_files(args.enroll) if args.enroll else None
-        run = load_run(args.model, precision=args.precision) if args.model is not None else load_newest_run(precision=args.precision)
+        speaker_norm = args.speaker_norm or "none"
+        exportable = speaker_norm == "none" and not args.enroll and args.precision == "float32" and cli.installed("onnxruntime")
+        runtime = args.runtime or ("onnxruntime" if exportable else "keras")
+        refuse_contradictions(runtime, speaker_norm, bool(args.enroll), args.precision)
+        try:
+            run = load(args.model, runtime, window=args.window, precision=args.precision)
+        except export.ExportError as error:
+            if args.runtime is not None:
+                raise
+            runtime = "keras"
+            run = load(args.model, runtime, window=args.window, precision=args.precision)  # a damaged run says so here, in one line
+            logger.warning("%s; running its Keras model instead", error)
         enrolment = enrol(enrolment_files, run, window=args.window) if enrolment_files else None
         predictions = predict(
             paths, run, window=args.window, batch_size=args.batch_size, precision=args.precision,
-            speaker_norm=args.speaker_norm or "none", enrolment=enrolment, runtime=args.runtime,
+            speaker_norm=speaker_norm, enrolment=enrolment, runtime=runtime,
         )
         good = [p for p in predictions if p.error is None]
         for failed in predictions:

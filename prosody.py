@@ -13,6 +13,10 @@ aperiodicity (the cumulative mean normalised difference at the chosen lag) kept 
 voicing cue: librosa's ``yin`` does not return it. A frame is voiced when its aperiodicity
 is low, its level is within 40 dB of the recording's loudest frame and its F0 lies in
 65-600 Hz; the decision and the F0 contour are median filtered over 5 frames.
+
+This module is the NumPy reference, which fills the training cache; `prosody_frontend` computes
+the permissive set again in Keras ops, inside the model and its exports, within the bound its
+tests state.
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ VOICED_RANGE_DB = 40.0  # frames more than this below the loudest frame are unvo
 MEDIAN_FRAMES = 5  # median filter over voicing decisions and the F0 contour
 LEVEL_FLOOR_DB = 80.0  # levels are floored this far below the loudest frame
 N_MFCC = 4  # MFCC 1..4 (0, the level, is described by the RMS features)
+CONTRAST_FLOOR = 1e-5  # spectral magnitudes below this count as it in the contrast, as the flatness floors power at 1e-10: finer than 16-bit audio's noise, coarser than float32 rounding
 
 # The vector's layout, one name per value, in order; `prosodic_features` builds it group by group.
 _STATS = ("mean", "sd")
@@ -171,7 +176,7 @@ def prosodic_features(y: np.ndarray, sr: int = SR) -> np.ndarray:
         flux,
         zero_crossing_rate(y),
     ]
-    contrast = librosa.feature.spectral_contrast(**shape)
+    contrast = librosa.feature.spectral_contrast(**{**shape, "S": np.maximum(spectrum.T, CONTRAST_FLOOR)})
     mfcc = librosa.feature.mfcc(S=librosa.power_to_db(librosa.feature.melspectrogram(S=power.T, sr=SR)), n_mfcc=N_MFCC + 1)[1:]
     level_slopes = np.diff(level) * SR / HOP
     level_peaks = scipy.signal.find_peaks(level, prominence=6.0)[0]
@@ -249,7 +254,7 @@ def _egemaps_worker() -> concurrent.futures.ProcessPoolExecutor:
 FEATURE_SETS: dict[str, Callable[[np.ndarray, int], np.ndarray]] = {"permissive": prosodic_features, "egemaps": egemaps_features}
 FEATURE_WIDTHS = {"permissive": N_FEATURES, "egemaps": 88}  # values per recording of each set
 OPENSMILE_INSTALL = "pip install opensmile (its licence forbids commercial use)"  # what the egemaps set needs, in every message that says so
-VERSION = 1  # bump when a set's values change for the same audio, so that cached vectors are computed again
+VERSION = 2  # bump when a set's values change for the same audio, so that cached vectors are computed again
 
 
 def zero_crossing_rate(y: np.ndarray, frame_length: int = LEVEL_FRAME) -> np.ndarray:

@@ -63,6 +63,9 @@ LIGHT_PARTS = ("speaker_normalization", "prosody_normalization", "head")  # the 
 PRETRAINED = files.PROJECT_ROOT / "pretrained"  # the shipped light run: what inference uses while MODEL_ROOT holds none
 MODEL_CARD = "MODEL_CARD.md"  # beside the shipped light run: its data, labels, licence terms and scores
 # predicted/confidence as the run was scored (transductive with per-speaker statistics), and each file alone, as infer.py scores it
+DAMAGED_WARNING = "skipped a damaged run: %s"
+PRETRAINED_WARNING = "no trained run in %s: using the pretrained model %s (what it knows: its MODEL_CARD.md)"
+NO_RUN = "no usable trained run in {root}; train one first (python train.py EPOCHS) or pass --model RUN_FOLDER"
 PREDICTION_FIELDS = ("path", "speaker", "true", "predicted", "confidence", "predicted_alone", "confidence_alone")
 
 
@@ -232,7 +235,9 @@ class Run:
 
     Every method takes and returns NumPy arrays; each is traced once (TensorFlow) for any
     batch size and length. A run with a prosodic branch (``prosody_set``) takes each
-    utterance's prosodic vector too (`prosody_of` computes it from the same audio).
+    utterance's prosodic vector too (`prosody_of` computes it from the same audio with
+    `prosody.FEATURE_SETS`, as training did; the exports compute it in their graph, equal
+    within the bound of ``tests/test_prosody_frontend.py``).
 
     - ``forward(segments, prosody=None)``: padded segments (batch, segments, frames, n_mels, 3)
       [and prosody (batch, values)] -> probabilities (batch, classes), standardised with the
@@ -272,7 +277,10 @@ class Run:
             self._classify_pooled = SpeechModel.inference_function(
                 lambda x, prosody: model.classify(x, prosody=prosody), (None, width), (values,)
             )
-            self._waveform = SpeechModel.inference_function(model.predict_waveform, (None,), (values,))
+            self._waveform = (
+                SpeechModel.inference_function(model.predict_waveform, (None,), (values,)) if model.prosodic_front_end is None
+                else SpeechModel.inference_function(lambda windows: model.predict_waveform(windows), (None,))  # the prosody in the graph too
+            )
 
     def prosody_of(self, y: np.ndarray) -> np.ndarray | None:
         """The prosodic vector (values,) of the run's set of audio ``y`` (samples,) at the run's rate; None for a run without one."""
@@ -319,14 +327,14 @@ class Run:
 
         ``y`` (samples,) is resampled to the run's rate outside the graph when ``sr`` differs,
         then cut into equal windows of about ``window_seconds`` (`frontend.split_windows`),
-        each window's prosodic vector computed outside the graph.
+        each window's prosodic vector computed in the graph where the model can (else by `prosody_of`).
         """
         import frontend
         import utils
 
         y = utils.resample(np.asarray(y, dtype=np.float32), sr, self.features.sr)
         windows = np.asarray(frontend.split_windows(y, int(round(window_seconds * self.features.sr))))
-        if self.prosody_set is None:
+        if self.prosody_set is None or self.model.prosodic_front_end is not None:
             probabilities = self._waveform(windows)
         else:
             probabilities = self._waveform(windows, np.stack([self.prosody_of(window) for window in windows]))
@@ -351,6 +359,26 @@ def newest_runs(root: Path | None = None) -> list[Path]:
     return sorted(runs, key=lambda path: (path / LABELS).stat().st_mtime_ns, reverse=True)
 
 
+def newest_run_folder(root: Path | None = None) -> Path:
+    """The newest run folder in ``root`` (default `MODEL_ROOT`) that holds a run's files and readable labels, without loading its model; with the default ``root`` holding none, `PRETRAINED` (with a warning).
+
+    Raises
+    ------
+    RunError
+        If ``root`` holds none (the message says how to get one).
+    """
+    for folder in newest_runs(root):
+        try:
+            read_labels(folder)
+            return folder
+        except RunError as error:
+            logger.warning(DAMAGED_WARNING, error)
+    if root is None and PRETRAINED.is_dir():
+        logger.warning(PRETRAINED_WARNING, MODEL_ROOT, PRETRAINED)
+        return PRETRAINED
+    raise RunError(NO_RUN.format(root=MODEL_ROOT if root is None else root))
+
+
 def load_newest_run(root: Path | None = None, *, precision: str = "float32") -> Run:
     """The newest run in ``root`` (default `MODEL_ROOT`) that loads; damaged or incomplete ones are skipped with a warning.
 
@@ -369,11 +397,11 @@ def load_newest_run(root: Path | None = None, *, precision: str = "float32") -> 
         except NotARunError:
             raise
         except RunError as error:
-            logger.warning("skipped a damaged run: %s", error)
+            logger.warning(DAMAGED_WARNING, error)
     if default and PRETRAINED.is_dir():
-        logger.warning("no trained run in %s: using the pretrained model %s (what it knows: its MODEL_CARD.md)", root, PRETRAINED)
+        logger.warning(PRETRAINED_WARNING, root, PRETRAINED)
         return load_run(PRETRAINED, precision=precision)
-    raise RunError(f"no usable trained run in {root}; train one first (python train.py EPOCHS) or pass --model RUN_FOLDER")
+    raise RunError(NO_RUN.format(root=root))
 
 
 def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
@@ -401,9 +429,7 @@ def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
     missing = missing_files(folder)
     if missing:
         raise NotARunError(f"{folder} is not a training run: it lacks {', '.join(missing)} (runs are written by train.py)")
-    labels = _read_json(folder, LABELS)
-    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(label, str) for label in labels)):
-        raise RunError(f"run {folder}: {LABELS} is damaged (not a list of class names)")
+    labels = read_labels(folder)
     options = _read_json(folder, OPTIONS) if (folder / OPTIONS).is_file() else {}
     model = load_model(folder) if (folder / MODEL_KERAS).is_file() else load_light_model(folder, len(labels))
     if precision != "float32":
@@ -424,6 +450,20 @@ def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
             "or pass --model a run trained with --prosody permissive"
         )
     return Run(folder, labels, model, bool(options.get("speaker_norm", False)))
+
+
+def read_labels(folder: Path) -> list[str]:
+    """The class names of the run in ``folder``, in the order of the model's outputs.
+
+    Raises
+    ------
+    RunError
+        If `LABELS` is unreadable or not a list of at least two names.
+    """
+    labels = _read_json(folder, LABELS)
+    if not (isinstance(labels, list) and len(labels) >= 2 and all(isinstance(label, str) for label in labels)):
+        raise RunError(f"run {folder}: {LABELS} is damaged (not a list of class names)")
+    return labels
 
 
 def load_light_model(folder: Path, num_classes: int):

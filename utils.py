@@ -338,6 +338,15 @@ def _wav_frames(path: Path) -> tuple[int, int] | None:
                 stream.seek(size + size % 2, os.SEEK_CUR)
 
 
+def window_count(length, window, xp=np):
+    """How many equal windows a recording of ``length`` is cut into: the nearest whole number of ``window``s, at least 1.
+
+    ``length`` and ``window`` in the same unit (seconds, samples); ``xp`` the array module:
+    NumPy for numbers (infer.py), ``keras.ops`` for tensors (the exports cut in the graph).
+    """
+    return xp.maximum(xp.floor(length / window + 0.5), 1.0)
+
+
 def min_samples(config: FeatureConfig = DEFAULT_FEATURES) -> int:
     """The shortest signal `log_mel_spectrogram` analyses as it is; shorter ones are zero-padded to it.
 

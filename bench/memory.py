@@ -2,9 +2,11 @@
 
 (a) plain: load model.keras, the file's features cut or padded to a fixed 8 segments, one
     model.predict call (what the original repository meant to do; it reads 2.9 s of any file).
-(b) ours: ``python infer.py FILE --model RUN``, the whole file in windows, at most
-    `infer.BATCH_SEGMENTS` segments per model call, the run's model.keras.
-(c) the floor under both: importing Keras (TensorFlow) and loading the run, no audio.
+(b) ours: ``python infer.py FILE --model RUN``, the whole file in windows: by default the
+    run's ONNX export in ONNX Runtime, without TensorFlow (exported once beforehand, by
+    export.py in a process of its own, which is not measured here); and with ``--runtime
+    keras``, the run's model.keras, at most `infer.BATCH_SEGMENTS` segments per model call.
+(c) the floor under the Keras rows: importing Keras (TensorFlow) and loading the run, no audio.
 
 Each row is one fresh process (peak resident set size from the kernel, ``wait4``), for
 generated files of 3.4 s, 2 min and 30 min, with train.py's default recipe
@@ -33,6 +35,7 @@ import sys
 import keras, numpy as np
 sys.path[0] = {root!r}
 import utils
+import SpeechModel  # registers the model's classes for load_model
 from bench.model import fixed_length
 model = keras.models.load_model({run!r} + "/model.keras", compile=False)
 inputs = fixed_length(utils.get_framed_log_melspectrogram({file!r}))
@@ -48,15 +51,34 @@ runs.load_run({run!r})
 """
 
 
+# Runs a script (path and arguments) or code (-c CODE) and, as it exits, writes its own peak RSS (VmHWM, KiB) to a file.
+# The kernel's figure for a child (wait4's ru_maxrss) starts from the parent's resident memory at the fork, this
+# process's own TensorFlow included; VmHWM counts from the new program's start.
+MEASURED = """
+import atexit, runpy, sys
+def record(path=sys.argv[1]):
+    with open("/proc/self/status") as status:
+        peak = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    with open(path, "w") as out:
+        out.write(peak)
+atexit.register(record)
+target, sys.argv = sys.argv[2], sys.argv[2:]
+if target == "-c":
+    exec(compile(sys.argv[1], "<row>", "exec"), {"__name__": "__main__"})
+else:
+    runpy.run_path(target, run_name="__main__")
+"""
+
+
 def peak_rss(command: list[str]) -> tuple[float, float]:
-    """Peak resident memory in MB and wall seconds of ``command`` run as a fresh process."""
+    """Peak resident memory in MB and wall seconds of ``command`` (a script and its arguments, or -c CODE) run as a fresh Python process."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    if process.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed: {process.stderr.read().decode()[-2000:]}")
-    return usage.ru_maxrss / 1024, time.perf_counter() - start  # ru_maxrss is in KiB on Linux
+    with tempfile.TemporaryFile() as errors, tempfile.NamedTemporaryFile("r") as peak:  # errors to a file: a pipe read only at the end can fill and block
+        done = subprocess.run([sys.executable, "-c", MEASURED, peak.name, *command], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=errors)
+        if done.returncode != 0:
+            errors.seek(0)
+            raise SystemExit(f"{' '.join(command)} failed: {errors.read().decode()[-2000:]}")
+        return int(peak.read()) / 1024, time.perf_counter() - start
 
 
 def main() -> None:
@@ -67,6 +89,7 @@ def main() -> None:
     import numpy as np
     import soundfile as sf
 
+    import export
     import infer
     import runs
     from bench.model import RECIPES, describe
@@ -81,8 +104,9 @@ def main() -> None:
         model = SpeechModel.create_model(len(RAVDESS.labels), weights=None, **RECIPES["default"].architecture())
         runs.write_model(run, model, list(RAVDESS.labels))
         rng = np.random.default_rng(0)
+        export.load_exported_run(run, "onnxruntime")  # made once, as infer.py's first call makes it
         floor = FLOOR.format(root=str(ROOT), run=str(run))
-        rows = [("(c) floor: import Keras, load the run", "-", *peak_rss([sys.executable, "-c", floor]))]
+        rows = [("(c) floor: import Keras, load the run", "-", *peak_rss(["-c", floor]))]
         for minutes in args.minutes:
             seconds = minutes * 60
             t = np.arange(int(seconds * DEFAULT_FEATURES.sr)) / DEFAULT_FEATURES.sr
@@ -91,9 +115,10 @@ def main() -> None:
             sf.write(audio, y.astype(np.float32), DEFAULT_FEATURES.sr)
             length = f"{seconds:.1f} s" if seconds < 60 else f"{minutes:g} min"
             plain = PLAIN.format(root=str(ROOT), run=str(run), file=str(audio))
-            rows.append(("(a) plain: fixed 8 segments, model.predict", length, *peak_rss([sys.executable, "-c", plain])))
-            ours = [sys.executable, str(ROOT / "infer.py"), str(audio), "--model", str(run)]
-            rows.append(("(b) ours: infer.py", length, *peak_rss(ours)))
+            rows.append(("(a) plain: fixed 8 segments, model.predict", length, *peak_rss(["-c", plain])))
+            ours = [str(ROOT / "infer.py"), str(audio), "--model", str(run)]
+            rows.append(("(b) ours: infer.py (ONNX Runtime, no TensorFlow)", length, *peak_rss(ours)))
+            rows.append(("(b) ours: infer.py --runtime keras", length, *peak_rss([*ours, "--runtime", "keras"])))
             audio.unlink()
 
     import keras

@@ -63,7 +63,7 @@ def main() -> None:
             return None if path is None else {"waveform": utils.load_wav(path, run.features.sr)}
 
     float_folder = run.folder / runs.EXPORT / "onnx"
-    export.exported_forward(run, "onnxruntime")  # made once where missing
+    export.load_exported_run(run.folder, "onnxruntime")  # made once where missing
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         prepared = Path(scratch) / "prepared.onnx"

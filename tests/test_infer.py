@@ -15,7 +15,6 @@ import pytest
 from conftest import SHARED_RUN_FEATURES, SHARED_RUN_LABELS, run_cli, tone
 
 import infer
-import prosody
 import runs
 import utils
 
@@ -75,7 +74,7 @@ def test_predictions_use_the_runs_feature_parameters(run_dir, write_audio):
     [prediction] = infer.predict([path], run_dir)
     model = keras.models.load_model(run_dir / "model.keras")
     recorded = utils.DEFAULT_FEATURES.replace(**SHARED_RUN_FEATURES)
-    vector = prosody.prosodic_features(utils.load_wav(path, recorded.sr), recorded.sr)[np.newaxis]  # the run's prosodic branch
+    vector = runs.load_run(run_dir).prosody_of(utils.load_wav(path, recorded.sr))[np.newaxis]  # the run's prosodic branch
     expected = model.predict([utils.get_framed_log_melspectrogram(path, recorded)[np.newaxis], vector], verbose=0)[0]
     default = model.predict([utils.get_framed_log_melspectrogram(path)[np.newaxis], vector], verbose=0)[0]
     assert not np.allclose(np.log(expected), np.log(default), atol=1e-3)  # the parameters matter to this (very confident) model
@@ -208,7 +207,7 @@ def test_speaker_norm_standardises_with_each_folders_or_files_own_statistics(spe
     model = keras.models.load_model(speaker_norm_run / "model.keras")
     embeddings = [np.asarray(model.embed(utils.get_framed_log_melspectrogram(path, run.features)[np.newaxis]))[0] for path in speaker]
     # The run's prosodic branch (the default): each file's vector, standardised by the group's statistics too.
-    vectors = [prosody.prosodic_features(utils.load_wav(path, run.features.sr), run.features.sr) for path in speaker]
+    vectors = [run.prosody_of(utils.load_wav(path, run.features.sr)) for path in speaker]
 
     def expected(groups):  # each group (of indices) standardised by its own statistics, written out here
         rows = []
@@ -337,7 +336,7 @@ def test_a_non_finite_probability_is_an_error_naming_the_file_never_an_emotion(r
     signal = infer.predict_signal(tone(300, 1.0), 16000, broken, name="mic")
     assert signal.emotion is None and signal.error.startswith("mic: the model gave non-finite probabilities")
     monkeypatch.setattr(infer, "load_run", lambda *args, **kwargs: broken)
-    code, out, err = run_cli(infer.main, [clips[1], "--model", run_dir], capsys)
+    code, out, err = run_cli(infer.main, [clips[1], "--model", run_dir, "--runtime", "keras"], capsys)
     assert code == 1 and out == "" and "non-finite probabilities" in err
 
 
