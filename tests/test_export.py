@@ -234,3 +234,19 @@ def test_openvino_in_bfloat16_keeps_the_float32_emotion_of_most_files_and_other_
     assert agreement > 1 / 3
     code, _, err = run_cli(infer.main, [str(paths[0]), "--model", str(run_dir), "--runtime", "onnxruntime", "--precision", "bfloat16"], capsys)
     assert code == 2 and "--precision bfloat16 with --runtime onnxruntime" in err and "--runtime keras takes every --precision" in err
+
+
+def test_an_export_is_made_again_when_it_is_missing_older_than_the_model_or_cuts_other_windows_or_names_other_labels(tmp_path):
+    import time
+
+    run = tmp_path / "run"
+    (run / runs.EXPORT / "onnx").mkdir(parents=True)
+    (run / runs.MODEL_KERAS).write_bytes(b"model")
+    contract = run / runs.EXPORT / "onnx" / export.CONTRACT
+    assert export._stale(contract, run, 8.0, ["sad", "angry"])  # missing
+    time.sleep(0.01)
+    contract.write_text(json.dumps({"windows": {"seconds": 8.0}, "labels": ["sad", "angry"]}))
+    assert not export._stale(contract, run, 8.0, ["sad", "angry"])
+    assert export._stale(contract, run, 4.0, ["sad", "angry"]) and export._stale(contract, run, 8.0, ["angry", "sad"])
+    os.utime(run / runs.MODEL_KERAS, ns=(time.time_ns() + 10**9,) * 2)  # the model trained again after the export
+    assert export._stale(contract, run, 8.0, ["sad", "angry"])
