@@ -169,21 +169,30 @@ runpy.run_path(ROOT + "/infer.py", run_name="__main__")
 """
 
 
-@pytest.mark.slow
-def test_infer_by_default_runs_the_onnx_export_without_tensorflow_and_gives_keras_probabilities(speaker_norm_run, tmp_path, write_audio):
+@pytest.fixture(scope="module")
+def onnx_run(speaker_norm_run, tmp_path_factory) -> Path:
+    """A copy of the speaker-normalised run with its ONNX export, made as infer.py's first use makes it (export.py in a process of its own)."""
     import shutil
 
+    run_dir = Path(shutil.copytree(speaker_norm_run, tmp_path_factory.mktemp("onnx_run") / "run"))
+    assert not (run_dir / runs.EXPORT).exists()
+    exported = export.load_exported_run(run_dir, "onnxruntime")
+    assert (run_dir / runs.EXPORT / "onnx" / "model.onnx").is_file() and exported.labels == runs.read_labels(run_dir)
+    return run_dir
+
+
+@pytest.mark.slow
+def test_infer_by_default_runs_the_onnx_export_without_tensorflow_and_gives_keras_probabilities(onnx_run, tmp_path, write_audio):
     import files
     import infer
 
-    run_dir = shutil.copytree(speaker_norm_run, tmp_path / "run")
+    run_dir = onnx_run
     paths = [write_audio("a/one.wav", recorded(tone(220, 2.0))), write_audio("a/long.wav", recorded(np.concatenate([tone(300, 9.0), tone(500, 5.0)])))]
     done = subprocess.run(
         [sys.executable, "-c", f"ROOT = {str(files.PROJECT_ROOT)!r}\n" + WITHOUT_TENSORFLOW, str(tmp_path / "a"), "--model", str(run_dir), "--format", "json", "--timeline"],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "exporting run for --runtime onnxruntime once" in done.stderr  # by export.py, in a process of its own
     served = {Path(item["path"]).name: item for item in json.loads(done.stdout)}
     for expected in infer.predict(paths, run_dir, window=utils.WINDOW_SECONDS):  # model.keras
         got = served[Path(expected.path).name]
@@ -193,30 +202,30 @@ def test_infer_by_default_runs_the_onnx_export_without_tensorflow_and_gives_kera
 
 @pytest.mark.slow
 @pytest.mark.parametrize("runtime", ["openvino", "litert"])  # onnxruntime: infer.py's default, tested above
-def test_infer_runs_the_export_with_its_runtime_and_gives_keras_probabilities(runtime, speaker_norm_run, tmp_path, write_audio, capsys):
+def test_infer_runs_the_export_with_its_runtime_and_gives_keras_probabilities(runtime, onnx_run, tmp_path, write_audio, capsys):
     import shutil
 
     import infer
 
-    run_dir = shutil.copytree(speaker_norm_run, tmp_path / "run")  # the export is written into the run folder
+    run_dir = shutil.copytree(onnx_run, tmp_path / "run")  # with its ONNX export (OpenVINO runs it); LiteRT's is written into it
     paths = [write_audio("a/one.wav", recorded(tone(220, 2.0))), write_audio("a/long.wav", recorded(np.concatenate([tone(300, 9.0), tone(500, 5.0)])))]
-    keras_run = infer.predict(paths, run_dir, window=4.0)
-    exported = infer.predict(paths, run_dir, window=4.0, runtime=runtime)
+    keras_run = infer.predict(paths, run_dir)
+    exported = infer.predict(paths, run_dir, runtime=runtime)
     for a, b in zip(keras_run, exported, strict=True):
         assert [(w.start, w.end) for w in a.windows] == [(w.start, w.end) for w in b.windows]
         np.testing.assert_allclose(list(b.probabilities.values()), list(a.probabilities.values()), atol=1e-3)  # graph vs NumPy front end
-    assert json.loads((Path(run_dir) / runs.EXPORT / export.RUNTIMES[runtime] / export.CONTRACT).read_text())["windows"]["seconds"] == 4.0
+    assert json.loads((Path(run_dir) / runs.EXPORT / export.RUNTIMES[runtime] / export.CONTRACT).read_text())["windows"]["seconds"] == utils.WINDOW_SECONDS
     code, _, err = run_cli(infer.main, [paths[0], "--model", run_dir, "--runtime", runtime, "--speaker-norm", "folder"], capsys)
     assert code == 2 and f"--runtime {runtime} runs the exported model" in err and "--speaker-norm none" in err
 
 
 @pytest.mark.slow
-def test_openvino_in_bfloat16_keeps_the_float32_emotion_of_most_files_and_other_exports_refuse_it(speaker_norm_run, tmp_path, write_audio, capsys):
+def test_openvino_in_bfloat16_keeps_the_float32_emotion_of_most_files_and_other_exports_refuse_it(onnx_run, tmp_path, write_audio, capsys):
     import shutil
 
     import infer
 
-    run_dir = shutil.copytree(speaker_norm_run, tmp_path / "run")
+    run_dir = shutil.copytree(onnx_run, tmp_path / "run")
     generator = np.random.default_rng(0)
     paths = [
         write_audio(f"a/{index}.wav", tone(generator.uniform(100, 800), generator.uniform(1.0, 4.0), amplitude=generator.uniform(0.05, 0.8))
