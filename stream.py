@@ -3,14 +3,19 @@
     python infer.py --stream -            # 16-bit little-endian mono PCM at --stream-rate on stdin
     python infer.py --stream              # the default microphone (the optional sounddevice package)
 
-Every `HOP_SECONDS` the last `WINDOW_SECONDS` of audio are cut into segments exactly as for a
-file (`utils.get_framed_log_melspectrogram`), embedded and classified (`runs.Run`'s forward API).
+Every `HOP_SECONDS` the segments of the last `WINDOW_SECONDS` are classified (`runs.Run`'s forward
+API). The segments lie on the stream's own grid (one every ``segment_hop`` frames from its start)
+and each is embedded once, when its frames and their delta context have arrived (`WindowEmbeddings`):
+a hop embeds only the segments it completed, `HOP_SECONDS` being three segment hops. A segment's
+features are those of the whole stream (`utils.get_framed_log_melspectrogram`) except for the dB
+floor, ``top_db`` below the loudest frame of the window in which it was completed.
 For a run trained with speaker normalisation the embeddings are standardised with a running
 estimate of the stream's own statistics (`SpeechModel.RunningStatistics`, the stream taken as one
-speaker), the training speakers' until `RUNNING_MIN_SEGMENTS` segments were seen; a prosodic
-branch's vectors alike, one per hop, after `RUNNING_MIN_VECTORS` hops. A hop whose
-audio never reaches `utils.SILENCE_PEAK` is reported as silence, not as an emotion, and leaves the
-statistics alone. Audio at another rate is resampled as it comes (soxr's streaming resampler).
+speaker, each segment counted once), the training speakers' until `RUNNING_MIN_SEGMENTS` segments were
+seen; a prosodic branch's vectors (one per hop, of the window) alike, after `RUNNING_MIN_VECTORS` hops.
+A hop whose audio never reaches `utils.SILENCE_PEAK` is reported as silence, not as an emotion, embeds
+nothing and leaves the statistics alone. Audio at another rate is resampled as it comes (soxr's
+streaming resampler).
 """
 
 from __future__ import annotations
@@ -27,9 +32,11 @@ import utils
 from errors import UsageError
 from runs import Run
 
-HOP_SECONDS = 1.0  # a prediction every hop
+# A prediction every hop: three segment hops of the default features (32 frames of 10 ms), so every
+# hop completes the same number of segments and embeds only those.
+HOP_SECONDS = 0.96
 WINDOW_SECONDS = 3.0  # the audio each prediction sees: the last seconds of the stream
-RUNNING_MIN_SEGMENTS = 20  # segments seen before the stream's own statistics replace the training speakers'
+RUNNING_MIN_SEGMENTS = 20  # segments seen (each once) before the stream's own statistics replace the training speakers'
 # Prosodic vectors (one per hop, of overlapping windows) seen before the stream's own statistics replace the training speakers'.
 RUNNING_MIN_VECTORS = 10
 SAMPLE_BYTES = 2  # 16-bit PCM
@@ -104,6 +111,70 @@ def microphone_chunks(rate: int, seconds: float = HOP_SECONDS) -> Iterator[np.nd
             yield blocks.get()
 
 
+class WindowEmbeddings:
+    """The embeddings of the segments in a stream's last window, each segment embedded once.
+
+    Segments start every ``segment_hop`` frames from the stream's first sample. One is embedded
+    when its frames and the ``delta_width // 2`` frames after it are complete (their STFT windows
+    inside the audio received); it stays while its left context (as many frames before it, and
+    their STFT windows) lies inside the window. Its features then equal the whole stream's, but for
+    the dB floor (``top_db`` below the loudest frame of the window that completed it).
+
+    Parameters
+    ----------
+    run : runs.Run
+    window : float > 0, in seconds
+        The audio kept: the last ``window`` seconds of the stream.
+    """
+
+    def __init__(self, run: Run, window: float = WINDOW_SECONDS) -> None:
+        self.run = run
+        self.features = run.features
+        self.keep = int(round(window * self.features.sr))
+        self.audio = np.zeros(0, dtype=np.float32)
+        self.received = 0  # samples of the stream so far
+        self.embeddings: dict[int, np.ndarray] = {}  # first frame of a segment -> its embedding (features,)
+        # Frames a segment needs on either side of its own: the deltas' half width, and on the left the frames whose
+        # STFT windows reach before the window's first sample (half an FFT, and one sample for the pre-emphasis).
+        context = self.features.delta_width // 2
+        self.left_frames = context + -(-(self.features.n_fft // 2 + 1) // self.features.hop_length)
+        self.right_samples = (self.features.segment_frames - 1 + context) * self.features.hop_length + self.features.n_fft // 2
+
+    def append(self, chunk: np.ndarray) -> None:
+        """Add ``chunk`` (samples,) of audio at the run's rate to the stream; nothing is computed."""
+        self.received += len(chunk)
+        self.audio = np.concatenate([self.audio, chunk])[-self.keep :]
+
+    def update(self) -> tuple[np.ndarray, np.ndarray]:
+        """Embed the window's segments completed since the last call.
+
+        Returns
+        -------
+        window : np.ndarray [shape=(segments, features), dtype=float32]
+            The embeddings of the segments in the window, in order (none while the stream is shorter than a segment).
+        new : np.ndarray [shape=(new_segments, features), dtype=float32]
+            Those embedded by this call.
+        """
+        features, hop = self.features, self.features.hop_length
+        origin = self.received - len(self.audio)
+        skip = -origin % hop  # the window's audio from its first whole frame of the stream's grid
+        first_frame = (origin + skip) // hop
+        # At the stream's start its first frames are padded as a file's are: a segment at 0 needs no left context.
+        oldest = 0 if origin == 0 else first_frame + self.left_frames
+        oldest = -(-oldest // features.segment_hop) * features.segment_hop
+        self.embeddings = {start: row for start, row in self.embeddings.items() if start >= oldest}
+        starts = [start for start in range(oldest, self.received // hop + 1, features.segment_hop)
+                  if start not in self.embeddings and start * hop + self.right_samples <= self.received]
+        new = np.zeros((0, self.run.model.encoder.features), dtype=np.float32)
+        if starts:
+            frames = utils.add_deltas(utils.log_mel_spectrogram(self.audio[skip:], features), features)
+            segments = np.stack([frames[start - first_frame : start - first_frame + features.segment_frames] for start in starts])
+            new = self.run.embed(segments[np.newaxis])[0]
+            self.embeddings.update(zip(starts, new))
+        window = [self.embeddings[start] for start in sorted(self.embeddings)]
+        return (np.stack(window) if window else new), new
+
+
 def predict_stream(
     chunks: Iterable[np.ndarray],
     run: Run,
@@ -112,7 +183,7 @@ def predict_stream(
     speaker_norm: str = "running",
     window: float = WINDOW_SECONDS,
 ) -> Iterator[StreamPrediction]:
-    """One prediction per chunk (a hop) of the last ``window`` seconds of the stream.
+    """One prediction per chunk (a hop) of the segments in the last ``window`` seconds of the stream.
 
     Parameters
     ----------
@@ -134,32 +205,32 @@ def predict_stream(
         raise ValueError(f"speaker_norm must be 'running' or 'none', got {speaker_norm!r}")
     sr = run.features.sr
     resampler = None if rate == sr else soxr.ResampleStream(rate, sr, 1, dtype="float32")
-    keep = int(round(window * sr))
-    buffer = np.zeros(0, dtype=np.float32)
+    embedder = WindowEmbeddings(run, window)
     statistics, prosodic = RunningStatistics(), RunningStatistics()
     received = 0
     for chunk in chunks:
         received += len(chunk)
         chunk = np.asarray(chunk, dtype=np.float32) if resampler is None else resampler.resample_chunk(np.asarray(chunk, np.float32))
-        buffer = np.concatenate([buffer, chunk])[-keep:]
+        embedder.append(chunk)
         now = received / rate
-        if buffer.size == 0 or np.max(np.abs(chunk), initial=0.0) < utils.SILENCE_PEAK:
+        if embedder.received == 0 or np.max(np.abs(chunk), initial=0.0) < utils.SILENCE_PEAK:
             yield StreamPrediction(now, None, 0.0, None)
             continue
-        segments = utils.get_framed_log_melspectrogram(buffer, run.features)[np.newaxis]
-        vector = run.prosody_of(buffer)
+        embeddings, new = embedder.update()
+        if len(embeddings) == 0:  # shorter than a segment so far: one padded segment, as a file this short gets
+            embeddings = run.embed(utils.get_framed_log_melspectrogram(embedder.audio, run.features)[np.newaxis])[0]
+        vector = run.prosody_of(embedder.audio)
         prosody = None if vector is None else vector[np.newaxis]
         if speaker_norm == "none":
-            probabilities = run.forward(segments, prosody)[0]  # the training speakers' statistics, as infer.predict and the exports
+            probabilities = run.classify(embeddings[np.newaxis], prosody=prosody)[0]  # the training speakers' statistics, as infer.predict and the exports
         else:
-            embeddings = run.embed(segments)
-            statistics.update(embeddings[0])
+            statistics.update(new)
             own = statistics.count >= RUNNING_MIN_SEGMENTS
             if vector is not None:
                 prosodic.update(vector)
             own_prosody = prosodic.count >= RUNNING_MIN_VECTORS
             probabilities = run.classify(
-                embeddings, *((statistics.mean, statistics.std) if own else (None, None)),
+                embeddings[np.newaxis], *((statistics.mean, statistics.std) if own else (None, None)),
                 prosody, *((prosodic.mean, prosodic.std) if own_prosody else (None, None)),
             )[0]
         best = int(np.argmax(probabilities))

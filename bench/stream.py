@@ -1,4 +1,4 @@
-"""Benchmark: compute per hop of a live stream, as a fraction of the hop (goal: below 0.2), beside the plain approach.
+"""Benchmark: compute per hop of a live stream, as a fraction of the hop (goal: below 0.1), beside the plain approach.
 
 (a) plain: every hop, the original repository's way on the last window: features, cut or padded
     to a fixed 8 segments, one model.predict call (the default recipe without the prosodic branch).
