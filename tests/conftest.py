@@ -96,8 +96,11 @@ def shared_run(tmp_path_factory):
 
     Actors 1-4 with three emotions (two files each) and one corrupt file of actor 1;
     test actor 4, validation actor 3; a tiny backbone on the 64x64 segments; the
-    feature parameters of `SHARED_RUN_FEATURES`.
+    feature parameters of `SHARED_RUN_FEATURES`. Its ONNX export is made at once, as
+    infer.py's first use makes it (tests/test_export.py tests that use on a run of its own),
+    so the tests' copies of the run carry it instead of each exporting again.
     """
+    import export
     import train
     from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
     from trainer import Options
@@ -119,6 +122,7 @@ def shared_run(tmp_path_factory):
         features=DEFAULT_FEATURES.replace(**SHARED_RUN_FEATURES),
     )
     folder = train.run(options, backbone=lambda: tiny_backbone((64, 64, 3)))
+    export.load_exported_run(folder, "onnxruntime")
     return types.SimpleNamespace(folder=folder, corpus=corpus, corpus_before=before, bad_file=bad, options=options)
 
 
