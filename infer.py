@@ -37,7 +37,7 @@ from cli import positive_float, positive_int
 from errors import UsageError
 from devices import PRECISIONS
 from files import file_problem, write_atomically
-from runs import Run, load_newest_run, load_run, missing_files
+from runs import Run, load_newest_run, load_run
 
 logger = logging.getLogger("infer")
 
@@ -305,6 +305,7 @@ def predict(
                          f"{'no' if speakers is None else len(speakers)} speakers for {len(files)} files)")
     refuse_contradictions(runtime, speaker_norm, enrolment is not None, precision)
     run = load(model_dir, runtime, window=window, precision=precision)
+    # An export (runtime other than keras) serves speaker_norm "none" only, refused otherwise just above.
     if speaker_norm != "none" and not run.speaker_norm:
         raise UsageError(f"--speaker-norm {speaker_norm}: run {run.folder} was not trained with --speaker-norm; use none")
     group_of: Callable[[int], Hashable] | None = {  # a file's group, by its index, in the grouped modes
@@ -401,8 +402,7 @@ def load(
     if isinstance(model_dir, export.ExportedRun):
         return model_dir
     folder = model_dir.folder if isinstance(model_dir, Run) else Path(model_dir) if model_dir is not None else runs.newest_run_folder()
-    if missing_files(folder):
-        load_run(folder)  # says what the folder lacks
+    runs.check_run_folder(folder)
     return export.load_exported_run(folder, runtime, window, precision)
 
 

@@ -423,12 +423,7 @@ def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     folder = Path(folder)
-    if not folder.is_dir():
-        problem = "is a file, not a run folder" if folder.exists() else "does not exist"
-        raise NotARunError(f"model folder {folder} {problem}; pass --model a run folder of train.py (saved_model/<run>)")
-    missing = missing_files(folder)
-    if missing:
-        raise NotARunError(f"{folder} is not a training run: it lacks {', '.join(missing)} (runs are written by train.py)")
+    check_run_folder(folder)
     labels = read_labels(folder)
     options = _read_json(folder, OPTIONS) if (folder / OPTIONS).is_file() else {}
     model = load_model(folder) if (folder / MODEL_KERAS).is_file() else load_light_model(folder, len(labels))
@@ -450,6 +445,19 @@ def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
             "or pass --model a run trained with --prosody permissive"
         )
     return Run(folder, labels, model, bool(options.get("speaker_norm", False)))
+
+
+def check_run_folder(folder: Path) -> None:
+    """Raise `NotARunError` unless ``folder`` is a folder holding a run's files, whole or light; nothing is loaded.
+
+    The message says what is wrong and what fixes it (``--model`` a run folder of train.py).
+    """
+    if not folder.is_dir():
+        problem = "is a file, not a run folder" if folder.exists() else "does not exist"
+        raise NotARunError(f"model folder {folder} {problem}; pass --model a run folder of train.py (saved_model/<run>)")
+    missing = missing_files(folder)
+    if missing:
+        raise NotARunError(f"{folder} is not a training run: it lacks {', '.join(missing)} (runs are written by train.py)")
 
 
 def read_labels(folder: Path) -> list[str]:
