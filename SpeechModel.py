@@ -40,7 +40,7 @@ import numpy as np
 from keras import layers, ops
 
 from backbones import BackboneWeightsError, build_backbone, get_backbone, load_weights_file
-from devices import dtype_policy
+from mixed_precision import dtype_policy
 from frontend import PACKAGE, LogMelFrontEnd
 from prosody import FEATURE_WIDTHS as PROSODY_WIDTHS
 from prosody import SR as PROSODY_SR
@@ -736,7 +736,7 @@ class SpeechModel:
             freeze_batch_normalization: bool. The backbone's BatchNormalization layers keep
                 their (ImageNet) statistics and scales: not trainable, so they normalise as
                 in inference even while the rest fine-tunes. Defaults to False.
-            precision: "float32", "bfloat16" or "float16" (`devices.PRECISIONS`). Mixed
+            precision: "float32", "bfloat16" or "float16" (`mixed_precision.PRECISIONS`). Mixed
                 precision computes in 16 bits on float32 variables (float16 with loss
                 scaling, which ``compile`` adds); the front end, the attention softmax and
                 the output probabilities stay float32. Defaults to "float32".
@@ -784,7 +784,7 @@ class SpeechModel:
     def precision_copy(model: EmotionRecognizer, precision: str = "bfloat16") -> EmotionRecognizer:
         """A copy of ``model`` (same weights, no optimizer) that computes in another precision.
 
-        Every layer, the backbone's included, takes the precision (`devices.PRECISIONS`);
+        Every layer, the backbone's included, takes the precision (`mixed_precision.PRECISIONS`);
         the front end and the output layer stay float32, and the attention softmax runs in
         float32 as always. For inference, bfloat16 is about 1.5x faster on CPUs with bf16
         units (and on GPUs), with probabilities a little off those of float32; a model

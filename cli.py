@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import atexit
-import importlib.util
 import logging
 import os
 import re
@@ -187,8 +186,3 @@ def fraction(text: str) -> float:
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be at least 0 and below 1")
     return value
-
-
-def installed(package: str) -> bool:
-    """Whether ``package`` can be imported (without importing it)."""
-    return importlib.util.find_spec(package) is not None

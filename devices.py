@@ -28,9 +28,6 @@ from typing import Any
 
 from errors import UsageError
 
-# float32, or mixed precision: bfloat16 or float16 arithmetic on float32 variables; the attention
-# softmax and the output probabilities stay float32 either way.
-PRECISIONS = ("float32", "bfloat16", "float16")
 # keras.distribution.initialize() reads these where no flag is given.
 HOST_VARIABLES = ("KERAS_DISTRIBUTION_JOB_ADDRESSES", "KERAS_DISTRIBUTION_NUM_PROCESSES", "KERAS_DISTRIBUTION_PROCESS_ID")
 
@@ -83,13 +80,6 @@ def accelerators() -> int:
 
         return int(torch.cuda.is_available())
     return 0
-
-
-def dtype_policy(precision: str) -> str:
-    """The Keras dtype policy of a `PRECISIONS` name: ``"float32"``, ``"mixed_bfloat16"`` or ``"mixed_float16"``."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return precision if precision == "float32" else f"mixed_{precision}"
 
 
 def default_precision() -> str:

@@ -10,6 +10,7 @@ an output could not be written.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -116,3 +117,8 @@ def default_cache_dir() -> Path:
     """``$XDG_CACHE_HOME/dcnn-blstmwa`` (``~/.cache/dcnn-blstmwa`` when unset): features, embeddings and weights, outside any dataset."""
     root = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(root) / "dcnn-blstmwa"
+
+
+def installed(package: str) -> bool:
+    """Whether ``package`` can be imported (without importing it)."""
+    return importlib.util.find_spec(package) is not None

@@ -35,8 +35,9 @@ import utils
 import cli
 from cli import positive_float, positive_int
 from errors import UsageError
-from devices import PRECISIONS
+import files
 from files import file_problem, write_atomically
+from mixed_precision import PRECISIONS
 from runs import Run, load_newest_run, load_run
 
 logger = logging.getLogger("infer")
@@ -729,7 +730,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths = audio_files(args.paths)  # path mistakes are reported before the model loads
         enrolment_files = audio_files(args.enroll) if args.enroll else None
         speaker_norm = args.speaker_norm or "none"
-        exportable = speaker_norm == "none" and not args.enroll and args.precision == "float32" and cli.installed("onnxruntime")
+        exportable = speaker_norm == "none" and not args.enroll and args.precision == "float32" and files.installed("onnxruntime")
         runtime = args.runtime or ("onnxruntime" if exportable else "keras")
         refuse_contradictions(runtime, speaker_norm, bool(args.enroll), args.precision)
         try:

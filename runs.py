@@ -31,11 +31,10 @@ from pathlib import Path
 
 import numpy as np
 
-import cli
 import files
 from errors import UsageError
 from files import PARTIAL_PREFIX
-from devices import PRECISIONS
+from mixed_precision import PRECISIONS
 from utils import FeatureConfig, PathLike
 
 logger = logging.getLogger("runs")
@@ -437,7 +436,7 @@ def load_run(folder: PathLike, *, precision: str = "float32") -> Run:
             f"run {folder}: {LABELS} names {len(labels)} classes but the model has {classes} outputs; "
             "the file does not belong to this model (restore it from the training run)"
         )
-    if model.prosody_set == "egemaps" and not cli.installed("opensmile"):
+    if model.prosody_set == "egemaps" and not files.installed("opensmile"):
         import prosody
 
         raise RunError(

@@ -38,6 +38,7 @@ import prosody
 import runs
 from backbones import BACKBONES, STAGES, BackboneWeightsError, get_backbone
 from heads import HEAD_DEFAULTS, HEADS
+from mixed_precision import PRECISIONS
 import cli
 from cli import UsageError, fraction, non_negative_float, positive_float, positive_int
 from trainer import (
@@ -104,7 +105,7 @@ def run(
         " and ".join([options.dataset, *added]), custom_labels=options.custom_labels,
     )
     options = options.resolved(corpus, utterances)
-    if options.prosody == "egemaps" and not cli.installed("opensmile"):
+    if options.prosody == "egemaps" and not files.installed("opensmile"):
         raise TrainingError(f"--prosody egemaps needs openSMILE: {prosody.OPENSMILE_INSTALL}, or use --prosody permissive")
     placement = devices.place(options.devices, options.batch_size) if options.backbone_mode == "finetune" else devices.Placement()
     options = dataclasses.replace(options, devices=placement.devices)
@@ -317,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--learning-rate", type=positive_float, default=None, help="Adam learning rate (default: 1e-3 for the stats head on frozen embeddings, 1e-4 otherwise)")
     parser.add_argument("--backbone-lr-scale", type=positive_float, default=defaults.backbone_lr_scale, help="finetune: the backbone trains at this times --learning-rate (the new head at --learning-rate itself)")
     parser.add_argument("--freeze-batchnorm", action=argparse.BooleanOptionalAction, default=defaults.freeze_batchnorm, help="finetune: the backbone's BatchNorm layers keep their ImageNet statistics and scales")
-    parser.add_argument("--precision", choices=devices.PRECISIONS, default=None, help="mixed precision computes in 16 bits on float32 variables; the saved model is float32 either way (default, finetune: bfloat16 on GPUs with bf16 units, float16 with loss scaling on older GPUs; float32 on a CPU and in frozen mode)")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None, help="mixed precision computes in 16 bits on float32 variables; the saved model is float32 either way (default, finetune: bfloat16 on GPUs with bf16 units, float16 with loss scaling on older GPUs; float32 on a CPU and in frozen mode)")
     parser.add_argument("--devices", type=positive_int, default=None, help="finetune: data-parallel over this many devices, --batch-size split evenly over them (default: every GPU the backend sees, one device without)")
     parser.add_argument("--coordinator", default=None, help="several hosts, KERAS_BACKEND=jax: HOST:PORT of process 0, given to every process (default: $KERAS_DISTRIBUTION_JOB_ADDRESSES)")
     parser.add_argument("--num-processes", type=positive_int, default=None, help="several hosts, KERAS_BACKEND=jax: processes in the job (default: $KERAS_DISTRIBUTION_NUM_PROCESSES)")

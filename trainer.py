@@ -27,7 +27,6 @@ import files
 import prosody
 import runs
 import utils
-from cli import installed
 from errors import UsageError
 from devices import Placement
 
@@ -370,7 +369,7 @@ def training_callbacks(validation_uar, *, early_stopping: bool, run_dir: Path | 
         epoch_backup(run_dir / runs.BACKUP),
         keras.callbacks.CSVLogger(str(run_dir / runs.HISTORY), append=True),  # append: --resume keeps earlier epochs
     ]
-    if installed("tensorflow") and installed("tensorboard"):  # the callback writes through tf.summary
+    if files.installed("tensorflow") and files.installed("tensorboard"):  # the callback writes through tf.summary
         callbacks.append(keras.callbacks.TensorBoard(str(run_dir / runs.LOGS)))
     return callbacks
 

@@ -43,7 +43,7 @@ from batching import PaddedBatches  # noqa: E402
 from bench.model import FIXED_SEGMENTS, fixed_length  # noqa: E402
 from bench.train import later_epoch  # noqa: E402
 from corpora.ravdess import read_ravdess  # noqa: E402
-from devices import PRECISIONS  # noqa: E402
+from mixed_precision import PRECISIONS  # noqa: E402
 from trainer import Options  # noqa: E402
 from utils import DEFAULT_FEATURES  # noqa: E402
 

@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import devices
+import mixed_precision
 from cli import UsageError
 from conftest import write_ravdess
 
@@ -149,9 +150,9 @@ def test_the_placement_refuses_what_the_machine_cannot_do(no_accelerator):
 
 
 def test_precision_names_map_to_keras_policies(no_accelerator):
-    assert [devices.dtype_policy(name) for name in devices.PRECISIONS] == ["float32", "mixed_bfloat16", "mixed_float16"]
+    assert [mixed_precision.dtype_policy(name) for name in mixed_precision.PRECISIONS] == ["float32", "mixed_bfloat16", "mixed_float16"]
     with pytest.raises(ValueError, match="precision must be one of"):
-        devices.dtype_policy("int8")
+        mixed_precision.dtype_policy("int8")
     assert devices.default_precision() == "float32"  # no accelerator: training stays exact
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 
-import cli
+import files
 import prosody
 from augment import Enhancement
 import utils
@@ -146,7 +146,7 @@ def test_egemaps_after_tensorflow_is_computed_in_a_worker_process_started_withou
     monkeypatch.setitem(sys.modules, "tensorflow", sys.modules.get("tensorflow", object()))
     prosody._egemaps_extractor.cache_clear()
     tone = harmonic_tone(150.0, 1.0)
-    if cli.installed("opensmile"):
+    if files.installed("opensmile"):
         values = prosody.egemaps_features(tone)
         assert values.shape == (88,) and np.isfinite(values).all() and np.any(values)
     else:  # the worker's one-line reason comes back

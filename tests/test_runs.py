@@ -97,10 +97,10 @@ def egemaps_run(folder):
 
 
 def test_a_run_trained_with_egemaps_names_the_missing_opensmile_at_load(tmp_path, monkeypatch):
-    import cli
+    import files
 
     folder = egemaps_run(tmp_path)
-    monkeypatch.setattr(cli, "installed", lambda package: package != "opensmile")
+    monkeypatch.setattr(files, "installed", lambda package: package != "opensmile")
     with pytest.raises(runs.RunError, match="--prosody egemaps.*pip install opensmile.*--model a run trained with --prosody permissive"):
         runs.load_run(folder)
 

@@ -97,9 +97,9 @@ def test_an_empty_dataset_without_download_is_one_sentence_and_leaves_nothing(tm
 
 
 def test_egemaps_without_opensmile_is_one_line_naming_the_install_and_leaves_no_run(corpus, tmp_path, capsys, monkeypatch):
-    import cli
+    import files
 
-    monkeypatch.setattr(cli, "installed", lambda package: package != "opensmile")
+    monkeypatch.setattr(files, "installed", lambda package: package != "opensmile")
     code = train.main(["3", "--dataset", str(corpus), "--output", str(tmp_path / "runs"), "--weights", "none", "--prosody", "egemaps"])
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err
