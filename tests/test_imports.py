@@ -52,10 +52,10 @@ def layer_breaks(modules: dict[str, Path]) -> list[str]:
     """Every import that breaks a layer rule: a library module importing cli (the command lines' parsing and
     errors: a library raises its own), or the model (SpeechModel) importing devices (placement) or features
     (the training cache)."""
-    breaks = []
+    breaks, programs = [], command_lines(modules)
     for name, path in modules.items():
         imported = imports(path, modules)
-        if name not in command_lines(modules) and "cli" in imported:
+        if name not in programs and "cli" in imported:
             breaks.append(f"{name} imports cli")
         if name == "SpeechModel":
             breaks += [f"SpeechModel imports {module}" for module in sorted(imported & {"devices", "features"})]
