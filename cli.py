@@ -54,12 +54,13 @@ def run_command(body: Callable[[], int], *, failures: tuple[type[BaseException],
         return EXIT_INTERRUPTED
 
 
-# What TensorFlow's C++ side writes to stderr on its own (start-up notes, CPU features, CUDA
+# What TensorFlow's (and Ray's) C++ side writes to stderr on its own (start-up notes, CPU features, CUDA
 # probing on machines without a GPU, kernel fallbacks): absl log lines and their preamble.
 LIBRARY_NOISE = re.compile(
     rb"^(?:[IWEF]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ [\w.-]+:\d+\]"
     rb"|WARNING: All log messages before absl::InitializeLog\(\) is called"
-    rb"|To enable the following instructions:)"
+    rb"|To enable the following instructions:"
+    rb"|\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ [IWEF] \d+ \d+\] \w+\.cc:\d+:)"  # Ray's core (C++), --engine ray
 )
 
 

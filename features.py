@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Protocol, Union
+from typing import TYPE_CHECKING, Protocol, Union
 
 import librosa
 import numpy as np
@@ -37,6 +37,9 @@ from tqdm import tqdm
 import files
 import utils
 
+if TYPE_CHECKING:
+    from cluster import RayEngine
+
 logger = logging.getLogger(__name__)
 
 # Bump when the feature code changes its output for the same parameters, so that
@@ -44,6 +47,7 @@ logger = logging.getLogger(__name__)
 FEATURE_CODE_VERSION = 2  # 2: signals shorter than utils.min_samples are padded to it
 
 EMBEDDING_BATCH_SEGMENTS = 256  # segments per backbone call when embedding
+CLUSTER_FILES_PER_CALL = 16  # files a cluster worker computes a call (`cluster.RayEngine`), features or embeddings
 
 # Libraries whose thread pools make fork() unsafe in the process that loaded them.
 _THREADED_FRAMEWORKS = ("tensorflow", "jax", "torch")
@@ -222,6 +226,7 @@ def extract_features(
     cache_dir: utils.PathLike | None = None,
     workers: int | None = None,
     progress: bool | None = None,
+    engine: RayEngine | None = None,
 ) -> ExtractedFeatures:
     """Segments of every file, computed on all cores or read from the cache.
 
@@ -241,6 +246,9 @@ def extract_features(
         Worker processes; None uses every core this process may run on.
     progress : bool or None
         Show a progress bar on stderr; None shows it when stderr is a terminal.
+    engine : cluster.RayEngine or None
+        Compute on the workers of a Ray cluster instead of this machine's processes
+        (``workers`` is then unused); what they compute is cached here, as it would be.
 
     Returns
     -------
@@ -250,7 +258,7 @@ def extract_features(
     """
     return _extract(
         sources, functools.partial(_segments, config=config), lambda name: cache_key(name, config),
-        (None, *config.segment_shape), config.sr, cache_dir, workers, progress, "features",
+        (None, *config.segment_shape), config.sr, cache_dir, workers, progress, "features", engine,
     )
 
 
@@ -262,11 +270,13 @@ def extract_prosody(
     cache_dir: utils.PathLike | None = None,
     workers: int | None = None,
     progress: bool | None = None,
+    engine: RayEngine | None = None,
 ) -> dict[SourceKey, np.ndarray]:
     """Each file's prosodic vector of ``feature_set`` (`prosody.FEATURE_SETS`), computed on all cores or read from the cache.
 
     The audio is read (and transformed) at ``config.sr``, as for `extract_features`; the
-    cache key is the features' (`cache_key`) with the set's name and `prosody.VERSION`.
+    cache key is the features' (`cache_key`) with the set's name and `prosody.VERSION`;
+    ``workers``, ``progress`` and ``engine`` as there.
 
     Returns
     -------
@@ -281,7 +291,7 @@ def extract_prosody(
 
     return _extract(
         sources, functools.partial(_prosody, feature_set=feature_set), key, (prosody.FEATURE_WIDTHS[feature_set],),
-        config.sr, cache_dir, workers, progress, "prosody"
+        config.sr, cache_dir, workers, progress, "prosody", engine,
     ).segments
 
 
@@ -305,6 +315,7 @@ def _extract(
     workers: int | None,
     progress: bool | None,
     desc: str,
+    engine: RayEngine | None = None,
 ) -> ExtractedFeatures:
     """``describe(audio, sr)`` of every source (its audio at ``sr``, transformed), an array of ``shape``: from the cache under ``key_of(source)``, or computed in worker processes.
     """
@@ -329,10 +340,15 @@ def _extract(
     if cache is not None:
         cache.report_rejected()
 
-    jobs = [(name, key, sr, describe, cache) for name, key in to_compute.items()]
+    if engine is None:
+        jobs = [(name, key, sr, describe, cache) for name, key in to_compute.items()]
+        computed = _run(jobs, min(workers, len(jobs)), desc)
+    else:  # the workers send the arrays back, and they are cached here: a cluster's nodes need not share this disk
+        jobs = [(name, None, sr, describe, None) for name in to_compute]
+        computed = (result for results in engine.map(jobs, _job_computer, items_per_call=CLUSTER_FILES_PER_CALL) for result in results)
     bar = tqdm(total=len(jobs), unit="file", desc=desc, disable=None if progress is None else not progress)
     with bar:
-        for name, array, error in _run(jobs, min(workers, len(jobs)), desc):
+        for name, array, error in computed:
             bar.update()
             if error is not None:
                 path = source_path(name)
@@ -343,6 +359,8 @@ def _extract(
                 # The worker wrote it to the cache: map it rather than ship it between processes.
                 found[name] = cache.read(to_compute[name], shape)
             else:
+                if engine is not None and to_compute[name] is not None:
+                    cache.write(to_compute[name], array)
                 array.flags.writeable = False  # as read-only as the cached arrays
                 found[name] = array
     result.segments = {name: found[name] for name in names if name in found}
@@ -368,6 +386,11 @@ def _compute(
     return source, None, None
 
 
+def _job_computer() -> Callable[[list], list]:
+    """On a cluster worker (`_extract`): `_compute` over a call's jobs."""
+    return lambda jobs: [_compute(job) for job in jobs]
+
+
 def encoder_fingerprint(encoder) -> str:
     """Hash of everything that decides a segment's embedding: the encoder layer's configuration (its backbone's included) and weights."""
     import keras
@@ -388,6 +411,8 @@ def extract_embeddings(
     config: utils.FeatureConfig = utils.DEFAULT_FEATURES,
     cache_dir: utils.PathLike | None = None,
     progress: bool | None = None,
+    engine: RayEngine | None = None,
+    encoder=None,
 ) -> dict[SourceKey, np.ndarray]:
     """The backbone's embedding of every segment of every source, cached on disk.
 
@@ -409,6 +434,12 @@ def extract_embeddings(
         None caches nothing.
     progress : bool or None
         As in `extract_features`.
+    engine : cluster.RayEngine or None
+        Embed on the workers of a Ray cluster, each with a copy of ``encoder`` (its
+        configuration and weights: `SpeechModel.SegmentEncoder`) built once, instead of
+        ``embed`` here; the embeddings come back and are cached here.
+    encoder : SpeechModel.SegmentEncoder or None
+        What ``embed`` runs, for ``engine``.
 
     Returns
     -------
@@ -435,11 +466,20 @@ def extract_embeddings(
         if chunks[-1] and sum(len(segments[item]) for item in chunks[-1]) + len(segments[source]) > EMBEDDING_BATCH_SEGMENTS:
             chunks.append([])
         chunks[-1].append(source)
+    if engine is None:
+        embedded = (zip(chunk, _embed_together(embed, [segments[item] for item in chunk])) for chunk in filter(None, chunks))
+    else:
+        import keras
+
+        make_embed = functools.partial(
+            _encoder_on_worker, keras.saving.serialize_keras_object(encoder), encoder.get_weights(), config.segment_shape
+        )
+        # Items of a few files a call: the segments travel to the workers and the embeddings back.
+        embedded = engine.map([(item, np.asarray(segments[item])) for item in missing], make_embed, items_per_call=CLUSTER_FILES_PER_CALL)
     with tqdm(total=len(missing), unit="file", desc="embeddings", disable=None if progress is None else not progress) as bar:
-        for chunk in filter(None, chunks):
-            stacked = np.concatenate([segments[item] for item in chunk])[np.newaxis]
-            output = np.asarray(embed(stacked))[0].astype(np.float32)
-            for item, part in zip(chunk, np.split(output, np.cumsum([len(segments[i]) for i in chunk])[:-1])):
+        for chunk in embedded:
+            chunk = list(chunk)
+            for item, part in chunk:
                 if not np.isfinite(part).all():
                     raise EmbeddingError(f"{source_path(item)}: the backbone gave non-finite embeddings (NaN or infinity)")
                 embeddings[item] = part
@@ -447,6 +487,26 @@ def extract_embeddings(
                     cache.write(keys[item], part)
             bar.update(len(chunk))
     return {source: embeddings[source] for source in segments}
+
+
+def _embed_together(embed: Callable[[np.ndarray], np.ndarray], arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """The embeddings of several sources' segments, computed in one ``embed`` call."""
+    output = np.asarray(embed(np.concatenate(arrays)[np.newaxis]))[0].astype(np.float32)
+    return np.split(output, np.cumsum([len(array) for array in arrays])[:-1])
+
+
+def _encoder_on_worker(serialized: dict, weights: list[np.ndarray], segment_shape: tuple[int, ...]) -> Callable[[list], list]:
+    """On a cluster worker (`extract_embeddings`): the encoder rebuilt from its configuration and weights, and a function
+    from a call's (source, segments) items to (source, embeddings)."""
+    import keras
+
+    from SpeechModel import SpeechModel  # registers the model's layers, which the configuration names
+
+    encoder = keras.saving.deserialize_keras_object(serialized)
+    encoder.build((None, None, *segment_shape))
+    encoder.set_weights(weights)
+    embed = SpeechModel.inference_function(encoder, (None, *segment_shape))
+    return lambda items: list(zip([source for source, _ in items], _embed_together(embed, [array for _, array in items])))
 
 
 def _run(jobs: list, workers: int, desc: str) -> Iterable[tuple[SourceKey, np.ndarray | None, str | None]]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import io
 import json
 import logging
@@ -24,11 +25,14 @@ from collections import Counter, deque
 from collections.abc import Callable, Hashable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 import batching
+import cluster
 import export
+import results
 import runs
 import stream
 import utils
@@ -36,7 +40,7 @@ import cli
 from cli import positive_float, positive_int
 from errors import UsageError
 import files
-from files import file_problem, write_atomically
+from files import file_problem, folder_problem, write_atomically
 from mixed_precision import PRECISIONS
 from runs import Run, load_newest_run, load_run
 
@@ -47,6 +51,7 @@ BATCH_WINDOWS = 16  # windows per model call, at most
 # memory of inference (about 12 MB a segment at 224x224 on TensorFlow's CPU kernels).
 BATCH_SEGMENTS = 32
 PENDING_BATCHES = 2  # batches' worth of windows gathered before choosing one of similar lengths (more costs memory on long files)
+FILES_PER_CALL = 4  # files a cluster worker predicts a call (--engine ray): a finished call is written at once
 PROGRESS_DELAY = 2.0  # seconds of work before a progress bar appears (quick runs show none)
 
 
@@ -372,6 +377,70 @@ def predict(
     ]
 
 
+def predict_on_cluster(
+    paths: Sequence[Path],
+    run: Run | export.ExportedRun,
+    log: results.ResultLog,
+    record: Callable[[Prediction], dict[str, Any] | list[dict[str, Any]]],
+    *,
+    runtime: str,
+    address: str | None = None,
+    workers: int | None = None,
+    window: float = utils.WINDOW_SECONDS,
+    batch_size: int = BATCH_WINDOWS,
+    speaker_norm: str = "none",
+    progress: bool | None = None,
+    verbose: bool = False,
+) -> tuple[list[Prediction], Counter[str]]:
+    """`predict` of every file of ``paths`` not in ``log`` yet, on the workers of a Ray cluster, each result appended to ``log`` as it comes.
+
+    The cluster is `cluster.RayEngine` (``address``, ``workers``, ``verbose``), started
+    only when some file is left to predict. Every worker loads ``run`` (from its folder,
+    with ``runtime``) once and predicts `FILES_PER_CALL` files a call exactly as `predict`
+    does here. ``record`` turns a prediction into what ``log`` holds (a record, or a list
+    of them). ``speaker_norm`` is "none" or "file": the grouped modes need files of several
+    calls together.
+
+    Returns
+    -------
+    failed : list of Prediction
+        The files that could not be used (each with ``error``); not in ``log``, so a rerun tries them again.
+    nodes : Counter
+        Files predicted per node.
+    """
+    if speaker_norm not in ("none", "file"):
+        raise ValueError(f"speaker_norm must be none or file on a cluster, got {speaker_norm!r}")
+    done = log.done()
+    todo = [str(path) for path in paths if str(path) not in done]
+    if len(todo) < len(paths):
+        logger.warning("--output %s holds %d of the %d files already: predicting the other %d", log.path, len(paths) - len(todo), len(paths), len(todo))
+    if not todo:
+        return [], Counter()
+    failed: dict[str, Prediction] = {}
+    from tqdm import tqdm
+
+    make_predictor = functools.partial(_file_predictor, str(run.folder), runtime, window, batch_size, speaker_norm)
+    bar = tqdm(total=len(todo), unit="file", desc="inference", disable=None if progress is None else not progress, delay=PROGRESS_DELAY)
+    with cluster.RayEngine(address, workers=workers, verbose=verbose) as engine, bar:
+        for predictions in engine.map(todo, make_predictor, items_per_call=FILES_PER_CALL):
+            # A call that Ray ran again after its worker died may come twice: each file is written (or reported) once.
+            failed.update((prediction.path, prediction) for prediction in predictions if prediction.error is not None)
+            good = [prediction for prediction in predictions if prediction.error is None and prediction.path not in log]
+            log.append([row for prediction in good for row in _as_list(record(prediction))])
+            bar.update(len(predictions))
+    return list(failed.values()), engine.nodes
+
+
+def _file_predictor(folder: str, runtime: str, window: float, batch_size: int, speaker_norm: str) -> Callable[[list[str]], list[Prediction]]:
+    """On a worker (`predict_on_cluster`): the run loaded once, and a function that predicts a list of files with it."""
+    run = load(folder, runtime, window=window)
+    return lambda paths: predict(paths, run, window=window, batch_size=batch_size, speaker_norm=speaker_norm, runtime=runtime, progress=False)
+
+
+def _as_list(record: dict[str, Any] | list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return record if isinstance(record, list) else [record]
+
+
 def refuse_contradictions(runtime: str, speaker_norm: str, enrolled: bool, precision: str) -> None:
     """Refuse, in one line naming the flags, a request that ``runtime`` cannot do: the exports standardise with the training speakers' statistics, in their own precisions.
 
@@ -627,46 +696,72 @@ def format_table(predictions: list[Prediction], labels: list[str], *, top_k: int
 def format_csv(predictions: list[Prediction], labels: list[str], *, timeline: bool = False) -> str:
     """A header, then one row per file (or per window with ``timeline``): every class probability, then warnings (``;``-separated)."""
     stream = io.StringIO()
-    writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(["path", *(("start", "end") if timeline else ()), "emotion", "confidence", *labels, "warnings"])
+    writer = csv.DictWriter(stream, csv_columns(labels, timeline=timeline), lineterminator="\n")
+    writer.writeheader()
     for prediction in predictions:
-        if timeline:
-            for window in prediction.windows:
-                best = int(np.argmax(window.probabilities))
-                writer.writerow(
-                    [prediction.path, f"{window.start:.2f}", f"{window.end:.2f}", labels[best],
-                     f"{window.probabilities[best]:.4f}", *(f"{value:.4f}" for value in window.probabilities),
-                     ";".join(prediction.warnings)]
-                )
-        else:
-            writer.writerow(
-                [prediction.path, prediction.emotion, f"{prediction.confidence:.4f}",
-                 *(f"{prediction.probabilities[label]:.4f}" for label in labels), ";".join(prediction.warnings)]
-            )
+        writer.writerows(csv_rows(prediction, labels, timeline=timeline))
     return stream.getvalue()
 
 
+def csv_columns(labels: list[str], *, timeline: bool = False) -> list[str]:
+    """The CSV's header: `format_csv` and ``--engine ray``'s CSV write these columns."""
+    return ["path", *(("start", "end") if timeline else ()), "emotion", "confidence", *labels, "warnings"]
+
+
+def csv_rows(prediction: Prediction, labels: list[str], *, timeline: bool = False) -> list[dict[str, str]]:
+    """One file's CSV rows (one per window with ``timeline``), by `csv_columns`, probabilities to 4 decimals."""
+    warnings = ";".join(prediction.warnings)
+    if not timeline:
+        return [{
+            "path": prediction.path, "emotion": prediction.emotion, "confidence": f"{prediction.confidence:.4f}",
+            **{label: f"{prediction.probabilities[label]:.4f}" for label in labels}, "warnings": warnings,
+        }]
+    rows = []
+    for window in prediction.windows:
+        best = int(np.argmax(window.probabilities))
+        rows.append({
+            "path": prediction.path, "start": f"{window.start:.2f}", "end": f"{window.end:.2f}", "emotion": labels[best],
+            "confidence": f"{window.probabilities[best]:.4f}",
+            **{label: f"{value:.4f}" for label, value in zip(labels, window.probabilities)}, "warnings": warnings,
+        })
+    return rows
+
+
 def format_json(predictions: list[Prediction], labels: list[str], *, top_k: int = 1, timeline: bool = False) -> str:
-    """A JSON list with one object per file: path, emotion, confidence, top, probabilities, duration, warnings (and windows)."""
-    records = []
-    for prediction in predictions:
-        record = {
-            "path": prediction.path,
-            "emotion": prediction.emotion,
-            "confidence": round(prediction.confidence, 6),
-            "top": [{"emotion": label, "probability": round(value, 6)} for label, value in prediction.top(top_k)],
-            "probabilities": {label: round(value, 6) for label, value in prediction.probabilities.items()},
-            "duration": round(prediction.duration, 3),
-            "warnings": list(prediction.warnings),
-        }
-        if timeline:
-            record["windows"] = [
-                {"start": round(w.start, 3), "end": round(w.end, 3),
-                 "probabilities": {label: round(float(v), 6) for label, v in zip(labels, w.probabilities)}}
-                for w in prediction.windows
-            ]
-        records.append(record)
-    return json.dumps(records, indent=2) + "\n"
+    """A JSON list with one object per file (`json_record`)."""
+    return json.dumps([json_record(prediction, labels, top_k=top_k, timeline=timeline) for prediction in predictions], indent=2) + "\n"
+
+
+def json_record(prediction: Prediction, labels: list[str], *, top_k: int = 1, timeline: bool = False) -> dict[str, Any]:
+    """One file as JSON: path, emotion, confidence, top, probabilities, duration, warnings (and windows), probabilities to 6 decimals."""
+    record = {
+        "path": prediction.path,
+        "emotion": prediction.emotion,
+        "confidence": round(prediction.confidence, 6),
+        "top": [{"emotion": label, "probability": round(value, 6)} for label, value in prediction.top(top_k)],
+        "probabilities": {label: round(value, 6) for label, value in prediction.probabilities.items()},
+        "duration": round(prediction.duration, 3),
+        "warnings": list(prediction.warnings),
+    }
+    if timeline:
+        record["windows"] = [
+            {"start": round(w.start, 3), "end": round(w.end, 3),
+             "probabilities": {label: round(float(v), 6) for label, v in zip(labels, w.probabilities)}}
+            for w in prediction.windows
+        ]
+    return record
+
+
+def parquet_columns(labels: list[str]) -> list[str]:
+    """The columns of ``--format parquet``: path, emotion, confidence, a column per class (float64, unrounded), duration, warnings (``;``-separated)."""
+    return ["path", "emotion", "confidence", *labels, "duration", "warnings"]
+
+
+def parquet_record(prediction: Prediction, labels: list[str]) -> dict[str, Any]:
+    """One file as a Parquet row (`parquet_columns`)."""
+    values = [prediction.path, prediction.emotion, prediction.confidence, *(prediction.probabilities[label] for label in labels),
+              prediction.duration, ";".join(prediction.warnings)]
+    return dict(zip(parquet_columns(labels), values))
 
 
 # ---------------------------------------------------------------- command line
@@ -680,8 +775,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("paths", metavar="PATH", nargs="*", help="audio files and folders (searched recursively); none with --stream")
     parser.add_argument("--model", default=None, help=f"run folder of train.py (default: the newest usable run in {runs.MODEL_ROOT}/; damaged ones are skipped with a warning)")
-    parser.add_argument("--format", choices=["table", "csv", "json", "jsonl"], default="table", help="output format; csv and json carry every class probability; with --stream: table or jsonl (one JSON object per hop)")
-    parser.add_argument("--output", default=None, help="write the results to this file instead of standard output (checked before any work; written whole or not at all)")
+    parser.add_argument("--format", choices=["table", "csv", "json", *results.FORMATS[1:]], default="table", help="output format; csv and json carry every class probability; with --stream: table or jsonl (one JSON object per hop); with --engine ray: csv, jsonl (one JSON object per file) or parquet (a folder of files, probabilities unrounded)")
+    parser.add_argument("--output", default=None, help="write the results to this file instead of standard output (checked before any work; written whole or not at all); with --engine ray (needed there): each result appended as it comes, and a rerun with the same --output predicts only the files it does not hold yet")
+    parser.add_argument("--engine", choices=cluster.ENGINES, default="local", help=f"local: this machine's cores; ray: the workers of a Ray cluster (Ray Data, {cluster.INSTALL}), each loading the model once; files and --model must be at the same path on every node; --speaker-norm none or file")
+    parser.add_argument("--address", default=None, help="--engine ray: HOST:PORT of a running Ray cluster's head (ray start --head prints it) (default: $RAY_ADDRESS, else a Ray of this machine's cores, started and stopped here)")
     parser.add_argument("--top-k", type=positive_int, default=1, help="emotions listed per file (table and json)")
     parser.add_argument("--window", type=positive_float, default=utils.WINDOW_SECONDS, help="seconds per window: longer files are cut into equal windows of about this length, as the exports cut them")
     parser.add_argument("--timeline", action="store_true", help="also give every window's start, end and emotion")
@@ -705,14 +802,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"--stream {args.stream}: a stream is - (PCM on standard input) or nothing (the microphone); give files as PATH without --stream")
         if args.paths:
             parser.error("--stream reads a live stream: give it no PATH (or drop --stream to predict files)")
-        if args.format not in ("table", "jsonl") or args.output is not None or args.speaker_norm in SPEAKER_NORM_MODES[1:] or args.runtime not in (None, "keras") or args.enroll:
-            parser.error("--stream prints lines as they come: --format table or jsonl, no --output, --speaker-norm running or none, --runtime keras, no --enroll")
+        if args.format not in ("table", "jsonl") or args.output is not None or args.engine != "local" or args.speaker_norm in SPEAKER_NORM_MODES[1:] or args.runtime not in (None, "keras") or args.enroll:
+            parser.error("--stream prints lines as they come: --format table or jsonl, no --output, --speaker-norm running or none, --runtime keras, no --enroll, --engine local")
     elif not args.paths:
         parser.error("give at least one PATH (or --stream for a live stream)")
-    elif args.format == "jsonl" or args.speaker_norm == STREAM_NORM:
-        parser.error(f"--format jsonl and --speaker-norm {STREAM_NORM} go with --stream; for files use --format json and --speaker-norm folder or file")
+    elif args.speaker_norm == STREAM_NORM:
+        parser.error(f"--speaker-norm {STREAM_NORM} goes with --stream; for files use --speaker-norm folder or file")
+    elif args.engine == "ray":
+        if args.output is None or args.format not in results.FORMATS:
+            parser.error(f"--engine ray writes each result as it comes: give --output and --format {', '.join(results.FORMATS)}")
+        if args.speaker_norm not in (None, "none", "file") or args.enroll:
+            parser.error("--engine ray predicts each file on its own: --speaker-norm none or file, no --enroll")
+        if args.timeline and args.format == "parquet":
+            parser.error("--timeline gives rows per window: use --format csv or jsonl with it")
+    elif args.format in results.FORMATS[1:]:
+        parser.error(f"--format {args.format} goes with --engine ray (jsonl with --stream too); for files here use --format json or csv")
+    if args.address is not None and args.engine != "ray":
+        parser.error("--address joins a Ray cluster: give it with --engine ray")
     if args.output is not None:
-        problem = file_problem(args.output)
+        problem = folder_problem(args.output) if args.format == "parquet" else file_problem(args.output)
         if problem:
             parser.error(f"--output {args.output}: {problem}")  # before any work, so no result is lost
 
@@ -741,6 +849,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             runtime = "keras"
             run = load(args.model, runtime, window=args.window, precision=args.precision)  # a damaged run says so here, in one line
             logger.warning("%s; running its Keras model instead", error)
+        if args.engine == "ray":
+            return work_on_cluster(run, runtime, paths, speaker_norm)
         enrolment = enrol(enrolment_files, run, window=args.window) if enrolment_files else None
         predictions = predict(
             paths, run, window=args.window, batch_size=args.batch_size, precision=args.precision,
@@ -762,9 +872,35 @@ def main(argv: Sequence[str] | None = None) -> int:
             sys.stdout.write(text)
         return 0 if len(good) == len(predictions) else cli.EXIT_FAILURE
 
-    return cli.run_command(work, failures=(runs.RunError, export.ExportError), interrupted="no results were written")
+    def work_on_cluster(run: Run | export.ExportedRun, runtime: str, paths: list[Path], speaker_norm: str) -> int:
+        if args.format == "csv":
+            log = results.ResultLog(args.output, args.format, csv_columns(run.labels, timeline=args.timeline))
+            record = functools.partial(csv_rows, labels=run.labels, timeline=args.timeline)
+        elif args.format == "jsonl":
+            log = results.ResultLog(args.output, args.format)
+            record = functools.partial(json_record, labels=run.labels, top_k=args.top_k, timeline=args.timeline)
+        else:
+            log = results.ResultLog(args.output, args.format, parquet_columns(run.labels))
+            record = functools.partial(parquet_record, labels=run.labels)
+        failed, nodes = predict_on_cluster(
+            paths, run, log, record, runtime=runtime, address=args.address, window=args.window, batch_size=args.batch_size,
+            speaker_norm=speaker_norm, verbose=args.verbose,
+        )
+        for prediction in failed:
+            print(f"skipped: {prediction.error}", file=sys.stderr)
+        predicted = f"{cluster.nodes_summary(nodes)}; " if nodes else ""
+        print(f"done: {predicted}{len(log.done())} of {len(paths)} files in {args.output}", file=sys.stderr)
+        return 0 if not failed else cli.EXIT_FAILURE
+
+    interrupted = ("the results so far are kept in --output; run the same command again to continue" if args.engine == "ray"
+                   else "no results were written")
+    return cli.run_command(work, failures=(runs.RunError, export.ExportError, cluster.ClusterError), interrupted=interrupted)
 
 
 if __name__ == "__main__":
     cli.filter_library_noise(verbose="--verbose" in sys.argv[1:])
-    sys.exit(main())
+    # Run as the module infer, not as __main__: what --engine ray sends to its workers (the
+    # function that loads the run) and gets back (predictions) then pickles by reference.
+    import infer
+
+    sys.exit(infer.main())

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 import augment
+import cluster
 import corpora
 import devices
 import features
@@ -58,6 +59,7 @@ def run(
     resume: str | os.PathLike | None = None,
     given: Collection[str] = (),
     backbone: Callable[[], Any] | None = None,
+    engine: cluster.RayEngine | None = None,
 ) -> Path | None:
     """Train and evaluate as ``options`` say; returns the completed run folder.
 
@@ -67,7 +69,8 @@ def run(
     run's are refused. ``backbone`` builds a custom backbone model (a keras.Model per
     segment) for every split instead of the named ``options.backbone``. In a job of
     several processes (`devices`), every process trains and only the first writes the
-    run folder; the others return None.
+    run folder; the others return None. ``engine``, a Ray cluster, computes what the caches
+    miss (`trainer.train_split`).
     """
     output = Path(options.output)
     problem = files.folder_problem(output)
@@ -143,14 +146,17 @@ def run(
         partial = runs.new_partial_run(output, run_name(options))
         runs.write_json(partial / runs.OPTIONS, options.to_dict())
     try:
-        return _train_splits(options, splits, labels, partial, backbone=backbone, placement=placement, cache_dir=cache_dir, started=started)
+        return _train_splits(
+            options, splits, labels, partial, backbone=backbone, placement=placement, cache_dir=cache_dir, started=started, engine=engine
+        )
     except Exception as error:  # not Ctrl-C: an interrupted run is resumed by a plain --resume, a failed one only when named
         runs.mark_failed(partial, error)
         raise
 
 
 def _train_splits(
-    options: Options, splits: list, labels: list[str], partial: Path, *, backbone, placement, cache_dir: Path | None, started: float
+    options: Options, splits: list, labels: list[str], partial: Path, *, backbone, placement, cache_dir: Path | None, started: float,
+    engine: cluster.RayEngine | None,
 ) -> Path:
     """Train every split into the partial run folder (skipping folds it holds already), score, and complete it."""
     import keras
@@ -167,7 +173,7 @@ def _train_splits(
         if options.folds:
             logger.info("fold %d of %d: test speakers %s", number, len(splits), split.speakers()["test"])
         model, metrics, predictions = train_split(
-            split, options, labels, fold_dir, backbone=backbone, placement=placement, cache_dir=cache_dir
+            split, options, labels, fold_dir, backbone=backbone, placement=placement, cache_dir=cache_dir, engine=engine
         )
         runs.write_predictions(fold_dir, predictions)
         if not options.folds:
@@ -333,6 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--custom-labels", action="store_true", help="train labels outside the emotion vocabulary (neutral, happy, angry, ...) as classes of your own, instead of refusing them as likely typos")
     parser.add_argument("--no-download", dest="download", action="store_false", help="never download the corpus into an empty or missing --dataset (a folder that holds anything of yours is never downloaded into)")
     parser.add_argument("--download-url", default=None, help="where to download the corpus archive from (default: its distributor)")
+    parser.add_argument("--engine", choices=cluster.ENGINES, default="local", help=f"what computes the features, prosodic vectors and frozen embeddings the cache lacks: this machine's cores, or the workers of a Ray cluster (Ray Data, {cluster.INSTALL}; the corpus and this project at the same path on every node; the results come back and are cached here)")
+    parser.add_argument("--address", default=None, help="--engine ray: HOST:PORT of a running Ray cluster's head (ray start --head prints it) (default: $RAY_ADDRESS, else a Ray of this machine's cores, started and stopped here)")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up logs")
     return parser
 
@@ -354,10 +362,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if options.weights not in ("imagenet", "none") and not Path(options.weights).is_file():
             raise UsageError(f"--weights {options.weights}: no such file (use imagenet, none or a weights file)")
         devices.join_hosts(args.coordinator, args.num_processes, args.process_id)
-        run(options, resume=args.resume, given=given)
+        if args.engine == "local":
+            run(options, resume=args.resume, given=given)
+            return 0
+        with cluster.RayEngine(args.address, verbose=args.verbose) as engine:
+            run(options, resume=args.resume, given=given, engine=engine)
+        logger.info("the cluster computed %s", cluster.nodes_summary(engine.nodes, "files' features, prosodic vectors and embeddings"))
         return 0
 
-    failures = (TrainingError, corpora.CorpusError, runs.RunError, BackboneWeightsError, features.EmbeddingError, features.WorkerError)
+    if args.address is not None and args.engine != "ray":
+        parser.error("--address joins a Ray cluster: give it with --engine ray")
+    failures = (TrainingError, corpora.CorpusError, runs.RunError, BackboneWeightsError, features.EmbeddingError, features.WorkerError, cluster.ClusterError)
     return cli.run_command(work, failures=failures, interrupted=f"the partial run is kept; continue it with: python train.py {options.epochs} --resume --output {options.output}")
 
 

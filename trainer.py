@@ -27,6 +27,7 @@ import files
 import prosody
 import runs
 import utils
+from cluster import RayEngine
 from errors import UsageError
 from devices import Placement
 
@@ -383,13 +384,15 @@ def train_split(
     backbone: Callable[[], Any] | None = None,
     placement: Placement = Placement(),
     cache_dir: Path | None = None,
+    engine: RayEngine | None = None,
 ) -> tuple[Any, dict, list[dict]]:
     """Train on ``split.train``, watch (and with early stopping, stop on) ``split.validation``, score ``split.test``.
 
     ``options`` must be `Options.resolved`. ``backbone`` builds a custom backbone
     model instead of ``options.backbone``. ``placement`` (`devices.place`) says where
     fine-tuning runs. ``cache_dir`` keeps features and embeddings (None: nothing is
-    cached; train.py passes ``options.cache_dir`` where it can be written). Returns the full model (segments -> probabilities, float32 on one
+    cached; train.py passes ``options.cache_dir`` where it can be written); ``engine``, a Ray cluster, computes what
+    the caches miss (features, prosodic vectors, frozen embeddings) on its workers instead of here. Returns the full model (segments -> probabilities, float32 on one
     device, whatever the training precision and devices), the test metrics and the
     per-file test predictions.
     """
@@ -410,13 +413,13 @@ def train_split(
     evaluation = [(u.path, u) for u in split.validation + split.test]
     extracted = features.extract_features(
         [source for source, _ in train_sources + evaluation], config=options.features,
-        cache_dir=None if cache_dir is None else cache_dir / "features",
+        cache_dir=None if cache_dir is None else cache_dir / "features", engine=engine,
     )
 
     prosody_set = recipe["prosody_set"]
     vectors = {} if prosody_set is None else features.extract_prosody(
         [source for source, _ in train_sources + evaluation if features.source_key(source) in extracted.segments],
-        prosody_set, config=options.features, cache_dir=None if cache_dir is None else cache_dir / "prosody",
+        prosody_set, config=options.features, cache_dir=None if cache_dir is None else cache_dir / "prosody", engine=engine,
     )
 
     def examples(pairs) -> list[Example]:
@@ -456,6 +459,7 @@ def train_split(
             embeddings = features.extract_embeddings(
                 embed, extracted.segments, width=width, fingerprint=features.encoder_fingerprint(model.encoder),
                 config=options.features, cache_dir=None if cache_dir is None else cache_dir / "embeddings",
+                engine=engine, encoder=model.encoder,
             )
         else:
             # The starting backbone's embeddings, used once for the normalisation: not cached.
