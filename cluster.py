@@ -8,7 +8,7 @@ worker, not once per file) and returns its results to the driver, which writes t
 worker needs to write where the driver reads. Files are read where they are, so the audio
 the run folder and this project must be at the same path on every node (a shared file system).
 
-Ray is optional (`REQUIREMENTS`); without it `RayEngine` says how to install it.
+Ray is optional (`INSTALL`); without it `RayEngine` says how to install it.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from files import PROJECT_ROOT, installed
 logger = logging.getLogger(__name__)
 
 ENGINES = ("local", "ray")  # local: this machine's process pool and threads; ray: `RayEngine`
-REQUIREMENTS = "requirements-ray.txt"  # Ray Data's pinned range (the dev requirements include it)
-INSTALL = f"pip install -r {REQUIREMENTS}"
+INSTALL = "pip install -r requirements-ray.lock"  # the user's versions plus Ray Data's (requirements-ray.txt holds the ranges)
 CONNECT_SECONDS = 5.0  # to reach a cluster's head before saying nothing answers
+WORKERS_START_SECONDS = 600  # for every worker to start and load its model before a map gives up
 MAX_BLOCKS = 10_000  # Ray Data blocks a map's items are cut into, at most
 
 
@@ -44,7 +44,9 @@ class RayEngine:
     ----------
     address : str or None
         ``HOST:PORT`` of a running cluster's head (``ray start --head`` prints it), or None
-        for an embedded cluster of this machine's cores, started here and stopped at the end.
+        for ``$RAY_ADDRESS`` or else an embedded cluster of this machine's cores, started here
+        and stopped at the end. A Ray this process has joined already (``ray.init`` by the
+        caller) is used as it is, whatever the address, and left running.
     workers : int or None
         Workers the map runs on, one CPU each (default: every CPU of the cluster).
     verbose : bool
@@ -71,7 +73,8 @@ class RayEngine:
         address = address or os.environ.get("RAY_ADDRESS") or "local"
         # "local" starts a Ray of this machine: without it Ray would join a cluster an earlier `ray start` left on record.
         problem = None if address == "local" else _unreachable(address)
-        if problem is None:
+        self.owned = not ray.is_initialized()  # joined here, so left here
+        if problem is None and self.owned:
             try:
                 ray.init(
                     address=address, include_dashboard=False, log_to_driver=verbose,
@@ -87,6 +90,8 @@ class RayEngine:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = verbose
         context.print_on_execution_start = verbose
+        # Every worker ready (its model loaded) before the first call goes out: the calls then spread over all of them.
+        context.wait_for_min_actors_s = WORKERS_START_SECONDS
         self.workers = workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
         self.nodes: Counter[str] = Counter()  # items mapped per node (its address), over every `map`
 
@@ -96,7 +101,8 @@ class RayEngine:
     def __exit__(self, *exc_info: object) -> None:
         import ray
 
-        ray.shutdown()
+        if self.owned:
+            ray.shutdown()
 
     def map(
         self, items: Sequence[Any], make_function: Callable[[], Callable[[list], list]], *, items_per_call: int = 1

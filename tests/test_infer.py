@@ -354,3 +354,12 @@ def test_model_calls_hold_a_bounded_number_of_segments_whatever_the_batch_size(r
     infer.predict([long], run, batch_size=16)
     assert max(windows * steps for windows, steps in shapes) <= max(infer.BATCH_SEGMENTS, max(steps for _, steps in shapes))
     assert sum(windows for windows, _ in shapes) == 8
+
+
+def test_engine_ray_without_ray_installed_is_one_line_naming_the_install(run_dir, clips, tmp_path, monkeypatch, capsys):
+    import cluster
+
+    monkeypatch.setattr(cluster, "installed", lambda package: package != "ray")
+    code, _, err = run_cli(infer.main, [clips[1], "--model", run_dir, "--engine", "ray", "--format", "csv", "--output", tmp_path / "o.csv"], capsys)
+    assert code == 2 and err.strip() == "error: --engine ray needs Ray Data: pip install -r requirements-ray.lock"
+    assert not (tmp_path / "o.csv").exists()

@@ -11,7 +11,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parent.parent
-LOCKS = {"requirements.txt": "requirements.lock", "requirements-dev.txt": "requirements-dev.lock"}
+LOCKS = {"requirements.txt": "requirements.lock", "requirements-ray.txt": "requirements-ray.lock", "requirements-dev.txt": "requirements-dev.lock"}
 
 
 def ranges(name: str) -> list[Requirement]:
@@ -49,9 +49,15 @@ def test_every_range_is_pinned_inside_it_in_the_lock(ranges_file):
             )
 
 
-def test_the_dev_lock_installs_the_users_versions():
-    user, dev = pins("requirements.lock"), pins("requirements-dev.lock")
-    assert {name: user[name] for name in user} == {name: dev[name] for name in user}
+@pytest.mark.parametrize("lock", ["requirements-ray.lock", "requirements-dev.lock"])
+def test_the_larger_locks_install_the_users_versions(lock):
+    user, larger = pins("requirements.lock"), pins(lock)
+    assert {name: user[name] for name in user} == {name: larger[name] for name in user}
+
+
+def test_the_dev_lock_installs_rays_versions():
+    with_ray, dev = pins("requirements-ray.lock"), pins("requirements-dev.lock")
+    assert {name: with_ray[name] for name in with_ray} == {name: dev[name] for name in with_ray}
 
 
 def test_the_numba_that_crashed_librosa_is_not_locked():
