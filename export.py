@@ -187,7 +187,8 @@ def load_artefact(folder: Path, export_format: str, runtime: str | None = None, 
     """
     import os
 
-    cores = len(os.sched_getaffinity(0))
+    # The cores this process may use, or fewer where OMP_NUM_THREADS says so (as Ray sets it for a worker of N CPUs).
+    cores = min(len(os.sched_getaffinity(0)), int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1))
     name = FORMATS[export_format][1]
     if runtime == "openvino":
         import openvino
