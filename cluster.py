@@ -121,8 +121,9 @@ class RayEngine:
         Yields
         ------
         results : list
-            One call's results, in the order of its items; calls arrive in the order they
-            finish. A worker that dies has its calls run again on another.
+            The results of a finished call (or of several that finished together), in the
+            order of their items; calls arrive in the order they finish, not the items'. A
+            worker that dies is started again and its call run again.
         """
         if not items:
             return
@@ -145,7 +146,7 @@ class RayEngine:
         except ray.exceptions.RayError as error:
             # Ray's message is the worker's whole traceback; its last line says what failed.
             cause = str(error).strip().splitlines()[-1]
-            raise ClusterError(f"a Ray worker failed ({cause}); the results written so far are kept") from None
+            raise ClusterError(f"a Ray worker failed ({cause}); what finished before is kept") from None
 
 
 class _Worker:

@@ -180,7 +180,8 @@ def test_ctrl_c_ends_a_stream_with_130_and_no_traceback(speaker_norm_run):
         (["--stream", "some.wav"], "a stream is - (PCM on standard input) or nothing"),
         (["a.wav", "--stream", "-"], "give it no PATH"),
         (["--stream", "-", "--format", "csv"], "--format table or jsonl"),
-        (["a.wav", "--format", "jsonl"], "--format jsonl and --speaker-norm running go with --stream"),
+        (["a.wav", "--format", "jsonl"], "--format jsonl goes with --engine ray (jsonl with --stream too)"),
+        (["a.wav", "--speaker-norm", "running"], "--speaker-norm running goes with --stream"),
         ([], "give at least one PATH (or --stream"),
     ],
 )
