@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -173,8 +174,10 @@ def test_a_two_node_cluster_shares_the_work(run_dir, corpus, tmp_path):
     head = start_node(tmp_path / "head.log", "--head", f"--port={port}", "--include-dashboard=false", "--disable-usage-stats")
     nodes = [head]
     try:
-        wait_for(lambda: "Ray runtime started" in (tmp_path / "head.log").read_text(), "the head node")
-        address = f"{socket.gethostbyname(socket.gethostname())}:{port}"
+        # The address the head gives for other nodes once it runs (its own IP, which the host name may not resolve to).
+        joining = re.compile(r"ray start --address='([^']+)'")
+        wait_for(lambda: joining.search((tmp_path / "head.log").read_text()), "the head node")
+        address = joining.search((tmp_path / "head.log").read_text()).group(1)
         nodes.append(start_node(tmp_path / "second.log", f"--address={address}"))
         wait_for(lambda: "Ray runtime started" in (tmp_path / "second.log").read_text(), "the second node")
         output = tmp_path / "out.jsonl"
