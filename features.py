@@ -461,12 +461,12 @@ def extract_embeddings(
         cache.report_rejected()
     if missing:
         logger.info("embedding %d utterances with the backbone (%d cached)", len(missing), len(embeddings))
-    chunks: list[list[SourceKey]] = [[]]
-    for source in missing:
-        if chunks[-1] and sum(len(segments[item]) for item in chunks[-1]) + len(segments[source]) > EMBEDDING_BATCH_SEGMENTS:
-            chunks.append([])
-        chunks[-1].append(source)
     if engine is None:
+        chunks: list[list[SourceKey]] = [[]]
+        for source in missing:
+            if chunks[-1] and sum(len(segments[item]) for item in chunks[-1]) + len(segments[source]) > EMBEDDING_BATCH_SEGMENTS:
+                chunks.append([])
+            chunks[-1].append(source)
         embedded = (zip(chunk, _embed_together(embed, [segments[item] for item in chunk])) for chunk in filter(None, chunks))
     else:
         import keras

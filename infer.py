@@ -56,6 +56,7 @@ PROGRESS_DELAY = 2.0  # seconds of work before a progress bar appears (quick run
 
 
 SPEAKER_NORM_MODES = ("none", "folder", "file")  # whose statistics standardise the embeddings: see predict
+CLUSTER_SPEAKER_NORMS = ("none", "file")  # the modes --engine ray serves: the others group files of several calls
 RUNTIMES = ("keras", *export.RUNTIMES)  # what runs the model: model.keras, or its export
 STREAM_NORM = "running"  # --stream's mode: the stream's own running statistics (stream.predict_stream)
 MICROPHONE = "microphone"  # --stream without a source
@@ -399,7 +400,7 @@ def predict_on_cluster(
     with ``runtime``) once and predicts `FILES_PER_CALL` files a call exactly as `predict`
     does here. ``record`` turns a prediction into what ``log`` holds (a record, or a list
     of them). ``speaker_norm`` is "none" or "file": the grouped modes need files of several
-    calls together.
+    calls together (`CLUSTER_SPEAKER_NORMS`).
 
     Returns
     -------
@@ -408,8 +409,8 @@ def predict_on_cluster(
     nodes : Counter
         Files predicted per node.
     """
-    if speaker_norm not in ("none", "file"):
-        raise ValueError(f"speaker_norm must be none or file on a cluster, got {speaker_norm!r}")
+    if speaker_norm not in CLUSTER_SPEAKER_NORMS:
+        raise ValueError(f"speaker_norm must be one of {CLUSTER_SPEAKER_NORMS} on a cluster, got {speaker_norm!r}")
     done = log.done()
     todo = [str(path) for path in paths if str(path) not in done]
     if len(todo) < len(paths):
@@ -777,7 +778,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model", default=None, help=f"run folder of train.py (default: the newest usable run in {runs.MODEL_ROOT}/; damaged ones are skipped with a warning)")
     parser.add_argument("--format", choices=["table", "csv", "json", *results.FORMATS[1:]], default="table", help="output format; csv and json carry every class probability; with --stream: table or jsonl (one JSON object per hop); with --engine ray: csv, jsonl (one JSON object per file) or parquet (a folder of files, probabilities unrounded)")
     parser.add_argument("--output", default=None, help="write the results to this file instead of standard output (checked before any work; written whole or not at all); with --engine ray (needed there): each result appended as it comes, and a rerun with the same --output predicts only the files it does not hold yet")
-    parser.add_argument("--engine", choices=cluster.ENGINES, default="local", help=f"local: this machine's cores; ray: the workers of a Ray cluster (Ray Data, {cluster.INSTALL}), each loading the model once; files and --model must be at the same path on every node; --speaker-norm none or file")
+    parser.add_argument("--engine", choices=cluster.ENGINES, default="local", help=f"local: this machine's cores; ray: the workers of a Ray cluster (Ray Data, {cluster.INSTALL}), each loading the model once; files and --model must be at the same path on every node; --speaker-norm {' or '.join(CLUSTER_SPEAKER_NORMS)}")
     parser.add_argument("--address", default=None, help="--engine ray: HOST:PORT of a running Ray cluster's head (ray start --head prints it) (default: $RAY_ADDRESS, else a Ray of this machine's cores, started and stopped here)")
     parser.add_argument("--top-k", type=positive_int, default=1, help="emotions listed per file (table and json)")
     parser.add_argument("--window", type=positive_float, default=utils.WINDOW_SECONDS, help="seconds per window: longer files are cut into equal windows of about this length, as the exports cut them")
@@ -811,8 +812,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.engine == "ray":
         if args.output is None or args.format not in results.FORMATS:
             parser.error(f"--engine ray writes each result as it comes: give --output and --format {', '.join(results.FORMATS)}")
-        if args.speaker_norm not in (None, "none", "file") or args.enroll:
-            parser.error("--engine ray predicts each file on its own: --speaker-norm none or file, no --enroll")
+        if args.speaker_norm not in (None, *CLUSTER_SPEAKER_NORMS) or args.enroll:
+            parser.error(f"--engine ray predicts each file on its own: --speaker-norm {' or '.join(CLUSTER_SPEAKER_NORMS)}, no --enroll")
         if args.timeline and args.format == "parquet":
             parser.error("--timeline gives rows per window: use --format csv or jsonl with it")
     elif args.format in results.FORMATS[1:]:
