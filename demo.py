@@ -34,7 +34,7 @@ import numpy as np
 
 import cli
 import files
-import infer
+import inference
 import runs
 import utils
 from cli import positive_float, positive_int
@@ -122,7 +122,7 @@ def envelope(y: np.ndarray, points: int = ENVELOPE_POINTS) -> np.ndarray:
     return np.maximum.reduceat(np.abs(y), edges[:-1]).astype(np.float32)
 
 
-def attention_spans(y: np.ndarray, run: Run, windows: Sequence[infer.WindowPrediction]) -> list[dict]:
+def attention_spans(y: np.ndarray, run: Run, windows: Sequence[inference.WindowPrediction]) -> list[dict]:
     """Each segment's attention weight, with where it lies in the recording.
 
     Parameters
@@ -131,8 +131,8 @@ def attention_spans(y: np.ndarray, run: Run, windows: Sequence[infer.WindowPredi
         The recording at the run's rate.
     run : runs.Run
         A run whose head has attention (``blstm-attention``).
-    windows : sequence of infer.WindowPrediction
-        The windows ``infer.predict`` cut the recording into.
+    windows : sequence of inference.WindowPrediction
+        The windows ``inference.predict`` cut the recording into.
 
     Returns
     -------
@@ -140,7 +140,7 @@ def attention_spans(y: np.ndarray, run: Run, windows: Sequence[infer.WindowPredi
         ``"window"`` (an index into ``windows``), ``"start"`` and ``"end"`` in seconds and
         ``"weight"``: the segment's share of its window's attention (a window's weights
         sum to 1), the embeddings standardised with the training
-        speakers' statistics as ``infer.predict`` does by default.
+        speakers' statistics as ``inference.predict`` does by default.
     """
     sr = run.features.sr
     spans = []
@@ -157,7 +157,7 @@ def attention_spans(y: np.ndarray, run: Run, windows: Sequence[infer.WindowPredi
 
 
 def analyse(path: Path, name: str, run: Run, settings: Settings) -> dict:
-    """The page's answer for one recording: `infer.predict` on it, with what the page draws.
+    """The page's answer for one recording: `inference.predict` on it, with what the page draws.
 
     Parameters
     ----------
@@ -192,10 +192,10 @@ def analyse(path: Path, name: str, run: Run, settings: Settings) -> dict:
         raise DemoError(415, named(str(error))) from None
     if info.duration > settings.max_seconds:
         raise DemoError(413, f"{name}: {info.duration:.0f} s of audio, over the demo's limit of {settings.max_seconds:g} s (python demo.py --max-seconds)")
-    (prediction,) = infer.predict([path], run, window=settings.window, progress=False)
+    (prediction,) = inference.predict([path], run, window=settings.window, progress=False)
     if prediction.error is not None:  # audio whose header reads but whose samples do not, or a model giving NaN
         raise DemoError(422, named(prediction.error))
-    if infer.SILENT in prediction.warnings:
+    if inference.SILENT in prediction.warnings:
         raise DemoError(422, f"{name}: silent (no sound above -80 dBFS); check the microphone or the file")
     y = utils.load_wav(path, sr=run.features.sr)
     return {

@@ -5,7 +5,7 @@
 Steps: load the run, read the corpus (detected from its names by default; only read),
 match the run's emotions with the corpus's by name (both speak the project's one
 vocabulary, `corpora.canonical_label`), leave out and list the classes on one side only,
-predict every remaining file with `infer.predict` (for a run trained with speaker
+predict every remaining file with `inference.predict` (for a run trained with speaker
 normalisation, each speaker standardised by their own statistics, as in training), take
 the most probable of the shared classes, and score with the same code as train.py
 (`trainer.score`). Writes metrics.json,
@@ -28,7 +28,7 @@ import cli
 from errors import UsageError
 import corpora
 import files
-import infer
+import inference
 import runs
 from cli import positive_int
 from trainer import format_scores, score
@@ -36,7 +36,7 @@ from trainer import format_scores, score
 logger = logging.getLogger("evaluate")
 
 EVALUATIONS_ROOT = files.PROJECT_ROOT / "evaluations"  # default parent of --output (ignored by git)
-SPEAKER_NORM_MODES = (infer.SPEAKER, "folder", "none")  # evaluate's choices: "file" would standardise each utterance by itself
+SPEAKER_NORM_MODES = (inference.SPEAKER, "folder", "none")  # evaluate's choices: "file" would standardise each utterance by itself
 # Per-speaker statistics hold a speaker's voice, not their emotion, only while a speaker shows
 # several emotions: past this share of files on their speaker's most frequent emotion (RAVDESS:
 # 0.13, EMO-DB: about 0.2; a talk show's guests or a call: most), they are the class's own.
@@ -80,7 +80,7 @@ def speaker_statistics_problem(utterances: Sequence[corpora.Utterance]) -> str |
 
 
 def evaluate(
-    run: runs.Run, utterances: Sequence[corpora.Utterance], *, batch_size: int = infer.BATCH_WINDOWS, speaker_norm: str = "none"
+    run: runs.Run, utterances: Sequence[corpora.Utterance], *, batch_size: int = inference.BATCH_WINDOWS, speaker_norm: str = "none"
 ) -> tuple[dict, list[dict]]:
     """Scores of ``run`` on ``utterances`` over the emotions both know, and one prediction per file.
 
@@ -122,12 +122,12 @@ def evaluate(
             f"{'only ' + shared[0] if shared else 'no emotion'} in common, too few to score"
         )
     kept = [u for u in utterances if u.label in shared]
-    results = infer.predict(
+    results = inference.predict(
         [u.path for u in kept], run, batch_size=batch_size, speaker_norm=speaker_norm,
-        speakers=[u.speaker for u in kept] if speaker_norm == infer.SPEAKER else None,
+        speakers=[u.speaker for u in kept] if speaker_norm == inference.SPEAKER else None,
     )
 
-    def among_shared(result: infer.Prediction) -> np.ndarray:
+    def among_shared(result: inference.Prediction) -> np.ndarray:
         probabilities = np.array([result.probabilities[label] for label in shared])
         return probabilities / probabilities.sum()
 
@@ -151,7 +151,7 @@ def evaluate(
     metrics["transductive"] = speaker_norm != "none"
     # Each file alone too, as infer.py scores it: a second pass where the first was transductive.
     readable = [result for result in results if result.error is None]
-    alone = infer.predict([p["path"] for p in predictions], run, batch_size=batch_size) if metrics["transductive"] else readable
+    alone = inference.predict([p["path"] for p in predictions], run, batch_size=batch_size) if metrics["transductive"] else readable
     for prediction, result in zip(predictions, alone):
         probabilities = among_shared(result)
         best = int(np.argmax(probabilities))
@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--corpus", choices=[corpora.AUTO, *corpora.CORPORA], default=corpora.AUTO, help="which corpus --dataset holds; auto detects it from the names")
     parser.add_argument("--speaker-pattern", default=None, help="--corpus folders: a regular expression that finds the speaker in a file name")
     parser.add_argument("--output", default=None, help=f"folder for metrics.json, predictions.csv and confusion_matrix.png (default: {EVALUATIONS_ROOT}/<run>-on-<corpus>)")
-    parser.add_argument("--batch-size", type=positive_int, default=infer.BATCH_WINDOWS, help="windows per model call, at most (as infer.py --batch-size)")
+    parser.add_argument("--batch-size", type=positive_int, default=inference.BATCH_WINDOWS, help="windows per model call, at most (as infer.py --batch-size)")
     parser.add_argument("--speaker-norm", choices=SPEAKER_NORM_MODES, default=None, help="for runs trained with speaker normalisation: standardise each speaker's embeddings with that speaker's own statistics (speaker: the speakers the corpus reader finds, as in training), each folder's (refused where folders are classes), or the training speakers' (none, as the exported model); speaker is refused, and not the default, where the corpus names no speakers or its speakers show mostly one emotion each (default: speaker for such runs, none for others)")
     parser.add_argument("--verbose", action="store_true", help="show the libraries' own start-up logs")
     return parser
@@ -210,8 +210,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if problem:
             raise cli.UsageError(f"--output {output} {problem}; set --output to a folder this user can write")
         warn_training_speakers(run, corpus, utterances)
-        speaker_norm = args.speaker_norm or (infer.SPEAKER if run.speaker_norm else "none")  # training's protocol
-        problem = speaker_statistics_problem(utterances) if speaker_norm == infer.SPEAKER else None
+        speaker_norm = args.speaker_norm or (inference.SPEAKER if run.speaker_norm else "none")  # training's protocol
+        problem = speaker_statistics_problem(utterances) if speaker_norm == inference.SPEAKER else None
         if problem and args.speaker_norm is not None:
             raise cli.UsageError(f"--speaker-norm speaker: {problem}: each speaker's own statistics would take their emotion "
                                  "away and the score would mislead; use --speaker-norm none")

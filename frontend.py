@@ -15,7 +15,7 @@ model maps audio to emotions with no feature code outside it:
 The fixed matrices are the layer's (non-trainable) weights: a constant made outside a layer
 becomes a missing graph input in an ONNX export. Resampling stays outside the graph
 (`utils.resample`): the layer takes audio at ``features.sr`` only. `split_windows` cuts one
-recording into the equal windows the layer takes, as `infer.window_spans` does in seconds.
+recording into the equal windows the layer takes, as `inference.window_spans` does in seconds.
 """
 
 from __future__ import annotations

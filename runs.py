@@ -304,7 +304,7 @@ class Run:
     ) -> np.ndarray:
         """Probabilities (batch, classes) of embeddings (batch, segments, features) and prosodic vectors (batch, values), standardised with the given statistics or the stored ones.
 
-        A mean without deviations (an `infer.Enrolment`'s) takes the stored deviations.
+        A mean without deviations (an `inference.Enrolment`'s) takes the stored deviations.
         """
         if mean is None and prosody_mean is None:
             return self._classify_pooled(embeddings) if self.prosody_set is None else self._classify_pooled(embeddings, prosody)

@@ -222,7 +222,7 @@ def predict_stream(
         vector = run.prosody_of(embedder.audio)
         prosody = None if vector is None else vector[np.newaxis]
         if speaker_norm == "none":
-            probabilities = run.classify(embeddings[np.newaxis], prosody=prosody)[0]  # the training speakers' statistics, as infer.predict and the exports
+            probabilities = run.classify(embeddings[np.newaxis], prosody=prosody)[0]  # the training speakers' statistics, as inference.predict and the exports
         else:
             statistics.update(new)
             own = statistics.count >= RUNNING_MIN_SEGMENTS

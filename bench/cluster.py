@@ -1,8 +1,8 @@
 """Benchmark: infer.py --engine ray against this machine's engine, in the same run: files/s, start-up and the cost per file.
 
-(a) local: `infer.predict`, what infer.py runs by default (the run's ONNX export with ONNX Runtime,
+(a) local: `inference.predict`, what infer.py runs by default (the run's ONNX export with ONNX Runtime,
     windows read in threads, every core).
-(b) ray, 1 worker and (c) 2 workers: `infer.predict_on_cluster` on an embedded Ray of this machine,
+(b) ray, 1 worker and (c) 2 workers: `inference.predict_on_cluster` on an embedded Ray of this machine,
     each worker loading the export once, results appended to a JSON lines file as they come.
 
 For Ray: the whole run's files/s (Ray's start included), its start-up (from the call to the first
@@ -29,7 +29,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # a Ray of this machine only
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[0] = str(ROOT)  # the project's modules, and bench.stream
 
-import infer  # noqa: E402
+import inference  # noqa: E402
 import results  # noqa: E402
 
 
@@ -71,12 +71,12 @@ def main() -> None:
     import runs
 
     folder = Path(args.model) if args.model else runs.newest_run_folder()
-    run = infer.load(folder, "onnxruntime")  # exports once where missing, before anything is timed
+    run = inference.load(folder, "onnxruntime")  # exports once where missing, before anything is timed
     with tempfile.TemporaryDirectory() as scratch:
-        paths = infer.audio_files([args.data]) if args.data else generated_files(Path(scratch), args.files)
-        infer.predict(paths[:2], run, runtime="onnxruntime", progress=False)  # warm: the session's first calls
+        paths = inference.audio_files([args.data]) if args.data else generated_files(Path(scratch), args.files)
+        inference.predict(paths[:2], run, runtime="onnxruntime", progress=False)  # warm: the session's first calls
         started = time.perf_counter()
-        local = infer.predict(paths, run, runtime="onnxruntime", progress=False)
+        local = inference.predict(paths, run, runtime="onnxruntime", progress=False)
         local_seconds = time.perf_counter() - started
         per_file = local_seconds / len(paths)
         print(f"{len(paths)} files, {sum(p.duration for p in local):.0f} s of audio, run {folder.name}, {os.cpu_count()} cores\n")
@@ -85,8 +85,8 @@ def main() -> None:
         for workers in (1, 2):
             log = TimedLog(Path(scratch) / f"ray{workers}.jsonl")
             started = time.perf_counter()
-            failed, _ = infer.predict_on_cluster(
-                paths, run, log, functools.partial(infer.json_record, labels=run.labels), runtime="onnxruntime", workers=workers, progress=False,
+            failed, _ = inference.predict_on_cluster(
+                paths, run, log, functools.partial(inference.json_record, labels=run.labels), runtime="onnxruntime", workers=workers, progress=False,
             )
             total = time.perf_counter() - started
             assert not failed and len(log.done()) == len(paths)

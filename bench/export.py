@@ -2,9 +2,9 @@
 
 For each format of export.py (SavedModel, ONNX, LiteRT): the artefact's size, the largest
 difference of its probabilities to the Keras model's (`runs.Run.predict_waveform`) and to
-infer.py's (`infer.predict`, the NumPy front end) over the folder, and files per second of a plain loop that a user without this project would write:
+infer.py's (`inference.predict`, the NumPy front end) over the folder, and files per second of a plain loop that a user without this project would write:
 read the file with soundfile, resample to 16 kHz with soxr, one call of the runtime on the whole
-recording. Beside them, in the same run: infer.py on the folder (`infer.predict`) and the plain
+recording. Beside them, in the same run: infer.py on the folder (`inference.predict`) and the plain
 per-file approach of the original repository (features, a fixed 8 segments, model.predict).
 Loading and the first call are not timed. ONNX Runtime and LiteRT use every core.
 
@@ -53,16 +53,16 @@ def main() -> None:
     import numpy as np
 
     import export
-    import infer
+    import inference
     import runs
     import utils
     from bench.model import fixed_length
 
-    files = infer.audio_files([args.data])
+    files = inference.audio_files([args.data])
     run = runs.load_run(args.model)
     audio = [read_16k(path) for path in files]
     expected = [run.predict_waveform(y, 16000, utils.WINDOW_SECONDS)[1] for y in audio]
-    inferred = [np.array(list(p.probabilities.values())) for p in infer.predict(files, run, progress=False)]
+    inferred = [np.array(list(p.probabilities.values())) for p in inference.predict(files, run, progress=False)]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
         for export_format, (_, name, _) in export.FORMATS.items():
@@ -76,10 +76,10 @@ def main() -> None:
             for path in files:
                 call(read_16k(path))
             rows.append((f"{export_format}: a plain loop, {name}", size_mb(folder / name), difference, to_infer, len(files) / (time.perf_counter() - start)))
-    infer.predict(files[:2], run, progress=False)  # traced once, not timed
+    inference.predict(files[:2], run, progress=False)  # traced once, not timed
     start = time.perf_counter()
-    infer.predict(files, run, progress=False)
-    rows.append(("ours: infer.predict on the folder (model.keras)", None, None, None, len(files) / (time.perf_counter() - start)))
+    inference.predict(files, run, progress=False)
+    rows.append(("ours: inference.predict on the folder (model.keras)", None, None, None, len(files) / (time.perf_counter() - start)))
     plain_files = files[: args.plain_files]
     model = keras.models.load_model(args.model / runs.MODEL_KERAS, compile=False)
     model.predict(fixed_length(utils.get_framed_log_melspectrogram(plain_files[0], run.features)), verbose=0)

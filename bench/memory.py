@@ -5,7 +5,7 @@
 (b) ours: ``python infer.py FILE --model RUN``, the whole file in windows: by default the
     run's ONNX export in ONNX Runtime, without TensorFlow (exported once beforehand, by
     export.py in a process of its own, which is not measured here); and with ``--runtime
-    keras``, the run's model.keras, at most `infer.BATCH_SEGMENTS` segments per model call.
+    keras``, the run's model.keras, at most `inference.BATCH_SEGMENTS` segments per model call.
 (c) the floor under the Keras rows: importing Keras (TensorFlow) and loading the run, no audio.
 
 Each row is one fresh process (peak resident set size from the kernel, ``wait4``), for
@@ -90,7 +90,7 @@ def main() -> None:
     import soundfile as sf
 
     import export
-    import infer
+    import inference
     import runs
     from bench.model import RECIPES, describe
     from corpora.ravdess import RAVDESS
@@ -124,7 +124,7 @@ def main() -> None:
     import keras
 
     print(f"peak memory of inference on one file, {len(os.sched_getaffinity(0))} cores, Keras {keras.__version__} on "
-          f"{keras.backend.backend()}, {describe(RECIPES['default'])}, at most {infer.BATCH_SEGMENTS} segments per model call")
+          f"{keras.backend.backend()}, {describe(RECIPES['default'])}, at most {inference.BATCH_SEGMENTS} segments per model call")
     print(f"{'process':<52}{'file':>10}{'peak RSS MB':>13}{'wall s':>9}")
     for name, length, megabytes, wall in rows:
         print(f"{name:<52}{length:>10}{megabytes:>13.0f}{wall:>9.1f}")

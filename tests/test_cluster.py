@@ -18,6 +18,7 @@ import pytest
 from conftest import SHARED_RUN_LABELS, run_cli, tone, write_ravdess
 
 import infer
+import inference
 import results
 from errors import UsageError
 
@@ -77,7 +78,7 @@ def jsonl_rows(path: Path) -> dict[str, dict]:
 
 def test_ray_gives_the_local_engines_results_reports_a_bad_file_once_and_resumes(run_dir, corpus, ray_here, tmp_path, capsys, caplog):
     folder, good, bad = corpus
-    local = {prediction.path: prediction for prediction in infer.predict(good, run_dir, runtime="onnxruntime")}
+    local = {prediction.path: prediction for prediction in inference.predict(good, run_dir, runtime="onnxruntime")}
 
     output = tmp_path / "results"
     argv = [folder, "--model", run_dir, "--engine", "ray", "--format", "parquet", "--output", output]

@@ -1,4 +1,4 @@
-"""demo.py: the HTTP API against infer.predict, bad input on the page, and the page itself in headless Chromium."""
+"""demo.py: the HTTP API against inference.predict, bad input on the page, and the page itself in headless Chromium."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import soundfile as sf
 from conftest import run_cli, tone
 
 import demo
-import infer
+import inference
 import runs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ def test_the_answer_is_infer_predict_on_the_same_file(client, run, write_audio):
     response = post(client, path.read_bytes())
     assert response.status_code == 200, response.text
     answer = response.json()
-    (expected,) = infer.predict([path], run, window=1.0)
+    (expected,) = inference.predict([path], run, window=1.0)
     assert answer["emotion"] == expected.emotion and answer["name"] == "speech.wav"
     np.testing.assert_allclose([answer["probabilities"][label] for label in run.labels], list(expected.probabilities.values()), atol=1e-6)
     assert len(answer["windows"]) == len(expected.windows) >= 2  # a timeline for a recording over one window
@@ -208,7 +208,7 @@ def test_the_page_in_chromium_uploads_and_records(server, run, tmp_path, write_a
     address, _ = server
     upload = write_audio("upload.wav", np.concatenate([speech(1.5), tone(700, 1.5, amplitude=0.2)]))
     microphone = write_audio("microphone.wav", speech(3.0))
-    (expected,) = infer.predict([upload], run, window=1.0)
+    (expected,) = inference.predict([upload], run, window=1.0)
     with playwright.sync_playwright() as driver:
         browser = driver.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

@@ -10,7 +10,7 @@ import pytest
 from conftest import tone
 
 import evaluate
-import infer
+import inference
 import runs
 
 
@@ -43,9 +43,9 @@ def test_scores_cover_the_shared_emotions_and_list_what_was_left_out(shared_run,
     assert len(rows) == 12 and {row["true"] for row in rows} == {"neutral", "sad", "angry"}
     assert (output / "confusion_matrix.png").is_file()
 
-    # The prediction is the most probable shared class of what infer.predict gives.
+    # The prediction is the most probable shared class of what inference.predict gives.
     row = rows[0]
-    [direct] = infer.predict([row["path"]], shared_run.folder)
+    [direct] = inference.predict([row["path"]], shared_run.folder)
     shared = {label: direct.probabilities[label] for label in metrics["labels"]}
     assert row["predicted"] == max(shared, key=shared.get)
     assert float(row["confidence"]) == pytest.approx(max(shared.values()) / sum(shared.values()), abs=1e-4)
@@ -61,7 +61,7 @@ def test_a_corpus_with_too_few_shared_emotions_is_one_sentence(shared_run, write
 
 
 def test_an_output_that_cannot_be_written_is_refused_before_any_prediction(shared_run, emodb, tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(infer, "predict", lambda *args, **kwargs: pytest.fail("predicted before checking --output"))
+    monkeypatch.setattr(inference, "predict", lambda *args, **kwargs: pytest.fail("predicted before checking --output"))
     (tmp_path / "a-file").write_text("")
     code = evaluate.main(["--model", str(shared_run.folder), "--dataset", str(emodb), "--output", str(tmp_path / "a-file" / "out")])
     assert code == 2 and capsys.readouterr().err.startswith(f"error: --output {tmp_path / 'a-file' / 'out'} cannot be made")
@@ -89,8 +89,8 @@ def test_a_run_trained_with_speaker_norm_is_scored_per_speaker_by_default(speake
     with open(tmp_path / "out" / "predictions.csv") as stream:
         rows = list(csv.DictReader(stream))
     run = runs.load_run(speaker_norm_run)
-    expected = infer.predict([row["path"] for row in rows], run, speaker_norm=infer.SPEAKER, speakers=[row["speaker"] for row in rows])
-    alone = infer.predict([row["path"] for row in rows], run)  # each file alone, as infer.py scores it
+    expected = inference.predict([row["path"] for row in rows], run, speaker_norm=inference.SPEAKER, speakers=[row["speaker"] for row in rows])
+    alone = inference.predict([row["path"] for row in rows], run)  # each file alone, as infer.py scores it
     for row, prediction, single in zip(rows, expected, alone):
         shared = {label: prediction.probabilities[label] for label in metrics["labels"]}
         assert row["predicted"] == max(shared, key=shared.get)
@@ -149,7 +149,7 @@ def test_per_speaker_statistics_that_would_mislead_fall_back_to_the_training_spe
     assert metrics["speaker_norm"] == "none" and metrics["speaker_norm_problem"]
     with open(tmp_path / "out" / "predictions.csv") as stream:
         rows = list(csv.DictReader(stream))
-    expected = infer.predict([row["path"] for row in rows], runs.load_run(speaker_norm_run), speaker_norm="none")
+    expected = inference.predict([row["path"] for row in rows], runs.load_run(speaker_norm_run), speaker_norm="none")
     for row, prediction in zip(rows, expected):
         shared = {label: prediction.probabilities[label] for label in metrics["labels"]}
         assert float(row["confidence"]) == pytest.approx(max(shared.values()) / sum(shared.values()), abs=1e-4)

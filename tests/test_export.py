@@ -117,12 +117,12 @@ def test_each_format_runs_without_the_project_and_gives_the_keras_probabilities(
 
 
 def test_the_waveform_path_agrees_with_infer_on_the_same_audio(speaker_norm_run, write_audio):
-    import infer
+    import inference
 
     y = np.concatenate([tone(200, 3.0), tone(500, 4.0, amplitude=0.2)])
     path = write_audio("speech.wav", y, 16000, "FLOAT")
     run = runs.load_run(speaker_norm_run)
-    [prediction] = infer.predict([path], run, window=3.0)
+    [prediction] = inference.predict([path], run, window=3.0)
     windows, utterance = run.predict_waveform(y, 16000, 3.0)
     np.testing.assert_allclose(windows, np.stack([w.probabilities for w in prediction.windows]), atol=1e-3)
     np.testing.assert_allclose(utterance, list(prediction.probabilities.values()), atol=1e-3)
@@ -184,7 +184,7 @@ def onnx_run(speaker_norm_run, tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_infer_by_default_runs_the_onnx_export_without_tensorflow_and_gives_keras_probabilities(onnx_run, tmp_path, write_audio):
     import files
-    import infer
+    import inference
 
     run_dir = onnx_run
     paths = [write_audio("a/one.wav", recorded(tone(220, 2.0))), write_audio("a/long.wav", recorded(np.concatenate([tone(300, 9.0), tone(500, 5.0)])))]
@@ -194,7 +194,7 @@ def test_infer_by_default_runs_the_onnx_export_without_tensorflow_and_gives_kera
     )
     assert done.returncode == 0, done.stderr[-3000:]
     served = {Path(item["path"]).name: item for item in json.loads(done.stdout)}
-    for expected in infer.predict(paths, run_dir, window=utils.WINDOW_SECONDS):  # model.keras
+    for expected in inference.predict(paths, run_dir, window=utils.WINDOW_SECONDS):  # model.keras
         got = served[Path(expected.path).name]
         assert [(w["start"], w["end"]) for w in got["windows"]] == [(round(w.start, 3), round(w.end, 3)) for w in expected.windows]
         np.testing.assert_allclose([got["probabilities"][label] for label in expected.probabilities], list(expected.probabilities.values()), atol=1e-4)
@@ -206,11 +206,12 @@ def test_infer_runs_the_export_with_its_runtime_and_gives_keras_probabilities(ru
     import shutil
 
     import infer
+    import inference
 
     run_dir = shutil.copytree(onnx_run, tmp_path / "run")  # with its ONNX export (OpenVINO runs it); LiteRT's is written into it
     paths = [write_audio("a/one.wav", recorded(tone(220, 2.0))), write_audio("a/long.wav", recorded(np.concatenate([tone(300, 9.0), tone(500, 5.0)])))]
-    keras_run = infer.predict(paths, run_dir)
-    exported = infer.predict(paths, run_dir, runtime=runtime)
+    keras_run = inference.predict(paths, run_dir)
+    exported = inference.predict(paths, run_dir, runtime=runtime)
     for a, b in zip(keras_run, exported, strict=True):
         assert [(w.start, w.end) for w in a.windows] == [(w.start, w.end) for w in b.windows]
         np.testing.assert_allclose(list(b.probabilities.values()), list(a.probabilities.values()), atol=1e-3)  # graph vs NumPy front end
@@ -224,6 +225,7 @@ def test_openvino_in_bfloat16_keeps_the_float32_emotion_of_most_files_and_other_
     import shutil
 
     import infer
+    import inference
 
     run_dir = shutil.copytree(onnx_run, tmp_path / "run")
     generator = np.random.default_rng(0)
@@ -232,8 +234,8 @@ def test_openvino_in_bfloat16_keeps_the_float32_emotion_of_most_files_and_other_
                     + generator.normal(0, generator.uniform(0.001, 0.05), 1).astype(np.float32))
         for index in range(24)
     ]
-    exact = infer.predict(paths, run_dir, runtime="openvino")
-    fast = infer.predict(paths, run_dir, runtime="openvino", precision="bfloat16")
+    exact = inference.predict(paths, run_dir, runtime="openvino")
+    fast = inference.predict(paths, run_dir, runtime="openvino", precision="bfloat16")
     agreement = np.mean([a.emotion == b.emotion for a, b in zip(exact, fast, strict=True)])
     print(f"bfloat16 against float32 OpenVINO: the same emotion for {agreement:.0%} of {len(paths)} files")
     # Bound: above chance (3 classes). OpenVINO computes the whole graph in bfloat16, the front end's dB and deltas and the

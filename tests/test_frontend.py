@@ -73,12 +73,12 @@ def test_real_speech_is_computed_alike():
 
 
 def test_split_windows_cuts_equal_windows_as_infer_does():
-    import infer
+    import inference
 
     for seconds in (3.0, 11.0, 13.0, 20.0):
         y = np.arange(int(seconds * 16000), dtype=np.float32)
         windows = np.asarray(frontend.split_windows(y, 8 * 16000))
-        spans = infer.window_spans(seconds, 8.0)
+        spans = inference.window_spans(seconds, 8.0)
         assert len(windows) == len(spans)
         starts = np.array([row[0] for row in windows]) - np.array([start * 16000 for start, _ in spans])
         assert np.abs(starts).max() < len(windows)  # the same windows, but for the samples the graph drops (fewer than the windows)

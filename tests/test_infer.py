@@ -15,6 +15,7 @@ import pytest
 from conftest import SHARED_RUN_FEATURES, SHARED_RUN_LABELS, run_cli, tone
 
 import infer
+import inference
 import runs
 import utils
 
@@ -60,7 +61,7 @@ def test_csv_and_json_carry_probabilities_that_sum_to_one_and_agree_with_predict
 
     code, out, _ = run_cli(infer.main, [*clips, "--model", run_dir, "--format", "json", "--top-k", "2"], capsys)
     records = json.loads(out)
-    direct = infer.predict(clips, run_dir)
+    direct = inference.predict(clips, run_dir)
     for record, prediction in zip(records, direct, strict=True):
         assert sum(record["probabilities"].values()) == pytest.approx(1, abs=1e-5)
         assert [entry["emotion"] for entry in record["top"]] == [label for label, _ in prediction.top(2)]
@@ -71,7 +72,7 @@ def test_csv_and_json_carry_probabilities_that_sum_to_one_and_agree_with_predict
 
 def test_predictions_use_the_runs_feature_parameters(run_dir, write_audio):
     path = write_audio("one.wav", tone(300, 1.5) + 0.05 * tone(2500, 1.5))
-    [prediction] = infer.predict([path], run_dir)
+    [prediction] = inference.predict([path], run_dir)
     model = keras.models.load_model(run_dir / "model.keras")
     recorded = utils.DEFAULT_FEATURES.replace(**SHARED_RUN_FEATURES)
     vector = runs.load_run(run_dir).prosody_of(utils.load_wav(path, recorded.sr))[np.newaxis]  # the run's prosodic branch
@@ -84,25 +85,25 @@ def test_predictions_use_the_runs_feature_parameters(run_dir, write_audio):
 def test_a_signal_in_memory_gives_what_its_file_gives(run_dir, write_audio):
     y = np.concatenate([tone(250, 6.0), tone(600, 7.0, amplitude=0.2)])
     path = write_audio("speech.wav", y, 16000, "FLOAT")  # float samples: the file holds exactly y
-    [from_file] = infer.predict([path], run_dir, window=5.0)
+    [from_file] = inference.predict([path], run_dir, window=5.0)
     run = runs.load_run(run_dir)
     y44, sr44 = utils.resample(y, 16000, 44100), 44100
-    from_memory = infer.predict_signal(y, 16000, run, name="mic", window=5.0)
+    from_memory = inference.predict_signal(y, 16000, run, name="mic", window=5.0)
     assert from_memory.path == "mic" and from_memory.emotion == from_file.emotion
     assert [(w.start, w.end) for w in from_memory.windows] == [(w.start, w.end) for w in from_file.windows]
     np.testing.assert_allclose(list(from_memory.probabilities.values()), list(from_file.probabilities.values()), atol=1e-5)
-    resampled = infer.predict_signal(y44, sr44, run, window=5.0)  # another rate is brought to the run's first
+    resampled = inference.predict_signal(y44, sr44, run, window=5.0)  # another rate is brought to the run's first
     # (The round trip through 44.1 kHz changes the top of the spectrum, to which the very confident tiny run is sensitive.)
-    back = infer.predict_signal(utils.resample(y44, sr44, 16000), 16000, run, window=5.0)
+    back = inference.predict_signal(utils.resample(y44, sr44, 16000), 16000, run, window=5.0)
     np.testing.assert_allclose(list(resampled.probabilities.values()), list(back.probabilities.values()), atol=1e-6)
     assert [(w.start, w.end) for w in resampled.windows] == [(w.start, w.end) for w in from_file.windows]
     with pytest.raises(ValueError, match="mono signal"):
-        infer.predict_signal(np.zeros((100, 2), np.float32), 16000, run)
+        inference.predict_signal(np.zeros((100, 2), np.float32), 16000, run)
 
 
 def test_bfloat16_gives_close_probabilities(run_dir, clips):
-    exact = infer.predict(clips, run_dir)
-    fast = infer.predict(clips, run_dir, precision="bfloat16")
+    exact = inference.predict(clips, run_dir)
+    fast = inference.predict(clips, run_dir, precision="bfloat16")
     pairs = [(list(a.probabilities.values()), list(b.probabilities.values())) for a, b in zip(exact, fast, strict=True)]
     for a, b in pairs:
         np.testing.assert_allclose(a, b, atol=0.03)
@@ -138,14 +139,14 @@ def test_a_long_file_is_read_in_windows_that_cover_it(run_dir, write_audio, caps
     ],
 )
 def test_window_spans(duration, spans):
-    assert infer.window_spans(duration, 8.0) == spans
+    assert inference.window_spans(duration, 8.0) == spans
 
 
 def test_computed_windows_are_not_kept_by_the_job_list(write_audio):
     path = write_audio("long.wav", tone(300, 20.0))
-    jobs = [infer._Window(0, start, end) for start, end in infer.window_spans(20.0, 4.0)]
+    jobs = [inference._Window(0, start, end) for start, end in inference.window_spans(20.0, 4.0)]
     run = types.SimpleNamespace(features=utils.DEFAULT_FEATURES, prosody_of=lambda y: None)  # a run without a prosodic branch
-    computed = list(infer._computed(jobs, [path], run))
+    computed = list(inference._computed(jobs, [path], run))
     assert [len(item.segments) for item in computed] == [len(utils.get_framed_log_melspectrogram(tone(300, 4.0)))] * 5
     assert all(job.segments is None for job in jobs)  # only the consumer holds segments
 
@@ -226,9 +227,9 @@ def test_speaker_norm_standardises_with_each_folders_or_files_own_statistics(spe
             ]
         return np.array(rows)
 
-    by_folder = infer.predict(speaker, run, speaker_norm="folder")
-    by_file = infer.predict(speaker, run, speaker_norm="file")
-    global_stats = infer.predict(speaker, run, speaker_norm="none")
+    by_folder = inference.predict(speaker, run, speaker_norm="folder")
+    by_file = inference.predict(speaker, run, speaker_norm="file")
+    global_stats = inference.predict(speaker, run, speaker_norm="none")
     as_list = lambda predictions: np.array([list(p.probabilities.values()) for p in predictions])  # noqa: E731
     np.testing.assert_allclose(as_list(by_folder), expected([[0, 1, 2]]), atol=1e-4)
     # Short files, one window each: alone in their group, standardised with the training speakers' statistics.
@@ -236,9 +237,9 @@ def test_speaker_norm_standardises_with_each_folders_or_files_own_statistics(spe
     direct = model.predict([utils.get_framed_log_melspectrogram(speaker[0], run.features)[np.newaxis], vectors[0][np.newaxis]], verbose=0)[0]
     np.testing.assert_allclose(list(global_stats[0].probabilities.values()), direct, atol=1e-5)  # the exported model
     assert not np.allclose(as_list(by_folder), as_list(global_stats), atol=1e-3)
-    assert [p.warnings for p in by_file] == [(infer.ALONE_IN_GROUP,)] * 3
+    assert [p.warnings for p in by_file] == [(inference.ALONE_IN_GROUP,)] * 3
     assert all(not p.warnings for p in by_folder + global_stats)
-    [windows_apart] = infer.predict([speaker[2]], run, speaker_norm="file", window=0.9)  # 1.8 s: two windows, one group
+    [windows_apart] = inference.predict([speaker[2]], run, speaker_norm="file", window=0.9)  # 1.8 s: two windows, one group
     assert len(windows_apart.windows) == 2 and not windows_apart.warnings
     assert not np.allclose(list(windows_apart.probabilities.values()), list(global_stats[2].probabilities.values()), atol=1e-3)
 
@@ -246,12 +247,12 @@ def test_speaker_norm_standardises_with_each_folders_or_files_own_statistics(spe
 def test_a_window_alone_in_its_group_gets_the_training_statistics_with_one_warning(speaker_norm_run, write_audio, caplog):
     paths = [write_audio("a/clip0.wav", tone(200, 1.0)), write_audio("a/clip1.wav", tone(300, 1.2)), write_audio("b/clip.wav", tone(450, 1.3))]
     run = runs.load_run(speaker_norm_run)
-    with caplog.at_level("WARNING", logger="infer"):
-        by_folder = infer.predict(paths, run, speaker_norm="folder")
-    [line] = [record.getMessage() for record in caplog.records if record.name == "infer"]
+    with caplog.at_level("WARNING", logger="inference"):
+        by_folder = inference.predict(paths, run, speaker_norm="folder")
+    [line] = [record.getMessage() for record in caplog.records if record.name == "inference"]
     assert line.startswith("--speaker-norm folder: 1 of 3 files are one window alone in their group") and "(as --speaker-norm none)" in line
-    assert [p.warnings for p in by_folder] == [(), (), (infer.ALONE_IN_GROUP,)]
-    [alone] = infer.predict([paths[2]], run, speaker_norm="none")
+    assert [p.warnings for p in by_folder] == [(), (), (inference.ALONE_IN_GROUP,)]
+    [alone] = inference.predict([paths[2]], run, speaker_norm="none")
     np.testing.assert_allclose(list(by_folder[2].probabilities.values()), list(alone.probabilities.values()), atol=1e-6)
 
 
@@ -267,14 +268,14 @@ def test_speaker_norm_by_speaker_groups_the_files_as_given(speaker_norm_run, wri
     paths.append(write_audio("b/clip.wav", tone(450, 1.3)))
     run = runs.load_run(speaker_norm_run)
     as_list = lambda predictions: np.array([list(p.probabilities.values()) for p in predictions])  # noqa: E731
-    by_speaker = infer.predict(paths, run, speaker_norm=infer.SPEAKER, speakers=["a", "a", "b"])
-    np.testing.assert_allclose(as_list(by_speaker), as_list(infer.predict(paths, run, speaker_norm="folder")), atol=1e-6)
-    one_each = infer.predict(paths, run, speaker_norm=infer.SPEAKER, speakers=[1, 2, 3])
-    np.testing.assert_allclose(as_list(one_each), as_list(infer.predict(paths, run, speaker_norm="file")), atol=1e-6)
+    by_speaker = inference.predict(paths, run, speaker_norm=inference.SPEAKER, speakers=["a", "a", "b"])
+    np.testing.assert_allclose(as_list(by_speaker), as_list(inference.predict(paths, run, speaker_norm="folder")), atol=1e-6)
+    one_each = inference.predict(paths, run, speaker_norm=inference.SPEAKER, speakers=[1, 2, 3])
+    np.testing.assert_allclose(as_list(one_each), as_list(inference.predict(paths, run, speaker_norm="file")), atol=1e-6)
     with pytest.raises(ValueError, match="speakers, one per file, go with speaker_norm='speaker'"):
-        infer.predict(paths, run, speaker_norm=infer.SPEAKER)
+        inference.predict(paths, run, speaker_norm=inference.SPEAKER)
     with pytest.raises(ValueError, match="2 speakers for 3 files"):
-        infer.predict(paths, run, speaker_norm=infer.SPEAKER, speakers=["a", "b"])
+        inference.predict(paths, run, speaker_norm=inference.SPEAKER, speakers=["a", "b"])
 
 
 def test_enrolment_standardises_every_file_with_the_means_of_the_enrolled_speakers_recordings(speaker_norm_run, write_audio, capsys, caplog):
@@ -283,17 +284,17 @@ def test_enrolment_standardises_every_file_with_the_means_of_the_enrolled_speake
     broken.write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt this is not audio")
     calls = [write_audio(f"calls/call{index}.wav", tone(350 + 150 * index, 1.2)) for index in range(2)]
     run = runs.load_run(speaker_norm_run)
-    with caplog.at_level("WARNING", logger="infer"):
-        enrolment = infer.enrol([voice[0].parent], run)
+    with caplog.at_level("WARNING", logger="inference"):
+        enrolment = inference.enrol([voice[0].parent], run)
     assert (enrolment.files, enrolment.seconds) == (2, pytest.approx(2.0, abs=0.01))
-    assert [record.getMessage().split(": ")[0] for record in caplog.records if record.name == "infer"] == ["skipped enrolment file"]
+    assert [record.getMessage().split(": ")[0] for record in caplog.records if record.name == "inference"] == ["skipped enrolment file"]
 
     # What predict gives: each file's embeddings standardised with the enrolment's means and the training speakers' deviations.
     from SpeechModel import RunningStatistics
 
     embedded = [run.embed(utils.get_framed_log_melspectrogram(utils.load_wav(path), run.features)[np.newaxis]) for path in voice]
     np.testing.assert_allclose(enrolment.mean, RunningStatistics.of(e[0] for e in embedded).mean, atol=1e-5)
-    (call,) = infer.predict([calls[0]], run, enrolment=enrolment)
+    (call,) = inference.predict([calls[0]], run, enrolment=enrolment)
     segments = utils.get_framed_log_melspectrogram(utils.load_wav(calls[0]), run.features)
     expected = run.classify(run.embed(segments[np.newaxis]), enrolment.mean, None, *(
         [] if run.prosody_set is None else [run.prosody_of(utils.load_wav(calls[0]))[np.newaxis], enrolment.prosody_mean]))
@@ -301,7 +302,7 @@ def test_enrolment_standardises_every_file_with_the_means_of_the_enrolled_speake
 
     code, out, err = run_cli(infer.main, [calls[0].parent, "--model", speaker_norm_run, "--enroll", voice[0], "--enroll", voice[1], "--format", "json"], capsys)
     assert code == 0 and err == ""
-    assert [item["emotion"] for item in json.loads(out)] == [p.emotion for p in infer.predict(calls, run, enrolment=infer.enrol(voice, run))]
+    assert [item["emotion"] for item in json.loads(out)] == [p.emotion for p in inference.predict(calls, run, enrolment=inference.enrol(voice, run))]
 
 
 @pytest.mark.parametrize("extra, says", [
@@ -331,11 +332,11 @@ def test_speaker_norm_needs_a_run_trained_with_it(run_dir, clips, capsys):
 def test_a_non_finite_probability_is_an_error_naming_the_file_never_an_emotion(run_dir, clips, monkeypatch, capsys):
     broken = runs.load_run(run_dir)
     broken.forward = lambda segments, prosody=None: np.full((len(segments), len(broken.labels)), np.nan, np.float32)
-    (prediction,) = infer.predict([clips[1]], broken)
+    (prediction,) = inference.predict([clips[1]], broken)
     assert prediction.emotion is None and prediction.error.startswith(f"{clips[1]}: the model gave non-finite probabilities")
-    signal = infer.predict_signal(tone(300, 1.0), 16000, broken, name="mic")
+    signal = inference.predict_signal(tone(300, 1.0), 16000, broken, name="mic")
     assert signal.emotion is None and signal.error.startswith("mic: the model gave non-finite probabilities")
-    monkeypatch.setattr(infer, "load_run", lambda *args, **kwargs: broken)
+    monkeypatch.setattr(inference, "load_run", lambda *args, **kwargs: broken)
     code, out, err = run_cli(infer.main, [clips[1], "--model", run_dir, "--runtime", "keras"], capsys)
     assert code == 1 and out == "" and "non-finite probabilities" in err
 
@@ -351,8 +352,8 @@ def test_model_calls_hold_a_bounded_number_of_segments_whatever_the_batch_size(r
 
     long = write_audio("long.wav", tone(300, 60.0))  # 8 windows of about 25 segments
     run.forward = recorded
-    infer.predict([long], run, batch_size=16)
-    assert max(windows * steps for windows, steps in shapes) <= max(infer.BATCH_SEGMENTS, max(steps for _, steps in shapes))
+    inference.predict([long], run, batch_size=16)
+    assert max(windows * steps for windows, steps in shapes) <= max(inference.BATCH_SEGMENTS, max(steps for _, steps in shapes))
     assert sum(windows for windows, _ in shapes) == 8
 
 

@@ -25,7 +25,7 @@ from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
 import augment
 import corpora
 import devices
-import infer
+import inference
 import prosody
 import runs
 import train
@@ -286,8 +286,8 @@ def test_a_transductive_run_also_scores_each_test_file_alone_as_infer_does(speak
         rows = list(csv.DictReader(stream))
     run = runs.load_run(speaker_norm_run)
     paths = [row["path"] for row in rows]
-    alone = infer.predict(paths, run)  # infer.py's default: the training speakers' statistics
-    together = infer.predict(paths, run, speaker_norm="folder")  # the test speaker's folder: their own statistics
+    alone = inference.predict(paths, run)  # infer.py's default: the training speakers' statistics
+    together = inference.predict(paths, run, speaker_norm="folder")  # the test speaker's folder: their own statistics
     for row, single, grouped in zip(rows, alone, together):
         assert (row["predicted_alone"], float(row["confidence_alone"])) == (single.emotion, pytest.approx(single.confidence, abs=1e-4))
         assert (row["predicted"], float(row["confidence"])) == (grouped.emotion, pytest.approx(grouped.confidence, abs=1e-4))
@@ -306,7 +306,7 @@ def test_a_transductive_run_also_scores_each_test_file_alone_as_infer_does(speak
     enrolment, scored = trainer.enrolment_split(examples, trainer.ENROLMENT_FILES, seed=0)
     assert [len(files) for files in enrolment.values()] == [3] and len(scored) == 3
     assert not {e.path for e in scored} & {e.path for files in enrolment.values() for e in files}
-    enrolled = infer.predict([e.path for e in scored], run, enrolment=infer.enrol([e.path for e in enrolment[4]], run))
+    enrolled = inference.predict([e.path for e in scored], run, enrolment=inference.enrol([e.path for e in enrolment[4]], run))
     assert metrics["enrolled_uar"] == pytest.approx(trainer.score([e.label for e in scored], [labels.index(p.emotion) for p in enrolled], labels)["uar"])
     unenrolled = {p.path: p.confidence for p in alone}
     assert any(abs(p.confidence - unenrolled[p.path]) > 1e-3 for p in enrolled)  # the enrolment's means, not the training speakers'
