@@ -8,7 +8,7 @@ vocabulary, `corpora.canonical_label`), leave out and list the classes on one si
 predict every remaining file with `inference.predict` (for a run trained with speaker
 normalisation, each speaker standardised by their own statistics, as in training), take
 the most probable of the shared classes, and score with the same code as train.py
-(`trainer.score`). Writes metrics.json,
+(`metrics.score`). Writes metrics.json,
 predictions.csv and confusion_matrix.png into the output folder and prints the scores.
 """
 
@@ -31,7 +31,7 @@ import files
 import inference
 import runs
 from cli import positive_int
-from trainer import format_scores, score
+from metrics import format_scores, score
 
 logger = logging.getLogger("evaluate")
 
@@ -92,7 +92,7 @@ def evaluate(
     Returns
     -------
     metrics : dict
-        `trainer.score` over the shared classes; ``transductive`` (whether ``speaker_norm``
+        `metrics.score` over the shared classes; ``transductive`` (whether ``speaker_norm``
         standardised groups by their own files) and ``single_file_uar`` (each file alone, as
         infer.py scores it: a second pass with the training speakers' statistics where
         transductive); ``left_out``: the run's classes the corpus lacks, the corpus's classes

@@ -60,7 +60,7 @@ class ExportError(Exception):
 
 
 def serving_model(model, window_samples: int):
-    """A Keras model around ``model`` (an `SpeechModel.EmotionRecognizer`): one recording (samples,) [and its windows' prosody] -> both outputs.
+    """A Keras model around ``model`` (an `recognizer.EmotionRecognizer`): one recording (samples,) [and its windows' prosody] -> both outputs.
 
     For export only: it is traced with a (samples,) float32 signature (and (windows, values)
     where `takes_prosody`) and never saved itself.

@@ -436,9 +436,9 @@ def extract_embeddings(
         As in `extract_features`.
     engine : cluster.RayEngine or None
         Embed on the workers of a Ray cluster, each with a copy of ``encoder`` (its
-        configuration and weights: `SpeechModel.SegmentEncoder`) built once, instead of
+        configuration and weights: `encoder.SegmentEncoder`) built once, instead of
         ``embed`` here; the embeddings come back and are cached here.
-    encoder : SpeechModel.SegmentEncoder or None
+    encoder : encoder.SegmentEncoder or None
         What ``embed`` runs, for ``engine``.
 
     Returns

@@ -25,7 +25,7 @@ HEAD_DEFAULTS = {
 
 @dataclasses.dataclass(frozen=True)
 class HeadConfig:
-    """The classifier after the backbone: one description for `SpeechModel.create_model` and `SpeechModel.ClassifierHead`.
+    """The classifier after the backbone: one description for `SpeechModel.create_model` and `classifier.ClassifierHead`.
 
     Attributes:
         kind: str. "blstm-attention" (the paper's: BLSTM, additive attention, dense layers) or

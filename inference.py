@@ -182,7 +182,7 @@ def enrol(paths: Sequence[str | os.PathLike], run: Run, *, window: float = utils
     UsageError
         If the run was not trained with per-speaker statistics (its means mean nothing to it).
     """
-    from SpeechModel import RunningStatistics
+    from normalization import RunningStatistics
 
     if not run.speaker_norm:
         raise UsageError(f"--enroll: run {run.folder} was not trained with --speaker-norm, so a speaker's statistics mean nothing to it; drop --enroll")
@@ -565,7 +565,7 @@ def _forward_standardized(
     A window alone in its group takes the training speakers' statistics (`ALONE_IN_GROUP`). With
     ``enrolment`` the groups only batch the model calls.
     """
-    from SpeechModel import RunningStatistics
+    from normalization import RunningStatistics
 
     groups: dict[object, list[_Window]] = {}
     for job in jobs:

@@ -1,7 +1,7 @@
 """The run folder: what a training run writes, and what inference reads back.
 
     saved_model/<name>/
-        model.keras          the whole recogniser (SpeechModel.EmotionRecognizer: front end, backbone,
+        model.keras          the whole recogniser (recognizer.EmotionRecognizer: front end, backbone,
                              speaker normalisation, head), loadable under any backend
         labels.json          class names, in the order of the model's outputs
         options.json         the options the run was started with (for --resume)
@@ -244,7 +244,7 @@ class Run:
     - ``embed(segments)``: -> embeddings (batch, segments, features);
     - ``classify(embeddings, mean=None, std=None, prosody=None, prosody_mean=None, prosody_std=None)``:
       embeddings (padding rows `utils.PAD_VALUE`) -> probabilities, standardised with a
-      group's means and deviations where given (`SpeechModel.RunningStatistics`), else the stored ones;
+      group's means and deviations where given (`normalization.RunningStatistics`), else the stored ones;
     - ``predict_waveform(y, sr, window_seconds)``: a recording -> (window probabilities, probabilities),
       through the in-graph front end, as the exported models compute them.
     """
@@ -254,7 +254,7 @@ class Run:
 
         self.folder = folder
         self.labels = labels
-        self.model = model  # SpeechModel.EmotionRecognizer
+        self.model = model  # recognizer.EmotionRecognizer
         self.features: FeatureConfig = model.features
         self.speaker_norm = speaker_norm  # trained on per-speaker standardised embeddings (train.py --speaker-norm)
         self.prosody_set: str | None = model.prosody_set  # the prosodic set of the head's branch, or None
@@ -522,7 +522,7 @@ def first_line(error: BaseException, limit: int = 160) -> str:
 
 
 def load_model(folder: Path):
-    """The run's ``model.keras``: a `SpeechModel.EmotionRecognizer`.
+    """The run's ``model.keras``: a `recognizer.EmotionRecognizer`.
 
     Raises
     ------
@@ -532,7 +532,7 @@ def load_model(folder: Path):
     """
     import keras
 
-    from SpeechModel import EmotionRecognizer
+    from recognizer import EmotionRecognizer
 
     try:
         model = keras.models.load_model(folder / MODEL_KERAS, compile=False)

@@ -10,7 +10,7 @@ a hop embeds only the segments it completed, `HOP_SECONDS` being three segment h
 features are those of the whole stream (`utils.get_framed_log_melspectrogram`) except for the dB
 floor, ``top_db`` below the loudest frame of the window in which it was completed.
 For a run trained with speaker normalisation the embeddings are standardised with a running
-estimate of the stream's own statistics (`SpeechModel.RunningStatistics`, the stream taken as one
+estimate of the stream's own statistics (`normalization.RunningStatistics`, the stream taken as one
 speaker, each segment counted once), the training speakers' until `RUNNING_MIN_SEGMENTS` segments were
 seen; a prosodic branch's vectors (one per hop, of the window) alike, after `RUNNING_MIN_VECTORS` hops.
 A hop whose audio never reaches `utils.SILENCE_PEAK` is reported as silence, not as an emotion, embeds
@@ -199,7 +199,7 @@ def predict_stream(
     """
     import soxr
 
-    from SpeechModel import RunningStatistics
+    from normalization import RunningStatistics
 
     if speaker_norm not in ("running", "none"):
         raise ValueError(f"speaker_norm must be 'running' or 'none', got {speaker_norm!r}")

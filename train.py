@@ -42,9 +42,9 @@ from heads import HEAD_DEFAULTS, HEADS
 from mixed_precision import PRECISIONS
 import cli
 from cli import UsageError, fraction, non_negative_float, positive_float, positive_int
-from trainer import (
-    BACKBONE_MODES, BALANCING, CHOOSE_WEIGHT, DEFAULT_PROSODY, PROSODY_CHOICES, PROSODY_WEIGHTS, Options, TrainingError, format_scores, summarize, train_split,
-)
+from recipe import BACKBONE_MODES, BALANCING, CHOOSE_WEIGHT, DEFAULT_PROSODY, PROSODY_CHOICES, PROSODY_WEIGHTS, Options
+from metrics import format_scores, summarize
+from trainer import TrainingError, train_split
 
 logger = logging.getLogger("train")
 

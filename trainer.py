@@ -1,4 +1,4 @@
-"""Train and score one speaker split: the recipe's options, its training inputs, its metrics.
+"""Train and score one speaker split: its training inputs, the training of the model, its scores.
 
 `train_split` is one fold of work: enhance and balance the training files, compute
 features (all cores, cached), build the model, train it (`frozen`: the backbone
@@ -21,154 +21,23 @@ import numpy as np
 import augment
 import batching
 import corpora
-import devices
 import features
 import files
-import prosody
 import runs
-import utils
 from cluster import RayEngine
-from errors import UsageError
 from devices import Placement
+from metrics import ENROLMENT_FILES, score
+from recipe import CHOOSE_WEIGHT, PROSODY_WEIGHTS, Options
 
 logger = logging.getLogger("train")
 
 ENHANCED_COPIES = 1  # enhanced copies of every training file, on top of the original
 EARLY_STOPPING_PATIENCE = 10  # epochs without a better validation UAR before stopping
 PLATEAU_PATIENCE = 4  # epochs without a better validation UAR before halving the learning rate
-# The evaluation's enrolment: this many recordings of each test speaker give the mean that
-# standardises the rest (with the training speakers' deviations: a deviation of three files
-# is too noisy, measured at chance UAR on RAVDESS).
-ENROLMENT_FILES = 3
-BACKBONE_MODES = ("frozen", "finetune")
-BALANCING = ("oversample", "class-weight", "none")
-NO_PROSODY = "none"
-PROSODY_CHOICES = (*prosody.FEATURE_SETS, NO_PROSODY)  # --prosody
-DEFAULT_PROSODY = "permissive"  # in frozen mode: usable commercially, unlike egemaps (openSMILE)
-# --prosody-weight choose: the candidates, one chosen per split on the validation speakers.
-# Not the default: with two validation speakers or one, the choice scored below the head's
-# fixed weight on RAVDESS (docs/RESULTS.md).
-CHOOSE_WEIGHT = "choose"
-PROSODY_WEIGHTS = (1.0, 5.0, 15.0)
 
 
 class TrainingError(Exception):
     """A problem a user can fix; reported as one sentence, exit code 1."""
-
-
-@dataclasses.dataclass
-class Options:
-    """Everything a run depends on; saved with the run (``options.json``).
-
-    The defaults are the recipe measured best on held-out speakers (README, "What the recipe reaches"):
-    EfficientNet-Lite0 frozen, segments resized to 224, every stage's pooled output,
-    the permissive prosodic set beside them, per-speaker normalisation, and the statistics
-    head trained to convergence; no enhanced copies (their added noise moves the embeddings
-    far from any clean recording's).
-
-    The backbone mode is frozen on every machine: one command trains one recipe, and a GPU
-    only makes it faster (fine-tuning, one flag away, was never measured better here).
-
-    ``corpus="auto"``, and the options left at None, take what the dataset, the
-    machine and the other options say; `resolved` fills them in before a run starts:
-    the detected corpus and its default speakers; in finetune mode, mixed precision on a
-    GPU (`devices.default_precision`);
-    speaker normalisation and the permissive prosodic set in frozen mode (they join
-    embeddings computed once); for the statistics head on frozen embeddings (a convex problem, where picking
-    the best epoch on a few validation speakers costs accuracy) no early stopping and
-    Adam's learning rate 1e-3, for the BLSTM head or fine-tuning early stopping and 1e-4.
-    """
-
-    epochs: int
-    dataset: str = str(files.PROJECT_ROOT / "dataset")
-    added_datasets: list[str] = dataclasses.field(default_factory=list)  # more corpora, every speaker of theirs in training
-    corpus: str = corpora.AUTO
-    speaker_pattern: str | None = None
-    test_speakers: list | None = None
-    val_speakers: list | None = None
-    folds: int | None = None
-    backbone_mode: str = "frozen"
-    backbone: str = "efficientnet_lite0"
-    weights: str = "imagenet"
-    image_size: int | None = 224
-    stages: str = "all"
-    head: str = "stats"
-    prosody: str | None = None
-    prosody_weight: float | str | None = None  # None: the head's own (HEAD_DEFAULTS); or CHOOSE_WEIGHT
-    weight_decay: float | None = None
-    embedding_dropout: float = 0.0
-    speaker_norm: bool | None = None
-    early_stopping: bool | None = None
-    batch_size: int = 32
-    learning_rate: float | None = None
-    backbone_lr_scale: float = 0.1
-    freeze_batchnorm: bool = True
-    precision: str | None = None
-    devices: int | None = None
-    seed: int = 0
-    output: str = str(runs.MODEL_ROOT)
-    cache_dir: str = str(files.default_cache_dir())
-    custom_labels: bool = False
-    augment: bool = False
-    pseudo_speakers: int = 0
-    balance: str = "oversample"
-    download: bool = True
-    download_url: str | None = None
-    features: utils.FeatureConfig = utils.DEFAULT_FEATURES
-
-    def resolved(self, corpus: corpora.Corpus, utterances: Sequence[corpora.Utterance]) -> Options:
-        """A copy with every default that depends on the corpus, its speakers or the machine filled in."""
-        test, validation = (None, None) if self.folds else corpora.default_speakers(corpus, utterances)  # folds pick their own
-        frozen = self.backbone_mode == "frozen"  # the other mode is finetune
-        if self.speaker_norm and not frozen:
-            raise UsageError("--speaker-norm works with --backbone-mode frozen (the embeddings it standardises are computed once)")
-        if self.prosody not in (None, NO_PROSODY) and not frozen:
-            raise UsageError(f"--prosody {self.prosody} works with --backbone-mode frozen; pass --prosody none to fine-tune")
-        if frozen and (self.devices or 1) > 1:
-            raise UsageError("--devices above 1 works with --backbone-mode finetune (frozen mode trains a small head on one device)")
-        linear_on_embeddings = self.head == "stats" and frozen
-        return dataclasses.replace(
-            self,
-            corpus=corpus.name,
-            test_speakers=test if self.test_speakers is None else self.test_speakers,
-            val_speakers=validation if self.val_speakers is None else self.val_speakers,
-            precision=("float32" if frozen else devices.default_precision()) if self.precision is None else self.precision,
-            devices=1 if frozen else self.devices,
-            speaker_norm=frozen if self.speaker_norm is None else self.speaker_norm,
-            prosody=(DEFAULT_PROSODY if frozen else NO_PROSODY) if self.prosody is None else self.prosody,
-            early_stopping=not linear_on_embeddings if self.early_stopping is None else self.early_stopping,
-            learning_rate=(1e-3 if linear_on_embeddings else 1e-4) if self.learning_rate is None else self.learning_rate,
-        )
-
-    def architecture(self) -> dict[str, Any]:
-        """The `SpeechModel.create_model` arguments that say what the model is: backbone, resolution, stages, head, prosodic set.
-
-        Training, and the benchmarks that time a recipe, build their models from these
-        (unresolved options take the prosodic set `resolved` would).
-        """
-        from SpeechModel import HeadConfig
-
-        chosen = self.prosody if self.prosody is not None else DEFAULT_PROSODY if self.backbone_mode == "frozen" else NO_PROSODY
-        return {
-            "backbone": self.backbone,
-            "image_size": self.image_size,
-            "stages": self.stages,
-            "head": HeadConfig(
-                kind=self.head, weight_decay=self.weight_decay, embedding_dropout=self.embedding_dropout,
-                prosody_weight=None if self.prosody_weight == CHOOSE_WEIGHT else self.prosody_weight,
-            ),
-            "prosody_set": None if chosen == NO_PROSODY else chosen,
-        }
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> Options:
-        """The options `to_dict` wrote (``options.json``)."""
-        values = dict(values)
-        values["features"] = utils.FeatureConfig.from_dict(values.get("features", {}))
-        return cls(**values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -232,7 +101,7 @@ def standardize_per_speaker(normalization, embeddings: dict, speaker_of: dict) -
     """
     from keras import ops
 
-    from SpeechModel import RunningStatistics
+    from normalization import RunningStatistics
 
     statistics: dict = {}
     for speaker in set(speaker_of.values()):
@@ -375,6 +244,97 @@ def training_callbacks(validation_uar, *, early_stopping: bool, run_dir: Path | 
     return callbacks
 
 
+class FrozenBackbone:
+    """``--backbone-mode frozen``: the backbone embeds every segment once (cached), and only the head trains, on standardised embeddings."""
+
+    bucketed = False  # the head's inputs are short sequences of embeddings: one shape per batch costs nothing
+
+    @staticmethod
+    def model_arguments(options: Options) -> dict[str, Any]:
+        return {}
+
+    @staticmethod
+    def embeddings(embed: Callable, model, segments: dict, train: list[Example], cache_dir: Path | None, engine: RayEngine | None, options: Options) -> dict:
+        """Every file's embeddings (training, validation and test), cached by the encoder's fingerprint."""
+        return features.extract_embeddings(
+            embed, segments, width=model.encoder.features, fingerprint=features.encoder_fingerprint(model.encoder),
+            config=options.features, cache_dir=None if cache_dir is None else cache_dir / "embeddings", engine=engine, encoder=model.encoder,
+        )
+
+    @staticmethod
+    def inputs(model, segments: dict, embeddings: dict, vectors: dict, speaker_of: dict, options: Options) -> tuple[dict, dict]:
+        """The head's inputs: embeddings and prosodic vectors standardised per speaker (``--speaker-norm``) or with the pooled statistics."""
+        if options.speaker_norm:
+            prosodic = standardize_per_speaker(model.prosody_normalization, vectors, speaker_of) if vectors else {}
+            return standardize_per_speaker(model.speaker_normalization, embeddings, speaker_of), prosodic
+        return standardize_pooled(model.speaker_normalization, embeddings), standardize_pooled(model.prosody_normalization, vectors)
+
+    @staticmethod
+    def trainee(recognizer, options: Options):
+        """What ``fit`` trains: the head alone, as a model of its own."""
+        from SpeechModel import SpeechModel
+
+        head = recognizer.head_model()
+        SpeechModel.compile_head(head, options.learning_rate)
+        return head
+
+    @staticmethod
+    def head_statistics(recognizer, inputs: dict, embeddings: dict, train: list[Example]) -> list[np.ndarray]:
+        return [inputs[e.source] for e in train]
+
+    @staticmethod
+    def after_fit(model) -> None:
+        # A fresh optimizer state for every variable, so that model.keras loads without a
+        # mismatch warning and can be fine-tuned from where the frozen run ended.
+        model.optimizer.build(model.trainable_variables)
+
+    @staticmethod
+    def transductive(options: Options) -> bool:
+        """Whether the test scores saw each test speaker's files as a whole: with per-speaker statistics."""
+        return bool(options.speaker_norm)
+
+
+class FineTuning:
+    """``--backbone-mode finetune``: the whole recogniser trains end to end on segments, the backbone slower than the head."""
+
+    bucketed = True  # fine-tuning compiles a forward pass per input shape under XLA: a few bucketed shapes, not one per batch
+
+    @staticmethod
+    def model_arguments(options: Options) -> dict[str, Any]:
+        # A pretrained backbone moves slower than the new head, and keeps its BatchNorm.
+        return {"backbone_learning_rate_scale": options.backbone_lr_scale, "freeze_batch_normalization": options.freeze_batchnorm}
+
+    @staticmethod
+    def embeddings(embed: Callable, model, segments: dict, train: list[Example], cache_dir: Path | None, engine: RayEngine | None, options: Options) -> dict:
+        """The starting backbone's embeddings of the training files, used once for the normalisation: not cached."""
+        return features.extract_embeddings(embed, {e.source: segments[e.source] for e in train}, width=model.encoder.features)
+
+    @staticmethod
+    def inputs(model, segments: dict, embeddings: dict, vectors: dict, speaker_of: dict, options: Options) -> tuple[dict, dict]:
+        return segments, {}
+
+    @staticmethod
+    def trainee(recognizer, options: Options):
+        return recognizer
+
+    @staticmethod
+    def head_statistics(recognizer, inputs: dict, embeddings: dict, train: list[Example]) -> list[np.ndarray]:
+        from keras import ops
+
+        return [ops.convert_to_numpy(recognizer.speaker_normalization(embeddings[e.source])) for e in train]
+
+    @staticmethod
+    def after_fit(model) -> None:
+        pass
+
+    @staticmethod
+    def transductive(options: Options) -> bool:
+        return False
+
+
+STRATEGIES = {"frozen": FrozenBackbone, "finetune": FineTuning}  # by `recipe.BACKBONE_MODES`
+
+
 def train_split(
     split: corpora.SpeakerSplit,
     options: Options,
@@ -388,7 +348,8 @@ def train_split(
 ) -> tuple[Any, dict, list[dict]]:
     """Train on ``split.train``, watch (and with early stopping, stop on) ``split.validation``, score ``split.test``.
 
-    ``options`` must be `Options.resolved`. ``backbone`` builds a custom backbone
+    ``options`` must be `Options.resolved`; its backbone mode picks the strategy (`STRATEGIES`)
+    that the same steps follow. ``backbone`` builds a custom backbone
     model instead of ``options.backbone``. ``placement`` (`devices.place`) says where
     fine-tuning runs. ``cache_dir`` keeps features and embeddings (None: nothing is
     cached; train.py passes ``options.cache_dir`` where it can be written); ``engine``, a Ray cluster, computes what
@@ -396,13 +357,11 @@ def train_split(
     device, whatever the training precision and devices), the test metrics and the
     per-file test predictions.
     """
-    from keras import ops
-
     from SpeechModel import SpeechModel
 
+    strategy = STRATEGIES[options.backbone_mode]
     index_of = {label: index for index, label in enumerate(labels)}
     recipe = options.architecture()
-    head = recipe["head"]
     train_sources = training_sources(
         split.train,
         augment_copies=ENHANCED_COPIES if options.augment else 0,
@@ -446,58 +405,26 @@ def train_split(
         architecture = recipe if backbone is None else {**recipe, "backbone": backbone()}
         model = SpeechModel.create_model(
             len(labels), weights=weights, features=options.features, **architecture,
-            learning_rate=options.learning_rate, precision=options.precision,
-            # Fine-tuning settings: a pretrained backbone moves slower than the new head, and keeps its BatchNorm.
-            backbone_learning_rate_scale=options.backbone_lr_scale if options.backbone_mode == "finetune" else 1.0,
-            freeze_batch_normalization=options.freeze_batchnorm and options.backbone_mode == "finetune",
+            learning_rate=options.learning_rate, precision=options.precision, **strategy.model_arguments(options),
         )
         class_weight = augment.class_weights([e.label for e in train]) if options.balance == "class-weight" else None
         embed = SpeechModel.inference_function(model.embed, (None, *options.features.segment_shape))
-        width = model.encoder.features
-
-        if options.backbone_mode == "frozen":
-            embeddings = features.extract_embeddings(
-                embed, extracted.segments, width=width, fingerprint=features.encoder_fingerprint(model.encoder),
-                config=options.features, cache_dir=None if cache_dir is None else cache_dir / "embeddings",
-                engine=engine, encoder=model.encoder,
-            )
-        else:
-            # The starting backbone's embeddings, used once for the normalisation: not cached.
-            embeddings = features.extract_embeddings(embed, {e.source: extracted.segments[e.source] for e in train}, width=width)
+        embeddings = strategy.embeddings(embed, model, extracted.segments, train, cache_dir, engine, options)
         # The stored statistics: the training speakers' pooled ones (what a single request gets).
         model.speaker_normalization.adapt([embeddings[e.source] for e in train if isinstance(e.source, str)])
         if prosody_set is not None:
             model.prosody_normalization.adapt([vectors[e.source] for e in train if isinstance(e.source, str)])
-        if options.backbone_mode == "frozen":
-            if options.speaker_norm:
-                speaker_of = {features.source_key(source): u.speaker for source, u in train_sources + evaluation}
-                inputs = standardize_per_speaker(model.speaker_normalization, embeddings, speaker_of)
-                prosodic = standardize_per_speaker(model.prosody_normalization, vectors, speaker_of) if vectors else {}
-            else:
-                inputs = standardize_pooled(model.speaker_normalization, embeddings)
-                prosodic = standardize_pooled(model.prosody_normalization, vectors)
-        else:
-            inputs, prosodic = extracted.segments, {}
+        speaker_of = {features.source_key(source): u.speaker for source, u in train_sources + evaluation}
+        inputs, prosodic = strategy.inputs(model, extracted.segments, embeddings, vectors, speaker_of, options)
 
         def prosody_of(items: list[Example]) -> list[np.ndarray] | None:
             return [prosodic[e.source] for e in items] if prosodic else None
 
-        # Fine-tuning compiles a forward pass per input shape under XLA: a few bucketed shapes, not one per batch.
-        bucketed = options.backbone_mode == "finetune"
-
         def prepared(recognizer) -> tuple[Any, Callable, batching.PaddedBatches, Any]:
             """What trains, its forward function, the training batches and the validation UAR callback, for ``recognizer``."""
-            if options.backbone_mode == "frozen":
-                trainee = recognizer.head_model()
-                SpeechModel.compile_head(trainee, options.learning_rate)
-            else:
-                trainee = recognizer
-            if head.kind == "stats":
-                recognizer.head.adapt_statistics([
-                    inputs[e.source] if options.backbone_mode == "frozen"
-                    else ops.convert_to_numpy(recognizer.speaker_normalization(embeddings[e.source]))
-                    for e in train
-                ])
+            trainee = strategy.trainee(recognizer, options)
+            if recipe["head"].kind == "stats":
+                recognizer.head.adapt_statistics(strategy.head_statistics(recognizer, inputs, embeddings, train))
             forward = SpeechModel.inference_function(trainee)
             batches = batching.PaddedBatches(
                 [inputs[e.source] for e in train], [e.label for e in train], options.batch_size,
@@ -505,7 +432,7 @@ def train_split(
             )
             validation_uar = validation_uar_callback(
                 forward, [inputs[e.source] for e in validation], [e.label for e in validation], options.batch_size,
-                bucketed=bucketed, vectors=prosody_of(validation),
+                bucketed=strategy.bucketed, vectors=prosody_of(validation),
             )
             return trainee, forward, batches, validation_uar
 
@@ -523,19 +450,16 @@ def train_split(
                 f"training stopped at epoch {len(losses)}: the loss became NaN; try a lower --learning-rate "
                 f"(now {options.learning_rate})"
             )
-        if options.backbone_mode == "frozen":
-            # A fresh optimizer state for every variable, so that model.keras loads without a
-            # mismatch warning and can be fine-tuned from where the frozen run ended.
-            model.optimizer.build(model.trainable_variables)
+        strategy.after_fit(model)
 
         probabilities = batching.predict(
-            forward, [inputs[e.source] for e in test], options.batch_size, bucketed=bucketed, vectors=prosody_of(test)
+            forward, [inputs[e.source] for e in test], options.batch_size, bucketed=strategy.bucketed, vectors=prosody_of(test)
         )
         for example, row in zip(test, probabilities):
             if not np.all(np.isfinite(row)):
                 raise TrainingError(f"{example.path}: the trained model gave non-finite probabilities; no score is reported")
         # Transductive: each test speaker standardised by their own unlabelled files, which a single request cannot be.
-        transductive = options.backbone_mode == "frozen" and options.speaker_norm
+        transductive = strategy.transductive(options)
         single_file, enrolled = probabilities, None
         if transductive:  # each test file alone too, as infer.py scores it: the training speakers' statistics
             alone = standardize_pooled(model.speaker_normalization, {e.source: embeddings[e.source] for e in test})
@@ -591,7 +515,7 @@ def enrolled_score(model, forward: Callable, test: list[Example], embeddings: di
 
     from keras import ops
 
-    from SpeechModel import RunningStatistics
+    from normalization import RunningStatistics
 
     def enrolled(normalization, arrays: dict) -> dict:
         means = {speaker: RunningStatistics.of(arrays[e.source] for e in files).mean for speaker, files in enrolment.items()}
@@ -615,7 +539,8 @@ def choose_prosody_weight(model, prepared: Callable, options: Options, backup: P
     """
     import json
 
-    from SpeechModel import ClassifierHead, SpeechModel
+    from SpeechModel import SpeechModel
+    from classifier import ClassifierHead
 
     def recognizer(weight: float):
         head = ClassifierHead(model.head.num_classes, dataclasses.replace(model.head.config, prosody_weight=weight), name="head")
@@ -637,59 +562,3 @@ def choose_prosody_weight(model, prepared: Callable, options: Options, backup: P
     chosen = max(scores, key=lambda weight: (scores[weight], -weight))
     logger.info("prosodic weight %g chosen on the validation speakers", chosen)
     return recognizer(chosen), scores
-
-
-def score(true: Sequence[int], predicted: Sequence[int], labels: list[str]) -> dict:
-    """UAR, WA, macro-F1, per-class recall and the confusion matrix.
-
-    A class with no test file has no recall (None): UAR is the mean over the classes
-    present, and macro-F1 over those present or predicted, rather than counting an
-    unmeasured class as 0.
-    """
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, recall_score
-
-    classes = list(range(len(labels)))
-    present = sorted(set(true))
-    recalls = dict(zip(present, recall_score(true, predicted, labels=present, average=None, zero_division=0)))
-    return {
-        "uar": float(np.mean(list(recalls.values()))),
-        "wa": float(accuracy_score(true, predicted)),
-        "macro_f1": float(f1_score(true, predicted, labels=sorted(set(true) | set(predicted)), average="macro", zero_division=0)),
-        "per_class_recall": {label: None if index not in recalls else float(recalls[index]) for index, label in enumerate(labels)},
-        "confusion_matrix": confusion_matrix(true, predicted, labels=classes).tolist(),
-        "labels": labels,
-    }
-
-
-def summarize(fold_metrics: list[dict], labels: list[str]) -> dict:
-    """Mean and standard deviation of the folds' scores, and their summed confusion matrix."""
-    summary = {"folds": fold_metrics}
-    for name in ("uar", "wa", "macro_f1", *(name for name in ("single_file_uar", "enrolled_uar") if all(name in m for m in fold_metrics))):
-        values = [metrics[name] for metrics in fold_metrics]
-        summary[name] = float(np.mean(values))
-        summary[f"{name}_std"] = float(np.std(values))
-    measured = {label: [m["per_class_recall"][label] for m in fold_metrics if m["per_class_recall"][label] is not None] for label in labels}
-    summary["per_class_recall"] = {label: float(np.mean(values)) if values else None for label, values in measured.items()}
-    summary["confusion_matrix"] = np.sum([m["confusion_matrix"] for m in fold_metrics], axis=0).tolist()
-    summary["labels"] = labels
-    summary["transductive"] = any(metrics.get("transductive", False) for metrics in fold_metrics)
-    return summary
-
-
-def format_scores(metrics: dict, where: str, *, title: str = "test scores") -> str:
-    """The scores of `score` or `summarize` as a few lines of text, headed ``title``; ``where`` says what was scored."""
-    spread = (lambda name: f" ± {metrics[name + '_std']:.3f}") if "folds" in metrics else (lambda name: "")
-    recall = lambda value: "-" if value is None else f"{value:.2f}"  # noqa: E731  (None: no test file of the class)
-    uar = [f"  UAR       {metrics['uar']:.3f}{spread('uar')}"]
-    if metrics.get("transductive") and "single_file_uar" in metrics:  # the file-alone score first: what one recording gets
-        uar = [f"  UAR       {metrics['single_file_uar']:.3f}{spread('single_file_uar')}  each file alone, as infer.py scores it",
-               *([f"  UAR       {metrics['enrolled_uar']:.3f}{spread('enrolled_uar')}  each file alone after {ENROLMENT_FILES} others "
-                  "of its speaker enrolled, as infer.py --enroll scores it"] if "enrolled_uar" in metrics else []),
-               f"{uar[0]}  each test speaker standardised by their own files (transductive; so are the lines below)"]
-    return "\n".join([
-        f"\n{title} ({where})",
-        *uar,
-        f"  WA        {metrics['wa']:.3f}{spread('wa')}",
-        f"  macro-F1  {metrics['macro_f1']:.3f}{spread('macro_f1')}",
-        "  recall    " + "  ".join(f"{label} {recall(value)}" for label, value in metrics["per_class_recall"].items()),
-    ])

@@ -44,7 +44,7 @@ from bench.model import FIXED_SEGMENTS, fixed_length  # noqa: E402
 from bench.train import later_epoch  # noqa: E402
 from corpora.ravdess import read_ravdess  # noqa: E402
 from mixed_precision import PRECISIONS  # noqa: E402
-from trainer import Options  # noqa: E402
+from recipe import Options  # noqa: E402
 from utils import DEFAULT_FEATURES  # noqa: E402
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ def plain_model(backbone: str, size: int, classes: int) -> keras.Model:
     import keras
     from keras import layers
 
-    from SpeechModel import AttentionPooling
+    from classifier import AttentionPooling
 
     segment_shape = DEFAULT_FEATURES.segment_shape
     image = build_backbone(backbone, None, (size, size, segment_shape[2]), "last")

@@ -54,8 +54,9 @@ def statistics_by_size(utterances: list, sizes: list[int], labels: int) -> dict[
     without, they are left as they are (the classifier's scaler then standardises globally).
     """
     import features
-    from SpeechModel import RunningStatistics, SpeechModel
-    from trainer import Options
+    from SpeechModel import SpeechModel
+    from normalization import RunningStatistics
+    from recipe import Options
 
     config = utils.DEFAULT_FEATURES
     cache = files.default_cache_dir()
@@ -85,7 +86,7 @@ def statistics_by_size(utterances: list, sizes: list[int], labels: int) -> dict[
 
 def per_speaker(values: dict[Path, np.ndarray], utterances: list) -> dict[Path, np.ndarray]:
     """Each speaker's vectors (of ``utterances``) standardised by that speaker's statistics (`RunningStatistics`)."""
-    from SpeechModel import RunningStatistics
+    from normalization import RunningStatistics
 
     out = {}
     for speaker in {u.speaker for u in utterances}:

@@ -103,7 +103,7 @@ def shared_run(tmp_path_factory):
     import export
     import train
     from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
-    from trainer import Options
+    from recipe import Options
     from utils import DEFAULT_FEATURES
 
     root = tmp_path_factory.mktemp("shared_run")
@@ -131,7 +131,7 @@ def plain_run(tmp_path_factory) -> Path:
     """A tiny frozen run without the prosodic branch (--prosody none): a model with one input, as runs before the branch."""
     import train
     from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
-    from trainer import Options
+    from recipe import Options
 
     root = tmp_path_factory.mktemp("plain_run")
     write_ravdess(root / "dataset", actors=(1, 2, 3), emotions=(1, 4, 5))
@@ -147,7 +147,7 @@ def speaker_norm_run(tmp_path_factory) -> Path:
     """A tiny frozen run trained with --speaker-norm, shared by infer's and evaluate's normalisation tests."""
     import train
     from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
-    from trainer import Options
+    from recipe import Options
 
     root = tmp_path_factory.mktemp("speaker_norm_run")
     write_ravdess(root / "dataset", actors=(1, 2, 3, 4), emotions=(1, 4, 5))

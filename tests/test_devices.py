@@ -44,7 +44,7 @@ import json
 import numpy as np
 import devices
 from batching import PaddedBatches
-from SpeechModel import HeadConfig
+from heads import HeadConfig
 from tiny_model import padded_batch, tiny_model
 
 inputs = padded_batch([3, 5, 4, 2, 5, 1, 2, 4], seed=1)
@@ -70,7 +70,7 @@ print(json.dumps({{"moved": float(np.abs(weights[1] - initial[1]).max()), "diffe
 FINETUNE_RUN = TWO_CPU_DEVICES + """
 import train
 from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
-from trainer import Options
+from recipe import Options
 options = Options(
     epochs=2, dataset={dataset!r}, test_speakers=[4], val_speakers=[3], backbone_mode="finetune", weights="none",
     batch_size=4, learning_rate=1e-3, devices=2, precision={precision!r}, output={output!r}, cache_dir={cache!r}, download=False,
@@ -90,7 +90,7 @@ if __name__ == "__main__":
     devices.join_hosts({coordinator!r}, 2, int(sys.argv[1]))
     import train
     from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
-    from trainer import Options
+    from recipe import Options
     options = Options(
         epochs=2, dataset={dataset!r}, test_speakers=[4], val_speakers=[3], backbone_mode="finetune", weights="none",
         batch_size=4, learning_rate=1e-3, output={output!r}, cache_dir={cache!r} + sys.argv[1], download=False,

@@ -77,7 +77,7 @@ def test_each_format_runs_without_the_project_and_gives_the_keras_probabilities(
 
     run_dir = plain_run if branch == "none" else speaker_norm_run
     if branch == "outside":
-        from SpeechModel import EmotionRecognizer
+        from recognizer import EmotionRecognizer
 
         created = EmotionRecognizer.__init__
 

@@ -290,7 +290,7 @@ def test_enrolment_standardises_every_file_with_the_means_of_the_enrolled_speake
     assert [record.getMessage().split(": ")[0] for record in caplog.records if record.name == "inference"] == ["skipped enrolment file"]
 
     # What predict gives: each file's embeddings standardised with the enrolment's means and the training speakers' deviations.
-    from SpeechModel import RunningStatistics
+    from normalization import RunningStatistics
 
     embedded = [run.embed(utils.get_framed_log_melspectrogram(utils.load_wav(path), run.features)[np.newaxis]) for path in voice]
     np.testing.assert_allclose(enrolment.mean, RunningStatistics.of(e[0] for e in embedded).mean, atol=1e-5)

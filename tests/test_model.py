@@ -13,11 +13,16 @@ import numpy as np
 import pytest
 from tiny_model import SEGMENT_SHAPE, padded_batch, tiny_backbone, tiny_head, tiny_model
 
-import SpeechModel as speech_model_module
+import recognizer
 import utils
 from backbones import BackboneWeightsError
-from SpeechModel import EmotionRecognizer, HeadConfig, RunningStatistics, SegmentScaling, SpeechModel, Standardization
-from heads import HEAD_DEFAULTS
+from SpeechModel import SpeechModel
+from encoder import SegmentScaling
+from heads import HEAD_DEFAULTS, HeadConfig
+from normalization import RunningStatistics, Standardization
+from presets import PRESETS
+from recipe import Options
+from recognizer import EmotionRecognizer
 
 TESTS = Path(__file__).resolve().parent
 
@@ -92,7 +97,7 @@ def test_keras_file_round_trip_gives_the_same_predictions(tmp_path, prosody_set)
     model.save(tmp_path / "model.keras")
     loaded = keras.models.load_model(tmp_path / "model.keras")
     assert isinstance(loaded, EmotionRecognizer)
-    assert [type(getattr(loaded, part)).__name__ for part in speech_model_module.PARTS] == [
+    assert [type(getattr(loaded, part)).__name__ for part in recognizer.PARTS] == [
         "LogMelFrontEnd", "SegmentEncoder", "Standardization", "NoneType" if prosody_set is None else "Standardization", "ClassifierHead"
     ]
     assert loaded.features == model.features and loaded.head.config == model.head.config and loaded.prosody_set == prosody_set
@@ -190,6 +195,20 @@ def test_real_resnet50v2_shapes():
     probabilities = model.predict(np.random.default_rng(3).normal(size=(2, 3, 64, 64, 3)).astype("float32"), verbose=0)
     assert probabilities.shape == (2, 8)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_a_preset_builds_its_model_and_train_py_builds_the_default_one(name):
+    preset = PRESETS[name]
+    model = SpeechModel.from_preset(name, 3, weights=None)
+    assert model.encoder.backbone.name.startswith(preset["backbone"]) and model.head.config.kind == preset["head"]
+    assert model.encoder.image_size == (None if preset["image_size"] == 64 else preset["image_size"])  # 64: the segments' own size
+    assert model.prosody_set == (None if preset["prosody"] == "none" else preset["prosody"])
+    if name == "default":  # train.py's model, from its default options, is this one
+        trained = SpeechModel.create_model(3, weights=None, **Options(epochs=1).architecture())
+        assert trained.get_config() == model.get_config()
+    with pytest.raises(ValueError, match="name must be one of"):
+        SpeechModel.from_preset("alexnet")
 
 
 def test_a_local_weights_file_loads_into_the_backbone(tmp_path):
@@ -408,7 +427,7 @@ def test_fine_tuning_settings_slow_the_backbone_and_keep_its_batchnorm(tmp_path)
     assert (model.optimizer.backbone_scale, model.optimizer.backbone_prefixes) == (0.0, ("tiny_backbone/",))
     model.save(tmp_path / "finetune.keras")
     loaded = keras.models.load_model(tmp_path / "finetune.keras")
-    assert isinstance(loaded.optimizer, speech_model_module.BackboneScaledAdam) and loaded.optimizer.backbone_scale == 0.0
+    assert isinstance(loaded.optimizer, recognizer.BackboneScaledAdam) and loaded.optimizer.backbone_scale == 0.0
     _, moved = one_step()
     assert moved == [True, True, True]
     assert type(tiny_model().optimizer) is keras.optimizers.Adam  # scale 1: Keras' own Adam

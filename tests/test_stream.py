@@ -113,7 +113,7 @@ def test_each_hop_classifies_the_windows_segments_and_silence_is_said(speaker_no
 
 
 def test_the_running_normalisation_uses_the_streams_own_statistics(speaker_norm_run):
-    from SpeechModel import RunningStatistics
+    from normalization import RunningStatistics
 
     run = runs.load_run(speaker_norm_run)
     y = np.concatenate([tone(200 + 60 * k, 1.0) for k in range(12)]).astype(np.float32)

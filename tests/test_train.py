@@ -30,6 +30,8 @@ import prosody
 import runs
 import train
 import trainer
+import recipe
+from metrics import ENROLMENT_FILES, format_scores, score
 from errors import UsageError
 from heads import HEAD_DEFAULTS
 import utils
@@ -52,7 +54,7 @@ def corpus(tmp_path_factory):
     return folder
 
 
-def options_for(corpus: Path, tmp_path: Path, **changes) -> trainer.Options:
+def options_for(corpus: Path, tmp_path: Path, **changes) -> recipe.Options:
     """Options of a tiny frozen run on ``corpus``, writing its run under ``tmp_path``; the features are cached for the module (`corpus`)."""
     settings = dict(
         epochs=2, dataset=str(corpus), test_speakers=[4], val_speakers=[3], backbone_mode="frozen",
@@ -61,7 +63,7 @@ def options_for(corpus: Path, tmp_path: Path, **changes) -> trainer.Options:
         **TINY_BACKBONE_OPTIONS,
     )
     settings.update(changes)
-    return trainer.Options(**settings)
+    return recipe.Options(**settings)
 
 
 # ---------------------------------------------------------------- command line
@@ -217,7 +219,7 @@ def test_a_run_writes_a_complete_exported_model_and_honest_scores(shared_run):
     assert metrics["options"]["backbone_mode"] == "frozen" and "keras" in metrics["versions"]
     # The prosodic weight was chosen on the validation speakers (--prosody-weight choose): every candidate scored, the best (smallest on ties) kept.
     scores = metrics["prosody_weight_validation_uar"]
-    assert [float(weight) for weight in scores] == list(trainer.PROSODY_WEIGHTS)
+    assert [float(weight) for weight in scores] == list(recipe.PROSODY_WEIGHTS)
     assert scores[f"{metrics['prosody_weight']:g}"] == max(scores.values())
     assert metrics["prosody_weight"] == min(float(weight) for weight, uar in scores.items() if uar == max(scores.values()))
     assert keras.models.load_model(run / "model.keras").head.config.prosody_weight == metrics["prosody_weight"]
@@ -295,25 +297,25 @@ def test_a_transductive_run_also_scores_each_test_file_alone_as_infer_does(speak
     labels = run.labels
     true = [labels.index(row["true"]) for row in rows]
     assert metrics["transductive"] is True
-    assert metrics["single_file_uar"] == pytest.approx(trainer.score(true, [labels.index(p.emotion) for p in alone], labels)["uar"])
-    printed = trainer.format_scores(metrics, "here").splitlines()
+    assert metrics["single_file_uar"] == pytest.approx(score(true, [labels.index(p.emotion) for p in alone], labels)["uar"])
+    printed = format_scores(metrics, "here").splitlines()
     assert printed[2].startswith(f"  UAR       {metrics['single_file_uar']:.3f}  each file alone, as infer.py scores it")
     assert printed[3].startswith(f"  UAR       {metrics['enrolled_uar']:.3f}  each file alone after 3 others of its speaker enrolled")
     assert printed[4].startswith(f"  UAR       {metrics['uar']:.3f}  each test speaker standardised by their own files (transductive")
 
     # Enrolled: three files of the test speaker give the means, the other three are scored each alone, as infer.py --enroll does.
     examples = [trainer.Example(row["path"], labels.index(row["true"]), row["path"], int(row["speaker"])) for row in rows]
-    enrolment, scored = trainer.enrolment_split(examples, trainer.ENROLMENT_FILES, seed=0)
+    enrolment, scored = trainer.enrolment_split(examples, ENROLMENT_FILES, seed=0)
     assert [len(files) for files in enrolment.values()] == [3] and len(scored) == 3
     assert not {e.path for e in scored} & {e.path for files in enrolment.values() for e in files}
     enrolled = inference.predict([e.path for e in scored], run, enrolment=inference.enrol([e.path for e in enrolment[4]], run))
-    assert metrics["enrolled_uar"] == pytest.approx(trainer.score([e.label for e in scored], [labels.index(p.emotion) for p in enrolled], labels)["uar"])
+    assert metrics["enrolled_uar"] == pytest.approx(score([e.label for e in scored], [labels.index(p.emotion) for p in enrolled], labels)["uar"])
     unenrolled = {p.path: p.confidence for p in alone}
     assert any(abs(p.confidence - unenrolled[p.path]) > 1e-3 for p in enrolled)  # the enrolment's means, not the training speakers'
 
     plain = json.loads((shared_run.folder / "metrics.json").read_text())  # without per-speaker statistics: one scoring
     assert plain["transductive"] is False and plain["single_file_uar"] == plain["uar"]
-    assert "each file alone" not in trainer.format_scores(plain, "here")
+    assert "each file alone" not in format_scores(plain, "here")
 
 
 def test_pseudo_speakers_are_every_unenhanced_training_input_perturbed_alike_under_a_name_of_their_own():
@@ -420,7 +422,7 @@ import sys
 sys.path[:0] = [{root!r}, {tests!r}]
 import train
 from tiny_model import TINY_BACKBONE_OPTIONS, tiny_backbone
-from trainer import Options
+from recipe import Options
 options = Options(
     epochs=1, dataset={dataset!r}, test_speakers=[4], val_speakers=[3], backbone_mode="finetune", weights="none",
     batch_size=4, learning_rate=1e-3, output={output!r}, cache_dir={cache!r}, download=False, **TINY_BACKBONE_OPTIONS,
@@ -455,7 +457,7 @@ def test_per_speaker_standardisation_uses_each_speakers_own_original_files():
         "b1.wav": rng.normal(-3, 0.5, (5, 3)),
     }
     speaker_of = {"a1.wav": "A", "a2.wav": "A", ("a1.wav", "enhanced"): "A", "b1.wav": "B"}
-    from SpeechModel import Standardization
+    from normalization import Standardization
 
     standardised = trainer.standardize_per_speaker(Standardization(), embeddings, speaker_of)
     speaker_a = np.concatenate([standardised["a1.wav"], standardised["a2.wav"]])
@@ -479,27 +481,27 @@ def test_several_devices_are_refused_in_frozen_mode(corpus, tmp_path, capsys):
 
 def test_the_recipe_defaults_follow_the_mode_and_the_head(tmp_path, no_accelerator, monkeypatch):
     corpus = corpora.get_corpus("ravdess")
-    frozen = trainer.Options(epochs=1, folds=2, backbone_mode="frozen").resolved(corpus, [])
+    frozen = recipe.Options(epochs=1, folds=2, backbone_mode="frozen").resolved(corpus, [])
     assert (frozen.head, frozen.speaker_norm, frozen.early_stopping, frozen.learning_rate) == ("stats", True, False, 1e-3)
     assert (frozen.backbone, frozen.image_size, frozen.stages, frozen.augment) == ("efficientnet_lite0", 224, "all", False)
     assert frozen.prosody == "permissive" and frozen.architecture()["prosody_set"] == "permissive"
-    finetune = trainer.Options(epochs=1, folds=2, backbone_mode="finetune").resolved(corpus, [])
+    finetune = recipe.Options(epochs=1, folds=2, backbone_mode="finetune").resolved(corpus, [])
     assert (finetune.speaker_norm, finetune.early_stopping, finetune.learning_rate) == (False, True, 1e-4)
     assert finetune.prosody == "none" and finetune.architecture()["prosody_set"] is None  # the branch joins frozen embeddings
     with pytest.raises(UsageError, match="--prosody none"):
-        trainer.Options(epochs=1, folds=2, backbone_mode="finetune", prosody="permissive").resolved(corpus, [])
+        recipe.Options(epochs=1, folds=2, backbone_mode="finetune", prosody="permissive").resolved(corpus, [])
     assert (frozen.precision, frozen.devices) == ("float32", 1) and finetune.precision == "float32"  # no accelerator
     monkeypatch.setattr(devices, "accelerators", lambda: 8)  # a machine with GPUs trains the same recipe, faster
-    assert trainer.Options(epochs=1, folds=2).resolved(corpus, []) == dataclasses.replace(frozen, backbone_mode="frozen")
-    paper = trainer.Options(epochs=1, folds=2, backbone_mode="frozen", head="blstm-attention").resolved(corpus, [])
+    assert recipe.Options(epochs=1, folds=2).resolved(corpus, []) == dataclasses.replace(frozen, backbone_mode="frozen")
+    paper = recipe.Options(epochs=1, folds=2, backbone_mode="frozen", head="blstm-attention").resolved(corpus, [])
     assert (paper.speaker_norm, paper.early_stopping, paper.learning_rate) == (True, True, 1e-4)
-    chosen = trainer.Options(
+    chosen = recipe.Options(
         epochs=1, folds=2, backbone_mode="frozen", speaker_norm=False, early_stopping=True, learning_rate=0.5,
         precision="bfloat16", devices=1, prosody="egemaps", prosody_weight=2.0, weight_decay=0.0,
     )
     assert chosen.resolved(corpus, []) == dataclasses.replace(chosen, corpus="ravdess")  # what is given is kept
     assert (chosen.architecture()["head"].weight_decay, frozen.architecture()["head"].weight_decay) == (0.0, HEAD_DEFAULTS["stats"]["weight_decay"])
-    for weight in (None, trainer.CHOOSE_WEIGHT):  # the head's own weight, or a placeholder that the chosen one replaces
+    for weight in (None, recipe.CHOOSE_WEIGHT):  # the head's own weight, or a placeholder that the chosen one replaces
         assert dataclasses.replace(frozen, prosody_weight=weight).architecture()["head"].prosody_weight == HEAD_DEFAULTS["stats"]["prosody_weight"]
 
 
@@ -711,9 +713,9 @@ def test_classes_missing_from_training_or_test_are_named(caplog):
 
 
 def test_uar_averages_the_classes_the_test_holds():
-    metrics = trainer.score([0, 0, 1, 1], [0, 0, 1, 0], ["angry", "sad", "happy"])
+    metrics = score([0, 0, 1, 1], [0, 0, 1, 0], ["angry", "sad", "happy"])
     assert metrics["uar"] == pytest.approx(0.75) and metrics["per_class_recall"] == {"angry": 1.0, "sad": 0.5, "happy": None}
-    assert "happy -" in trainer.format_scores(metrics, "here")
+    assert "happy -" in format_scores(metrics, "here")
 
 
 def test_a_corpus_without_speakers_is_split_by_file_with_a_warning(tmp_path, capsys, caplog):
@@ -760,6 +762,6 @@ def test_a_resumed_split_keeps_its_chosen_prosodic_weight_and_ties_go_to_the_sma
     def prepared(recognizer):
         raise AssertionError("no candidate trains again")
 
-    chosen, scores = trainer.choose_prosody_weight(tiny_model(prosody_set="permissive"), prepared, trainer.Options(epochs=1, learning_rate=1e-3), tmp_path)
+    chosen, scores = trainer.choose_prosody_weight(tiny_model(prosody_set="permissive"), prepared, recipe.Options(epochs=1, learning_rate=1e-3), tmp_path)
     assert chosen.head.config.prosody_weight == 5.0 and scores == {1.0: 0.4, 5.0: 0.6, 15.0: 0.6}
     assert chosen.prosody_set == "permissive" and chosen.optimizer is not None

@@ -36,7 +36,7 @@ def tiny_backbone(image_shape=SEGMENT_SHAPE):
 
 
 def tiny_head():
-    from SpeechModel import HeadConfig
+    from heads import HeadConfig
 
     return HeadConfig(lstm_units=8, attention_units=8, dense_units=(16,))
 
