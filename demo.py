@@ -122,17 +122,15 @@ def envelope(y: np.ndarray, points: int = ENVELOPE_POINTS) -> np.ndarray:
     return np.maximum.reduceat(np.abs(y), edges[:-1]).astype(np.float32)
 
 
-def attention_spans(y: np.ndarray, run: Run, windows: Sequence[inference.WindowPrediction]) -> list[dict]:
+def attention_spans(windows: Sequence[inference.WindowPrediction], features: utils.FeatureConfig) -> list[dict]:
     """Each segment's attention weight, with where it lies in the recording.
 
     Parameters
     ----------
-    y : np.ndarray [shape=(n,)]
-        The recording at the run's rate.
-    run : runs.Run
-        A run whose head has attention (``blstm-attention``).
     windows : sequence of inference.WindowPrediction
-        The windows ``inference.predict`` cut the recording into.
+        The windows ``inference.predict(..., attention=True)`` cut the recording into, with their weights.
+    features : utils.FeatureConfig
+        The run's: the rate the windows were read at, and where their segments lie.
 
     Returns
     -------
@@ -142,17 +140,12 @@ def attention_spans(y: np.ndarray, run: Run, windows: Sequence[inference.WindowP
         sum to 1), the embeddings standardised with the training
         speakers' statistics as ``inference.predict`` does by default.
     """
-    sr = run.features.sr
     spans = []
     for index, window in enumerate(windows):
-        piece = y[int(round(window.start * sr)) : int(round(window.end * sr))]
-        segments = utils.get_framed_log_melspectrogram(piece, run.features)
-        vector = run.prosody_of(piece)  # the head needs it, though the attention comes before it
-        prosody = None if vector is None else vector[np.newaxis]
-        _, weights = run.model.classify(run.embed(segments[np.newaxis]), prosody=prosody, return_attention=True)
-        times = utils.segment_spans(len(piece), run.features) + window.start
+        samples = int(round(window.end * features.sr)) - int(round(window.start * features.sr))
+        times = utils.segment_spans(samples, features) + window.start
         spans += [{"window": index, "start": float(start), "end": float(end), "weight": float(weight)}
-                  for (start, end), weight in zip(times, np.asarray(weights)[0])]
+                  for (start, end), weight in zip(times, window.attention)]
     return spans
 
 
@@ -192,7 +185,8 @@ def analyse(path: Path, name: str, run: Run, settings: Settings) -> dict:
         raise DemoError(415, named(str(error))) from None
     if info.duration > settings.max_seconds:
         raise DemoError(413, f"{name}: {info.duration:.0f} s of audio, over the demo's limit of {settings.max_seconds:g} s (python demo.py --max-seconds)")
-    (prediction,) = inference.predict([path], run, window=settings.window, progress=False)
+    attention = has_attention(run)
+    (prediction,) = inference.predict([path], run, window=settings.window, progress=False, attention=attention)
     if prediction.error is not None:  # audio whose header reads but whose samples do not, or a model giving NaN
         raise DemoError(422, named(prediction.error))
     if inference.SILENT in prediction.warnings:
@@ -207,7 +201,7 @@ def analyse(path: Path, name: str, run: Run, settings: Settings) -> dict:
         "windows": [{"start": w.start, "end": w.end, "probabilities": w.probabilities.tolist()} for w in prediction.windows],
         "warnings": list(prediction.warnings),
         "envelope": envelope(y).tolist(),
-        "attention": attention_spans(y, run, prediction.windows) if has_attention(run) else None,
+        "attention": attention_spans(prediction.windows, run.features) if attention else None,
     }
 
 

@@ -72,6 +72,7 @@ class WindowPrediction:
     end: float
     probabilities: np.ndarray
     peak: float = 0.0  # largest absolute sample of the window (full scale 1)
+    attention: np.ndarray | None = None  # each segment's weight (segments,), in time order: predict(attention=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,6 +224,7 @@ class _Window:
     peak: float = 0.0  # largest absolute sample
     audio: np.ndarray | None = None  # the window's samples, for an exported model (segments are then not computed)
     prosody: np.ndarray | None = None  # the window's prosodic vector, for a run with a prosodic branch
+    attention: np.ndarray | None = None  # each segment's weight, when asked for
 
 
 def predict(
@@ -237,6 +239,7 @@ def predict(
     enrolment: Enrolment | None = None,
     runtime: str = "keras",
     progress: bool | None = None,
+    attention: bool = False,
 ) -> list[Prediction]:
     """The emotion of every audio file in ``paths`` (files, and folders searched recursively).
 
@@ -279,6 +282,9 @@ def predict(
         the training speakers' statistics, so only with ``speaker_norm="none"``.
     progress : bool or None
         Progress bar on stderr; None shows it when stderr is a terminal and the work takes over `PROGRESS_DELAY` seconds.
+    attention : bool
+        Also give each window's segment weights (`WindowPrediction.attention`), from the same
+        model call; with ``runtime="keras"``, ``speaker_norm="none"`` and no ``enrolment``.
 
     Returns
     -------
@@ -301,6 +307,8 @@ def predict(
         raise ValueError(f"speakers, one per file, go with speaker_norm={SPEAKER!r} (got {speaker_norm!r} and "
                          f"{'no' if speakers is None else len(speakers)} speakers for {len(files)} files)")
     refuse_contradictions(runtime, speaker_norm, enrolment is not None, precision)
+    if attention and (runtime != "keras" or speaker_norm != "none" or enrolment is not None):
+        raise ValueError(f"attention comes with runtime='keras', speaker_norm='none' and no enrolment, got {runtime!r}, {speaker_norm!r}")
     run = load(model_dir, runtime, window=window, precision=precision)
     # An export (runtime other than keras) serves speaker_norm "none" only, refused otherwise just above.
     if speaker_norm != "none" and not run.speaker_norm:
@@ -351,7 +359,7 @@ def predict(
         elif enrolment is not None:
             forwarded = _forward_standardized(jobs, files, run, lambda job: job.file, batch_size, enrolment)
         elif speaker_norm == "none":
-            forwarded = _forward_windows(_computed(jobs, files, run), run, batch_size)
+            forwarded = _forward_windows(_computed(jobs, files, run), run, batch_size, attention=attention)
         else:
             forwarded = _forward_standardized(jobs, files, run, lambda job: group_of(job.file), batch_size)
         for item, probabilities in forwarded:
@@ -360,7 +368,7 @@ def predict(
             elif not np.isfinite(probabilities).all():
                 errors.setdefault(item.file, non_finite(files[item.file], item))
             else:
-                windows[item.file].append(WindowPrediction(item.start, item.end, probabilities, item.peak))
+                windows[item.file].append(WindowPrediction(item.start, item.end, probabilities, item.peak, item.attention))
             bar.update()
     return [
         _combine(str(path), durations[index], windows[index], run.labels, errors.get(index), warnings[index])
@@ -522,10 +530,10 @@ def predict_signal(
     duration = len(y) / run.features.sr
     spans = window_spans(duration, window)
     pieces = [y[int(round(start * run.features.sr)) : int(round(end * run.features.sr))] for start, end in spans]
-    jobs = [
-        _Window(0, start, end, segments=utils.get_framed_log_melspectrogram(piece, run.features), peak=_peak(piece), prosody=run.prosody_of(piece))
-        for (start, end), piece in zip(spans, pieces)
-    ]
+    jobs = []
+    for (start, end), piece in zip(spans, pieces):
+        segments, prosody = run.preprocess(piece)
+        jobs.append(_Window(0, start, end, segments=segments, peak=_peak(piece), prosody=prosody))
     windows, error = [], None
     for item, probabilities in _forward_windows(jobs, run, batch_size):
         if not np.isfinite(probabilities).all():
@@ -540,18 +548,26 @@ def non_finite(path: str | os.PathLike, window: _Window) -> str:
 
 
 def _forward_windows(
-    windows: Iterable[_Window], run: Run, batch_size: int
+    windows: Iterable[_Window], run: Run, batch_size: int, *, attention: bool = False
 ) -> Iterator[tuple[_Window, np.ndarray | None]]:
     """Each window with its class probabilities (None for one with an error), in batches of similar length.
 
-    A batch holds at most `BATCH_SEGMENTS` segments (padding included), or one window.
+    A batch holds at most `BATCH_SEGMENTS` segments (padding included), or one window. With
+    ``attention``, each window's segment weights are set on it.
     """
     pending = PENDING_BATCHES * batch_size
     for batch in batching.similar_length_batches(windows, batch_size, length=_length, pending=pending):
         usable = [item for item in batch if item.error is None]
         for part in batching.within_budget(usable, BATCH_SEGMENTS, length=_length):
             prosody = None if run.prosody_set is None else np.stack([item.prosody for item in part])
-            yield from zip(part, run.forward(batching.pad_batch([item.segments for item in part]), prosody))
+            segments = batching.pad_batch([item.segments for item in part])
+            if not attention:
+                yield from zip(part, run.forward(segments, prosody))
+                continue
+            probabilities, weights = run.forward(segments, prosody, return_attention=True)
+            for item, row in zip(part, weights):
+                item.attention = row[: len(item.segments)]
+            yield from zip(part, probabilities)
         yield from ((item, None) for item in batch if item.error is not None)
 
 
@@ -565,7 +581,7 @@ def _forward_standardized(
     A window alone in its group takes the training speakers' statistics (`ALONE_IN_GROUP`). With
     ``enrolment`` the groups only batch the model calls.
     """
-    from normalization import RunningStatistics
+    from normalization import GroupStatistics
 
     groups: dict[object, list[_Window]] = {}
     for job in jobs:
@@ -578,17 +594,15 @@ def _forward_standardized(
             continue
         embeddings = [run.embed(item.segments[np.newaxis])[0] for item in usable]
         vectors = None if run.prosody_set is None else [item.prosody for item in usable]
-        # None: the training speakers' statistics (a run without the branch takes none for the vectors).
-        mean = std = prosody_mean = prosody_std = None
+        # Empty: the training speakers' statistics (a window alone, `ALONE_IN_GROUP`).
+        standardization = {}
         if enrolment is not None:
-            mean, prosody_mean = enrolment.mean, enrolment.prosody_mean
+            standardization = {"mean": enrolment.mean, "prosody_mean": enrolment.prosody_mean}
         elif len(usable) > 1:
-            mean, std = (statistics := RunningStatistics.of(embeddings)).mean, statistics.std
-            if vectors is not None:
-                prosody_mean, prosody_std = (prosodic := RunningStatistics.of(vectors)).mean, prosodic.std
+            standardization = GroupStatistics.of(embeddings, vectors).standardization()
 
         def classify(batch: np.ndarray, prosody: np.ndarray | None = None) -> np.ndarray:
-            return run.classify(batch, mean, std, prosody, prosody_mean, prosody_std)
+            return run.classify(batch, prosody=prosody, **standardization)
 
         yield from zip(usable, batching.predict(classify, embeddings, batch_size, vectors=vectors))
 
@@ -610,10 +624,10 @@ def _computed(jobs: list[_Window], files: list[Path], run: Run | export.Exported
             y = utils.load_wav(files[job.file], sr=config.sr, offset=job.start, duration=job.end - job.start)
         except utils.AudioError as error:
             return dataclasses.replace(job, error=str(error))
-        described = dataclasses.replace(job, peak=_peak(y), prosody=run.prosody_of(y))
-        if audio:
-            return dataclasses.replace(described, audio=y)
-        return dataclasses.replace(described, segments=utils.get_framed_log_melspectrogram(y, config))
+        if audio:  # the export computes the segments in its graph, and the prosodic vector where it can
+            return dataclasses.replace(job, peak=_peak(y), audio=y, prosody=run.prosody_of(y))
+        segments, prosody = run.preprocess(y)
+        return dataclasses.replace(job, peak=_peak(y), segments=segments, prosody=prosody)
 
     # librosa and soxr release the GIL in their heavy parts, so threads overlap with the
     # model; a bounded queue of futures keeps memory flat for any number of windows.

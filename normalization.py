@@ -108,3 +108,56 @@ class RunningStatistics:
         mean = self._sum / np.maximum(self.count, 1)
         variance = np.maximum(self._squares / np.maximum(self.count, 1) - np.square(mean), 0.0)
         return (np.sqrt(variance) + self.EPSILON).astype(np.float32)
+
+
+class GroupStatistics:
+    """A group's statistics (a speaker's, a folder's, a stream's so far): of its segment embeddings and of its prosodic vectors.
+
+    What standardises a group's inputs in place of the training speakers' statistics:
+    `standardization` gives `runs.Run.classify` its keyword arguments. A part with fewer rows
+    than its minimum (a stream's first seconds) keeps the stored statistics.
+
+    Parameters
+    ----------
+    min_segments : int >= 1
+        Segment embeddings needed before the embeddings' own statistics are used.
+    min_vectors : int >= 1
+        Prosodic vectors needed before theirs are.
+
+    Example:
+    >>> group = GroupStatistics.of([np.ones((3, 4))], [np.zeros(2)])
+    >>> sorted(key for key, value in group.standardization().items() if value is not None)
+    ['mean', 'prosody_mean', 'prosody_std', 'std']
+    """
+
+    def __init__(self, min_segments: int = 1, min_vectors: int = 1) -> None:
+        if min(min_segments, min_vectors) < 1:
+            raise ValueError(f"min_segments and min_vectors must be >= 1, got {min_segments!r}, {min_vectors!r}")
+        self.min_segments, self.min_vectors = min_segments, min_vectors
+        self.embeddings, self.prosody = RunningStatistics(), RunningStatistics()
+
+    @classmethod
+    def of(cls, embeddings: Iterable[np.ndarray], prosody: Iterable[np.ndarray] | None = None) -> GroupStatistics:
+        """The statistics of a whole group: its utterances' embeddings (each (segments, features)) and prosodic vectors (each (values,))."""
+        group = cls()
+        for rows in embeddings:
+            group.embeddings.update(rows)
+        for vector in prosody or ():
+            group.prosody.update(np.asarray(vector)[np.newaxis])
+        return group
+
+    def update(self, embeddings: np.ndarray, prosody: np.ndarray | None = None) -> None:
+        """Add ``embeddings`` (segments, features) and an utterance's prosodic vector (values,), if any."""
+        self.embeddings.update(embeddings)
+        if prosody is not None:
+            self.prosody.update(np.asarray(prosody)[np.newaxis])
+
+    def standardization(self) -> dict[str, np.ndarray | None]:
+        """``mean``, ``std``, ``prosody_mean`` and ``prosody_std``: the group's, or None (the stored ones) for a part below its minimum."""
+        own, own_prosody = self.embeddings.count >= self.min_segments, self.prosody.count >= self.min_vectors
+        return {
+            "mean": self.embeddings.mean if own else None,
+            "std": self.embeddings.std if own else None,
+            "prosody_mean": self.prosody.mean if own_prosody else None,
+            "prosody_std": self.prosody.std if own_prosody else None,
+        }

@@ -42,6 +42,7 @@ class EmotionRecognizer(keras.Model):
       prosody_std=None, return_attention=False)``: probabilities of embeddings (padding rows
       `utils.PAD_VALUE`) and prosodic vectors, standardised with the stored training
       statistics, or with a group's own means and deviations (`RunningStatistics`);
+    - ``attend(segments, prosody=None)``: the model's probabilities and each segment's attention weight;
     - ``predict_waveform(waveform, prosody=None)``: (windows, samples) PCM at
       ``front_end.features.sr`` -> per-window probabilities; each window's prosodic vector is
       computed in the graph where ``prosodic_front_end`` can, else it must be given.
@@ -133,6 +134,15 @@ class EmotionRecognizer(keras.Model):
         return self.head(
             self.speaker_normalization(self.encoder(segments)), self._standardized_prosody(prosody), return_attention=return_attention
         )
+
+    def attend(self, segments, prosody=None):
+        """Segments (batch, segments, frames, n_mels, 3), padding segments of `utils.PAD_VALUE`, [and prosody (batch, values)] -> probabilities (batch, classes) and each segment's weight (batch, segments).
+
+        The model's own output with the training speakers' statistics, and its attention
+        (`ClassifierHead`: learned weights, or an equal share of the real segments).
+        """
+        embeddings = self.speaker_normalization(self.encoder(segments))
+        return self.head(embeddings, self._standardized_prosody(prosody), mask=self.encoder.compute_mask(segments), return_attention=True)
 
     def _standardized_prosody(self, prosody, mean=None, std=None):
         if self.prosody_set is None:

@@ -238,9 +238,10 @@ class Run:
     `prosody.FEATURE_SETS`, as training did; the exports compute it in their graph, equal
     within the bound of ``tests/test_prosody_frontend.py``).
 
-    - ``forward(segments, prosody=None)``: padded segments (batch, segments, frames, n_mels, 3)
+    - ``preprocess(y)``: a window of audio -> its segments and prosodic vector, the inputs of ``forward``;
+    - ``forward(segments, prosody=None, return_attention=False)``: padded segments (batch, segments, frames, n_mels, 3)
       [and prosody (batch, values)] -> probabilities (batch, classes), standardised with the
-      training speakers' statistics;
+      training speakers' statistics [and each segment's attention weight (batch, segments)];
     - ``embed(segments)``: -> embeddings (batch, segments, features);
     - ``classify(embeddings, mean=None, std=None, prosody=None, prosody_mean=None, prosody_std=None)``:
       embeddings (padding rows `utils.PAD_VALUE`) -> probabilities, standardised with a
@@ -262,6 +263,10 @@ class Run:
         width = model.encoder.features
         values = model.head.config.prosody_features
         self._forward = SpeechModel.inference_function(model)
+        self._attend = (
+            SpeechModel.inference_function(lambda segments: model.attend(segments), segment_shape) if self.prosody_set is None
+            else SpeechModel.inference_function(lambda segments, prosody: model.attend(segments, prosody), segment_shape, (values,))
+        )
         self.embed = SpeechModel.inference_function(model.embed, segment_shape)
         # The statistics go in with a leading axis of 1: the traced function sees a batch axis on every input.
         if self.prosody_set is None:
@@ -281,6 +286,25 @@ class Run:
                 else SpeechModel.inference_function(lambda windows: model.predict_waveform(windows), (None,))  # the prosody in the graph too
             )
 
+    def preprocess(self, y: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The model's inputs of one window of audio: what training computed for each file, and what every consumer of the run feeds it.
+
+        Parameters
+        ----------
+        y : np.ndarray [shape=(samples,), dtype=float32]
+            The window, mono at the run's rate (``features.sr``).
+
+        Returns
+        -------
+        segments : np.ndarray [shape=(segments, frames, n_mels, 3), dtype=float32]
+            `utils.get_framed_log_melspectrogram` with the run's parameters.
+        prosody : np.ndarray [shape=(values,)] or None
+            `prosody_of`: the window's prosodic vector; None for a run without a prosodic branch.
+        """
+        import utils
+
+        return utils.get_framed_log_melspectrogram(y, self.features), self.prosody_of(y)
+
     def prosody_of(self, y: np.ndarray) -> np.ndarray | None:
         """The prosodic vector (values,) of the run's set of audio ``y`` (samples,) at the run's rate; None for a run without one."""
         if self.prosody_set is None:
@@ -289,9 +313,13 @@ class Run:
 
         return prosody.FEATURE_SETS[self.prosody_set](y, self.features.sr)
 
-    def forward(self, segments: np.ndarray, prosody: np.ndarray | None = None) -> np.ndarray:
-        """Probabilities (batch, classes) of padded segments (and their prosodic vectors (batch, values)), with the stored statistics."""
-        return self._forward(segments) if self.prosody_set is None else self._forward(segments, prosody)
+    def forward(self, segments: np.ndarray, prosody: np.ndarray | None = None, *, return_attention: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+        """Probabilities (batch, classes) of padded segments (and their prosodic vectors (batch, values)), with the stored statistics.
+
+        With ``return_attention``, also each segment's weight (batch, segments) (`recognizer.EmotionRecognizer.attend`).
+        """
+        function = self._attend if return_attention else self._forward
+        return function(segments) if self.prosody_set is None else function(segments, prosody)
 
     def classify(
         self,

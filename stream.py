@@ -199,14 +199,14 @@ def predict_stream(
     """
     import soxr
 
-    from normalization import RunningStatistics
+    from normalization import GroupStatistics
 
     if speaker_norm not in ("running", "none"):
         raise ValueError(f"speaker_norm must be 'running' or 'none', got {speaker_norm!r}")
     sr = run.features.sr
     resampler = None if rate == sr else soxr.ResampleStream(rate, sr, 1, dtype="float32")
     embedder = WindowEmbeddings(run, window)
-    statistics, prosodic = RunningStatistics(), RunningStatistics()
+    group = GroupStatistics(min_segments=RUNNING_MIN_SEGMENTS, min_vectors=RUNNING_MIN_VECTORS)
     received = 0
     for chunk in chunks:
         received += len(chunk)
@@ -218,21 +218,16 @@ def predict_stream(
             continue
         embeddings, new = embedder.update()
         if len(embeddings) == 0:  # shorter than a segment so far: one padded segment, as a file this short gets
-            embeddings = run.embed(utils.get_framed_log_melspectrogram(embedder.audio, run.features)[np.newaxis])[0]
-        vector = run.prosody_of(embedder.audio)
+            segments, vector = run.preprocess(embedder.audio)
+            embeddings = run.embed(segments[np.newaxis])[0]
+        else:
+            vector = run.prosody_of(embedder.audio)
         prosody = None if vector is None else vector[np.newaxis]
         if speaker_norm == "none":
             probabilities = run.classify(embeddings[np.newaxis], prosody=prosody)[0]  # the training speakers' statistics, as inference.predict and the exports
         else:
-            statistics.update(new)
-            own = statistics.count >= RUNNING_MIN_SEGMENTS
-            if vector is not None:
-                prosodic.update(vector)
-            own_prosody = prosodic.count >= RUNNING_MIN_VECTORS
-            probabilities = run.classify(
-                embeddings[np.newaxis], *((statistics.mean, statistics.std) if own else (None, None)),
-                prosody, *((prosodic.mean, prosodic.std) if own_prosody else (None, None)),
-            )[0]
+            group.update(new, vector)
+            probabilities = run.classify(embeddings[np.newaxis], prosody=prosody, **group.standardization())[0]
         best = int(np.argmax(probabilities))
         yield StreamPrediction(now, run.labels[best], float(probabilities[best]), dict(zip(run.labels, map(float, probabilities))))
 

@@ -341,6 +341,25 @@ def test_a_non_finite_probability_is_an_error_naming_the_file_never_an_emotion(r
     assert code == 1 and out == "" and "non-finite probabilities" in err
 
 
+def test_attention_comes_from_the_model_call_that_gives_the_probabilities(tmp_path, write_audio):
+    from tiny_model import tiny_model
+
+    model = tiny_model()  # the BLSTM-attention head
+    run = runs.Run(tmp_path, ["neutral", "sad", "angry"], model)
+    paths = [write_audio("long.wav", tone(300, 2.5)), write_audio("short.wav", tone(500, 0.7))]  # windows of unlike lengths share calls
+    plain = inference.predict(paths, run, window=1.0)
+    attended = inference.predict(paths, run, window=1.0, attention=True)
+    for path, alone, with_weights in zip(paths, plain, attended):
+        assert all(window.attention is None for window in alone.windows)
+        for window, weighed in zip(alone.windows, with_weights.windows):
+            np.testing.assert_allclose(weighed.probabilities, window.probabilities, atol=1e-5)
+            segments, _ = run.preprocess(utils.load_wav(path, sr=run.features.sr, offset=window.start, duration=window.end - window.start))
+            _, expected = model.classify(run.embed(segments[np.newaxis]), return_attention=True)  # the window's segments embedded alone
+            np.testing.assert_allclose(weighed.attention, np.asarray(expected)[0], atol=1e-5)
+    with pytest.raises(ValueError, match="attention comes with runtime='keras', speaker_norm='none'"):
+        inference.predict(paths, run, attention=True, speaker_norm="file")
+
+
 def test_model_calls_hold_a_bounded_number_of_segments_whatever_the_batch_size(run_dir, write_audio, monkeypatch):
     run = runs.load_run(run_dir)
     shapes = []
