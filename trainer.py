@@ -1,9 +1,10 @@
 """Train and score one speaker split: its training inputs, the training of the model, its scores.
 
 `train_split` is one fold of work: enhance and balance the training files, compute
-features (all cores, cached), build the model, train it (`frozen`: the backbone
-embeds every segment once and only the head trains; `finetune`: end to end), watch
-validation UAR (and stop early on it, see `Options`), and score the test speakers.
+features (all cores, cached), build the model, train it, watch validation UAR (and stop
+early on it, see `recipe.Options`), and score the test speakers (`metrics.score`). The
+backbone mode picks a strategy for the steps that differ (`STRATEGIES`: `FrozenBackbone`
+embeds every segment once and trains the head alone; `FineTuning` trains end to end).
 `train.py` runs it once per split and writes the run folder.
 """
 

@@ -712,6 +712,10 @@ def test_classes_missing_from_training_or_test_are_named(caplog):
     assert "fold 2: no test file of happy: their recall is not measured and UAR leaves them out" in caplog.text
 
 
+def test_every_backbone_mode_has_a_training_strategy():
+    assert set(trainer.STRATEGIES) == set(recipe.BACKBONE_MODES)
+
+
 def test_uar_averages_the_classes_the_test_holds():
     metrics = score([0, 0, 1, 1], [0, 0, 1, 0], ["angry", "sad", "happy"])
     assert metrics["uar"] == pytest.approx(0.75) and metrics["per_class_recall"] == {"angry": 1.0, "sad": 0.5, "happy": None}
