@@ -183,7 +183,7 @@ class SpeechModel:
         """Compile a model (a full recogniser or its `EmotionRecognizer.head_model`) as the recipe trains it: Adam, cross-entropy."""
         compile_recognizer(model, learning_rate)
 
-    precision_copy = staticmethod(precision_copy)
+    precision_copy = staticmethod(precision_copy)  # `mixed_precision.precision_copy`, where the precisions live
 
     @staticmethod
     def inference_function(function: Callable, *trailing_shapes: Sequence[int | None]) -> Callable[..., np.ndarray]:
