@@ -245,7 +245,7 @@ class Run:
     - ``embed(segments)``: -> embeddings (batch, segments, features);
     - ``classify(embeddings, mean=None, std=None, prosody=None, prosody_mean=None, prosody_std=None)``:
       embeddings (padding rows `utils.PAD_VALUE`) -> probabilities, standardised with a
-      group's means and deviations where given (`normalization.RunningStatistics`), else the stored ones;
+      group's means and deviations where given (`normalization.GroupStatistics.standardization`), else the stored ones;
     - ``predict_waveform(y, sr, window_seconds)``: a recording -> (window probabilities, probabilities),
       through the in-graph front end, as the exported models compute them.
     """

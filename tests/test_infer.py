@@ -145,7 +145,8 @@ def test_window_spans(duration, spans):
 def test_computed_windows_are_not_kept_by_the_job_list(write_audio):
     path = write_audio("long.wav", tone(300, 20.0))
     jobs = [inference._Window(0, start, end) for start, end in inference.window_spans(20.0, 4.0)]
-    run = types.SimpleNamespace(features=utils.DEFAULT_FEATURES, prosody_of=lambda y: None)  # a run without a prosodic branch
+    # A run without a prosodic branch.
+    run = types.SimpleNamespace(features=utils.DEFAULT_FEATURES, preprocess=lambda y: (utils.get_framed_log_melspectrogram(y), None))
     computed = list(inference._computed(jobs, [path], run))
     assert [len(item.segments) for item in computed] == [len(utils.get_framed_log_melspectrogram(tone(300, 4.0)))] * 5
     assert all(job.segments is None for job in jobs)  # only the consumer holds segments
