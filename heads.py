@@ -1,7 +1,7 @@
 """The heads by name: the one list of the classifiers that can follow the backbone, and their description.
 
 Importing this module loads no deep-learning framework (the command lines list the
-heads in ``-h`` without Keras); `SpeechModel` builds them.
+heads in ``-h`` without Keras); `classifier.ClassifierHead` builds them.
 """
 
 from __future__ import annotations
