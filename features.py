@@ -467,7 +467,7 @@ def extract_embeddings(
             if chunks[-1] and sum(len(segments[item]) for item in chunks[-1]) + len(segments[source]) > EMBEDDING_BATCH_SEGMENTS:
                 chunks.append([])
             chunks[-1].append(source)
-        embedded = (zip(chunk, _embed_together(embed, [segments[item] for item in chunk])) for chunk in filter(None, chunks))
+        embedded = (list(zip(chunk, _embed_together(embed, [segments[item] for item in chunk]))) for chunk in filter(None, chunks))
     else:
         import keras
 
@@ -478,7 +478,6 @@ def extract_embeddings(
         embedded = engine.map([(item, np.asarray(segments[item])) for item in missing], make_embed, items_per_call=CLUSTER_FILES_PER_CALL)
     with tqdm(total=len(missing), unit="file", desc="embeddings", disable=None if progress is None else not progress) as bar:
         for chunk in embedded:
-            chunk = list(chunk)
             for item, part in chunk:
                 if not np.isfinite(part).all():
                     raise EmbeddingError(f"{source_path(item)}: the backbone gave non-finite embeddings (NaN or infinity)")

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 import files
+import utils
 from errors import UsageError
 from files import PARTIAL_PREFIX
 from mixed_precision import PRECISIONS
@@ -301,8 +302,6 @@ class Run:
         prosody : np.ndarray [shape=(values,)] or None
             `prosody_of`: the window's prosodic vector; None for a run without a prosodic branch.
         """
-        import utils
-
         return utils.get_framed_log_melspectrogram(y, self.features), self.prosody_of(y)
 
     def prosody_of(self, y: np.ndarray) -> np.ndarray | None:
@@ -357,7 +356,6 @@ class Run:
         each window's prosodic vector computed in the graph where the model can (else by `prosody_of`).
         """
         import frontend
-        import utils
 
         y = utils.resample(np.asarray(y, dtype=np.float32), sr, self.features.sr)
         windows = np.asarray(frontend.split_windows(y, int(round(window_seconds * self.features.sr))))

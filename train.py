@@ -367,7 +367,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         with cluster.RayEngine(args.address, verbose=args.verbose) as engine:
             run(options, resume=args.resume, given=given, engine=engine)
-        logger.info("the cluster computed %s", cluster.nodes_summary(engine.nodes, "files' features, prosodic vectors and embeddings"))
+        if engine.nodes:  # nothing was sent where the caches held everything
+            logger.info("the cluster computed %s: features, prosodic vectors and embeddings", cluster.nodes_summary(engine.nodes, "results"))
         return 0
 
     if args.address is not None and args.engine != "ray":
